@@ -1,0 +1,47 @@
+"""The cluster seam: run one training trial somewhere and report back.
+
+Contract: `run` blocks until the trial ends and never raises for a trial's own failure
+(a crash, an exception, a NaN); those come back as a `TrialOutcome` with status
+"failed". It returns status "interrupted" when `should_stop` turned true (the daemon is
+shutting down): the trial was stopped and may be run again with the same parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from adapters.energy import EnergyReading
+from adapters.workload.protocol import TrainProgress, TrainRequest, TrainResult
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    key: str
+    workload: str
+    request: TrainRequest
+    watts_per_core: float = 15.0
+    prefer_gpu: bool = True
+    max_joules: float | None = None
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    status: Literal["ok", "failed", "interrupted"]
+    result: TrainResult | None = None
+    energy: EnergyReading | None = None
+    error: str = ""
+    exit_code: int | None = None
+    energy_note: str = ""
+
+
+class Cluster(Protocol):
+    description: str
+
+    def run(
+        self,
+        job: TrialJob,
+        on_progress: Callable[[TrainProgress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> TrialOutcome: ...

@@ -1,0 +1,87 @@
+"""Local cluster: one spawned worker process per trial on this machine."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import time
+from collections.abc import Callable
+
+from adapters.cluster.base import TrialJob, TrialOutcome
+from adapters.cluster.worker import worker_main
+from adapters.workload.protocol import TrainProgress
+
+
+class LocalProcessCluster:
+    """Runs trials in `spawn`ed processes (no inherited threads, locks or CUDA state)."""
+
+    def __init__(self, stop_grace_s: float = 5.0) -> None:
+        self.stop_grace_s = stop_grace_s
+        self.description = "local worker processes"
+        self._ctx = mp.get_context("spawn")
+
+    def run(
+        self,
+        job: TrialJob,
+        on_progress: Callable[[TrainProgress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> TrialOutcome:
+        parent_conn, child_conn = self._ctx.Pipe()
+        proc = self._ctx.Process(
+            target=worker_main, args=(job, child_conn), name=f"trial-{job.key}", daemon=True
+        )
+        proc.start()
+        child_conn.close()
+        stop_sent_at: float | None = None
+        try:
+            while True:
+                if should_stop is not None and stop_sent_at is None and should_stop():
+                    stop_sent_at = time.monotonic()
+                    with contextlib.suppress(BrokenPipeError, OSError):
+                        parent_conn.send("stop")
+                if stop_sent_at is not None and time.monotonic() - stop_sent_at > self.stop_grace_s:
+                    proc.terminate()
+                    proc.join(2)
+                    return TrialOutcome("interrupted", error="stopped: worker terminated")
+                if parent_conn.poll(0.2):
+                    try:
+                        msg = parent_conn.recv()
+                    except EOFError:
+                        break
+                    kind = msg[0]
+                    if kind == "progress":
+                        if on_progress is not None:
+                            on_progress(msg[1])
+                    elif kind == "done":
+                        _, result, reading, note, stop_reason = msg
+                        if stop_sent_at is not None or stop_reason in ("stopped", "parent died"):
+                            return TrialOutcome(
+                                "interrupted", result, reading, "stopped", energy_note=note
+                            )
+                        if result.stopped_reason == "nan" or not result.artefact_path:
+                            return TrialOutcome(
+                                "failed",
+                                result,
+                                reading,
+                                "training diverged (NaN loss)",
+                                energy_note=note,
+                            )
+                        return TrialOutcome("ok", result, reading, energy_note=note)
+                    elif kind == "error":
+                        proc.join(5)
+                        return TrialOutcome("failed", error=msg[1], exit_code=proc.exitcode)
+                elif not proc.is_alive():
+                    break
+            proc.join(5)
+            if stop_sent_at is not None:
+                return TrialOutcome("interrupted", error="stopped", exit_code=proc.exitcode)
+            return TrialOutcome(
+                "failed",
+                error=f"worker process died without a result (exit code {proc.exitcode})",
+                exit_code=proc.exitcode,
+            )
+        finally:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(2)
+            parent_conn.close()

@@ -1,0 +1,214 @@
+"""Production cycles, their trial side effects, policy versions and the daemon's heartbeat."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from adapters.store.audit import canonical
+from adapters.store.db import Store, utcnow_iso
+from adapters.store.tables import (
+    ApprovalRow,
+    CycleRow,
+    DaemonStateRow,
+    PolicyVersionRow,
+    TrialRunRow,
+)
+from policies.model import Policy
+
+
+class CycleBook:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # policy versions ------------------------------------------------------------------
+
+    def save_policy(self, policy: Policy, source: str) -> str:
+        version = policy.version
+        with self.store.session() as s:
+            if s.get(PolicyVersionRow, version) is None:
+                s.add(
+                    PolicyVersionRow(
+                        version=version,
+                        name=policy.name,
+                        body=policy.canonical_json(),
+                        source=source,
+                        created_at=utcnow_iso(),
+                    )
+                )
+                try:
+                    s.commit()
+                except IntegrityError:
+                    s.rollback()
+        return version
+
+    # cycles ---------------------------------------------------------------------------
+
+    def start(self, policy_name: str, policy_version: str, trigger: str) -> CycleRow:
+        for _ in range(20):
+            with self.store.session() as s:
+                n = s.exec(
+                    select(func.count())
+                    .select_from(CycleRow)
+                    .where(CycleRow.policy_name == policy_name)
+                ).one()
+                row = CycleRow(
+                    id=f"{policy_name}-c{n + 1:04d}",
+                    policy_name=policy_name,
+                    number=n + 1,
+                    policy_version=policy_version,
+                    trigger=trigger,
+                    status="running",
+                    started_at=utcnow_iso(),
+                    summary="{}",
+                )
+                s.add(row)
+                try:
+                    s.commit()
+                except IntegrityError:
+                    s.rollback()
+                    continue
+                return row
+        raise RuntimeError("could not allocate a cycle id")
+
+    def unfinished(self, policy_name: str) -> CycleRow | None:
+        with self.store.session() as s:
+            return s.exec(
+                select(CycleRow)
+                .where(CycleRow.policy_name == policy_name, CycleRow.status == "running")
+                .order_by(col(CycleRow.number))
+                .limit(1)
+            ).first()
+
+    def get(self, cycle_id: str) -> CycleRow | None:
+        with self.store.session() as s:
+            return s.get(CycleRow, cycle_id)
+
+    def finish(self, cycle_id: str, status: str, summary: dict[str, Any]) -> None:
+        with self.store.session() as s:
+            row = s.get(CycleRow, cycle_id)
+            if row is None:
+                return
+            row.status = status
+            row.finished_at = utcnow_iso()
+            row.summary = canonical(summary)
+            s.add(row)
+            s.commit()
+
+    def completed_count(self, policy_name: str) -> int:
+        with self.store.session() as s:
+            return s.exec(
+                select(func.count())
+                .select_from(CycleRow)
+                .where(CycleRow.policy_name == policy_name, CycleRow.status == "completed")
+            ).one()
+
+    def recent(self, policy_name: str, limit: int = 10) -> list[CycleRow]:
+        with self.store.session() as s:
+            return list(
+                s.exec(
+                    select(CycleRow)
+                    .where(CycleRow.policy_name == policy_name)
+                    .order_by(col(CycleRow.number).desc())
+                    .limit(limit)
+                ).all()
+            )
+
+    # trials ---------------------------------------------------------------------------
+
+    def trial(self, key: str) -> TrialRunRow | None:
+        with self.store.session() as s:
+            return s.get(TrialRunRow, key)
+
+    def trials(self, cycle_id: str) -> list[TrialRunRow]:
+        with self.store.session() as s:
+            return list(
+                s.exec(
+                    select(TrialRunRow)
+                    .where(TrialRunRow.cycle_id == cycle_id)
+                    .order_by(col(TrialRunRow.key))
+                ).all()
+            )
+
+    def put_trial(self, row: TrialRunRow) -> None:
+        with self.store.session() as s:
+            s.merge(row)
+            s.commit()
+
+    @staticmethod
+    def trial_result(row: TrialRunRow) -> dict[str, Any]:
+        return json.loads(row.result or "{}")
+
+    # daemon state -----------------------------------------------------------------------
+
+    def publish_state(self, policy_name: str, **fields: Any) -> None:
+        with self.store.session() as s:
+            row = s.get(DaemonStateRow, policy_name) or DaemonStateRow(policy_name=policy_name)
+            for k, v in fields.items():
+                setattr(row, k, v)
+            s.add(row)
+            s.commit()
+
+    def daemon_state(self, policy_name: str) -> DaemonStateRow | None:
+        with self.store.session() as s:
+            return s.get(DaemonStateRow, policy_name)
+
+    def policy_names(self) -> list[str]:
+        with self.store.session() as s:
+            return sorted(set(s.exec(select(PolicyVersionRow.name)).all()))
+
+    # approvals --------------------------------------------------------------------------
+
+    def request_approval(self, policy_name: str, cycle_id: str, version: int) -> ApprovalRow:
+        with self.store.session() as s:
+            row = s.exec(select(ApprovalRow).where(ApprovalRow.cycle_id == cycle_id)).first()
+            if row is None:
+                row = ApprovalRow(
+                    policy_name=policy_name,
+                    cycle_id=cycle_id,
+                    version=version,
+                    requested_at=utcnow_iso(),
+                )
+                s.add(row)
+                s.commit()
+                s.refresh(row)
+            return row
+
+    def approvals(
+        self, policy_name: str | None = None, status: str | None = None
+    ) -> list[ApprovalRow]:
+        stmt = select(ApprovalRow)
+        if policy_name:
+            stmt = stmt.where(ApprovalRow.policy_name == policy_name)
+        if status:
+            stmt = stmt.where(ApprovalRow.status == status)
+        with self.store.session() as s:
+            return list(s.exec(stmt.order_by(col(ApprovalRow.id))).all())
+
+    def decide_approval(
+        self, approval_id: int, approved: bool, by: str, reason: str
+    ) -> ApprovalRow:
+        with self.store.session() as s:
+            row = s.get(ApprovalRow, approval_id)
+            if row is None:
+                raise KeyError(f"no approval request {approval_id}")
+            if row.status != "pending":
+                raise ValueError(f"approval {approval_id} is already {row.status}")
+            row.status = "approved" if approved else "rejected"
+            row.decided_at, row.decided_by, row.reason = utcnow_iso(), by, reason
+            s.add(row)
+            s.commit()
+            s.refresh(row)
+            return row
+
+    def mark_approval_resumed(self, approval_id: int) -> None:
+        with self.store.session() as s:
+            row = s.get(ApprovalRow, approval_id)
+            if row is not None:
+                row.status = "resumed"
+                s.add(row)
+                s.commit()

@@ -1,0 +1,96 @@
+"""The database: one URL shared by our tables, the LangGraph checkpointer and Optuna.
+
+SQLite (a file under the state directory) is the embedded default; PostgreSQL is the same
+code given a URL. Everything that writes goes through short transactions so a daemon
+killed at any instant leaves the store consistent.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+from sqlmodel import Session, SQLModel, create_engine
+
+from adapters.store import tables  # noqa: F401  (registers the tables)
+
+
+def utcnow_iso() -> str:
+    """Timestamps as fixed-width ISO text: sortable, hashable, identical on every backend."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def normalise_db_url(url: str) -> str:
+    """Accept `postgresql://` and `postgres://` and pick the psycopg 3 driver."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+class Store:
+    """Owns the engine; hands out sessions, the graph checkpointer and the Optuna URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = normalise_db_url(url)
+        parsed = make_url(self.url)
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self.sqlite_path = parsed.database if self.is_sqlite else None
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if self.is_sqlite:
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        self.engine: Engine = create_engine(self.url, **kwargs)
+        if self.is_sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    def create_all(self) -> None:
+        SQLModel.metadata.create_all(self.engine)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as s:
+            yield s
+
+    @contextmanager
+    def checkpointer(self) -> Iterator[Any]:
+        """A LangGraph checkpointer in this same database."""
+        if self.is_sqlite:
+            from langgraph.checkpoint.sqlite import SqliteSaver
+
+            conn = sqlite3.connect(self.sqlite_path or ":memory:", check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            try:
+                saver = SqliteSaver(conn)
+                saver.setup()
+                yield saver
+            finally:
+                conn.close()
+        else:
+            from langgraph.checkpoint.postgres import PostgresSaver
+            from psycopg import Connection
+            from psycopg.rows import dict_row
+
+            plain = make_url(self.url).set(drivername="postgresql")
+            dsn = plain.render_as_string(hide_password=False)
+            with Connection.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+                saver = PostgresSaver(conn)
+                saver.setup()
+                yield saver
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()

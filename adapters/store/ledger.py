@@ -1,0 +1,106 @@
+"""The energy and token ledger: what each side effect cost, per cycle and per day.
+
+Rows are keyed by the side effect that produced them, so a resumed cycle cannot count
+the same trial twice. Measured (NVML) and estimated (host CPU) joules are kept apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+
+from adapters.store.db import Store, utcnow_iso
+from adapters.store.tables import LedgerRow
+
+
+def today_utc() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+@dataclass
+class LedgerTotals:
+    tokens: int = 0
+    joules: float = 0.0
+    measured_joules: float = 0.0
+    estimated_joules: float = 0.0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        if self.measured_joules and self.estimated_joules:
+            return "measured+estimated"
+        return "measured" if self.measured_joules else "estimated"
+
+    @property
+    def tokens_per_joule(self) -> float | None:
+        return self.tokens / self.joules if self.joules > 0 else None
+
+
+class Ledger:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def record(
+        self,
+        *,
+        key: str,
+        policy_name: str,
+        kind: str,
+        tokens: int,
+        joules: float,
+        method: str,
+        cycle_id: str | None = None,
+        day: str | None = None,
+    ) -> bool:
+        """Record once; returns False when this key was already on the books."""
+        row = LedgerRow(
+            key=key,
+            policy_name=policy_name,
+            cycle_id=cycle_id,
+            day=day or today_utc(),
+            kind=kind,
+            tokens=tokens,
+            joules=joules,
+            method=method,
+            created_at=utcnow_iso(),
+        )
+        with self.store.session() as s:
+            if s.get(LedgerRow, key) is not None:
+                return False
+            s.add(row)
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+                return False
+        return True
+
+    def totals(
+        self,
+        policy_name: str,
+        *,
+        day: str | None = None,
+        cycle_id: str | None = None,
+        kind: str | None = None,
+    ) -> LedgerTotals:
+        stmt = select(LedgerRow).where(LedgerRow.policy_name == policy_name)
+        if day:
+            stmt = stmt.where(LedgerRow.day == day)
+        if cycle_id:
+            stmt = stmt.where(LedgerRow.cycle_id == cycle_id)
+        if kind:
+            stmt = stmt.where(LedgerRow.kind == kind)
+        out = LedgerTotals()
+        with self.store.session() as s:
+            for r in s.exec(stmt):
+                out.tokens += r.tokens
+                out.joules += r.joules
+                if r.method == "measured":
+                    out.measured_joules += r.joules
+                else:
+                    out.estimated_joules += r.joules
+                out.by_kind[r.kind] = out.by_kind.get(r.kind, 0) + r.tokens
+        return out

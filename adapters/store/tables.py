@@ -1,0 +1,191 @@
+"""Stored records (SQLModel tables): the *record* side of the loop.
+
+One table per aggregate. JSON payloads are stored as canonical text so the same rows hash
+identically on SQLite and PostgreSQL. Timestamps that take part in hashes are ISO-8601 text.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def _text() -> Column:
+    return Column(Text, nullable=False, default="{}")
+
+
+class PolicyVersionRow(SQLModel, table=True):
+    __tablename__ = "af_policy_version"
+    version: str = Field(primary_key=True, max_length=32)
+    name: str = Field(index=True, max_length=64)
+    body: str = Field(sa_column=_text())
+    source: str = ""
+    created_at: str
+
+
+class AuditEventRow(SQLModel, table=True):
+    """One agent decision. `prev_hash` is unique, so the chain can never fork."""
+
+    __tablename__ = "af_audit_event"
+    seq: int | None = Field(default=None, primary_key=True)
+    ts: str = Field(index=True)
+    cycle_id: str | None = Field(default=None, index=True, max_length=64)
+    agent: str = Field(index=True, max_length=32)
+    action: str = Field(max_length=64)
+    outcome: str = Field(max_length=16)
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    figures: str = Field(sa_column=_text())
+    policy_version: str | None = Field(default=None, max_length=32)
+    idem_key: str | None = Field(default=None, unique=True, max_length=200)
+    prev_hash: str = Field(unique=True, max_length=64)
+    hash: str = Field(max_length=64)
+
+
+class DataFileRow(SQLModel, table=True):
+    """A file seen by a data source, ingested or quarantined exactly once by content hash."""
+
+    __tablename__ = "af_data_file"
+    sha256: str = Field(primary_key=True, max_length=64)
+    policy_name: str = Field(index=True, max_length=64)
+    source_path: str = Field(sa_column=Column(Text, nullable=False))
+    label: str = ""
+    size_bytes: int = 0
+    status: str = Field(max_length=16)  # ingested | quarantined
+    reason: str = ""
+    blob_path: str = ""
+    first_seen: str = ""
+    dataset_version: str | None = None
+
+
+class DatasetVersionRow(SQLModel, table=True):
+    __tablename__ = "af_dataset_version"
+    version: str = Field(primary_key=True, max_length=64)
+    policy_name: str = Field(index=True, max_length=64)
+    parent: str | None = None
+    file_hashes: str = Field(sa_column=_text())
+    new_file_hashes: str = Field(sa_column=_text())
+    n_files: int = 0
+    n_bytes: int = 0
+    byte_hist: str = Field(sa_column=_text())
+    created_at: str = ""
+    cycle_id: str | None = None
+
+
+class CycleRow(SQLModel, table=True):
+    __tablename__ = "af_cycle"
+    id: str = Field(primary_key=True, max_length=64)
+    policy_name: str = Field(index=True, max_length=64)
+    number: int
+    policy_version: str = ""
+    trigger: str = ""
+    status: str = Field(default="running", max_length=16)
+    started_at: str = ""
+    finished_at: str | None = None
+    summary: str = Field(sa_column=_text())
+
+
+class TrialRunRow(SQLModel, table=True):
+    """A trial's side effect, keyed so a resumed cycle never starts it twice."""
+
+    __tablename__ = "af_trial_run"
+    key: str = Field(primary_key=True, max_length=200)
+    cycle_id: str = Field(index=True, max_length=64)
+    study_name: str = ""
+    optuna_number: int | None = None
+    params: str = Field(sa_column=_text())
+    status: str = Field(default="running", max_length=16)  # running|trained|complete|failed
+    result: str = Field(sa_column=_text())
+    error: str = ""
+
+
+class ModelVersionRow(SQLModel, table=True):
+    __tablename__ = "af_model_version"
+    __table_args__ = (UniqueConstraint("policy_name", "version"),)
+    id: int | None = Field(default=None, primary_key=True)
+    policy_name: str = Field(index=True, max_length=64)
+    version: int
+    idem_key: str = Field(unique=True, max_length=200)
+    cycle_id: str = ""
+    dataset_version: str = ""
+    trial_key: str = ""
+    params: str = Field(sa_column=_text())
+    artefact_sha256: str = ""
+    artefact_path: str = ""
+    tokens: int = 0
+    joules: float = 0.0
+    energy_method: str = ""
+    valid_bpb: float | None = None
+    evaluation: str = Field(sa_column=_text())
+    status: str = Field(default="candidate", max_length=16)  # candidate|blessed|refused
+    created_at: str = ""
+
+
+class AliasRow(SQLModel, table=True):
+    __tablename__ = "af_alias"
+    policy_name: str = Field(primary_key=True, max_length=64)
+    alias: str = Field(primary_key=True, max_length=32)
+    version: int
+    updated_at: str = ""
+    updated_by: str = ""
+    reason: str = ""
+
+
+class AliasMoveRow(SQLModel, table=True):
+    """History of every alias move: what served when, who moved it and why."""
+
+    __tablename__ = "af_alias_move"
+    id: int | None = Field(default=None, primary_key=True)
+    policy_name: str = Field(index=True, max_length=64)
+    alias: str = Field(max_length=32)
+    from_version: int | None = None
+    to_version: int | None = None
+    at: str = ""
+    by: str = ""
+    reason: str = ""
+    idem_key: str | None = Field(default=None, unique=True, max_length=200)
+
+
+class LedgerRow(SQLModel, table=True):
+    """Tokens and joules spent, one row per side effect (idempotent by key)."""
+
+    __tablename__ = "af_ledger"
+    key: str = Field(primary_key=True, max_length=200)
+    policy_name: str = Field(index=True, max_length=64)
+    cycle_id: str | None = Field(default=None, index=True, max_length=64)
+    day: str = Field(index=True, max_length=10)
+    kind: str = Field(max_length=16)  # train | eval | serve | llm
+    tokens: int = 0
+    joules: float = 0.0
+    method: str = ""  # measured | estimated
+    created_at: str = ""
+
+
+class DaemonStateRow(SQLModel, table=True):
+    """What a running daemon publishes for `aifactory status`."""
+
+    __tablename__ = "af_daemon_state"
+    policy_name: str = Field(primary_key=True, max_length=64)
+    pid: int = 0
+    started_at: str = ""
+    heartbeat_at: str = ""
+    next_cycle_at: str | None = None
+    serving_url: str = ""
+    served_version: int | None = None
+    policy_path: str = ""
+    policy_version: str = ""
+    energy_source: str = ""
+
+
+class ApprovalRow(SQLModel, table=True):
+    """A promotion waiting for a person (approval: required)."""
+
+    __tablename__ = "af_approval"
+    id: int | None = Field(default=None, primary_key=True)
+    policy_name: str = Field(index=True, max_length=64)
+    cycle_id: str = Field(unique=True, max_length=64)
+    version: int
+    status: str = Field(default="pending", max_length=16)  # pending|approved|rejected|resumed
+    requested_at: str = ""
+    decided_at: str | None = None
+    decided_by: str = ""
+    reason: str = ""

@@ -1,0 +1,189 @@
+"""The contract between the controller and a trainable workload.
+
+The controller never knows what model it is retraining: it hands a workload a
+:class:`TrainRequest` (data files, a token budget, hyperparameters), gets back a
+:class:`TrainResult` and an artefact on disk, scores artefacts with ``evaluate`` and
+serves them through ``load``.  Keeping this surface small and plain-data lets third
+parties plug in their own workloads via :func:`load_workload`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "Completion",
+    "EvalResult",
+    "TextGenerator",
+    "TrainProgress",
+    "TrainRequest",
+    "TrainResult",
+    "Workload",
+    "load_workload",
+]
+
+#: Methods an object must have to be accepted as a workload by :func:`load_workload`.
+_REQUIRED_METHODS: tuple[str, ...] = ("train", "evaluate", "load")
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """One training job; plain data so it can be logged, queued and replayed.
+
+    ``params`` holds the workload's hyperparameters; a workload rejects keys it does not
+    know with a ``ValueError`` naming the key, so typos never silently fall back to defaults.
+    ``max_tokens`` is a hard cap: a workload never processes more input tokens than this.
+    """
+
+    params: dict[str, Any]
+    train_files: list[str]
+    valid_files: list[str]
+    max_tokens: int
+    out_path: str
+    seed: int = 0
+    threads: int = 2
+    device: str = "auto"
+    max_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """A periodic heartbeat so the controller can show and account for a running job."""
+
+    step: int
+    tokens: int
+    loss: float
+    tokens_per_s: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished (or stopped) training run produced.
+
+    ``stopped_reason`` is one of ``"budget"``, ``"time"``, ``"stopped"`` or ``"nan"``;
+    on ``"nan"`` nothing is saved and ``artefact_path`` is ``""``.
+    """
+
+    tokens: int
+    seconds: float
+    valid_bpb: float
+    final_train_loss: float
+    device: str
+    precision: str
+    n_params: int
+    steps: int
+    stopped_reason: str
+    artefact_path: str
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Held-out score; per-chunk-group values allow a paired bootstrap between artefacts."""
+
+    bpb: float
+    tokens: int
+    chunk_bpb: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated continuation, with token counts for accounting."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "length" | "stop"
+
+
+@runtime_checkable
+class TextGenerator(Protocol):
+    """A loaded artefact that can serve text completions (must be thread-safe)."""
+
+    name: str
+
+    def generate(
+        self, prompt: str, max_tokens: int, temperature: float = 1.0, seed: int | None = None
+    ) -> Completion:
+        """Continue ``prompt`` by up to ``max_tokens`` tokens."""
+        ...
+
+
+@runtime_checkable
+class Workload(Protocol):
+    """Something the controller can train, score and serve."""
+
+    name: str
+
+    def train(
+        self,
+        request: TrainRequest,
+        progress: Callable[[TrainProgress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> TrainResult:
+        """Train within the request's budget and save the artefact to ``request.out_path``."""
+        ...
+
+    def evaluate(
+        self, artefact_path: str, files: list[str], max_bytes: int = 200_000, threads: int = 2
+    ) -> EvalResult:
+        """Score a saved artefact on held-out files."""
+        ...
+
+    def load(self, artefact_path: str, threads: int = 1) -> TextGenerator:
+        """Load a saved artefact for serving."""
+        ...
+
+
+def load_workload(spec: str) -> Workload:
+    """Resolve a workload from configuration.
+
+    ``"bytelm"`` is the built-in byte-level transformer; anything else must be
+    ``"package.module:object"``.  A class is instantiated with no arguments.  Errors are
+    ``ValueError`` so a bad config line is reported as such, not as an import traceback.
+    """
+    spec = spec.strip()
+    if spec == "bytelm":
+        from .bytelm import ByteLMWorkload
+
+        return ByteLMWorkload()
+
+    module_name, sep, attr_path = spec.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise ValueError(
+            f"invalid workload spec {spec!r}: expected 'bytelm' or 'package.module:object'"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(
+            f"invalid workload spec {spec!r}: cannot import module {module_name!r} ({exc})"
+        ) from exc
+
+    obj: Any = module
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as exc:
+            raise ValueError(
+                f"invalid workload spec {spec!r}: module {module_name!r} has no {attr_path!r}"
+            ) from exc
+
+    if isinstance(obj, type):
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise ValueError(
+                f"invalid workload spec {spec!r}: cannot instantiate {attr_path!r} "
+                f"with no arguments ({exc})"
+            ) from exc
+
+    missing = [m for m in _REQUIRED_METHODS if not callable(getattr(obj, m, None))]
+    if missing:
+        raise ValueError(
+            f"invalid workload spec {spec!r}: {attr_path!r} is not a workload "
+            f"(missing method(s): {', '.join(missing)})"
+        )
+    return obj

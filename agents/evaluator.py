@@ -1,0 +1,81 @@
+"""Evaluator agent (decide side): bless or refuse a candidate against the champion.
+
+Pure: both models are scored by the evaluator node on the same held-out data (recent:
+the newest data; reference: the data before it); this function applies the policy's
+gates and says which passed, with the figures.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from agents.actions import Action
+from policies.model import Policy
+
+
+@dataclass(frozen=True)
+class Scores:
+    recent_bpb: float
+    reference_bpb: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    blessed: bool
+    action: Action
+
+
+def judge(candidate: Scores | None, champion: Scores | None, policy: Policy) -> Verdict:
+    g = policy.gates
+    figures: dict[str, object] = {
+        "gate_max_bpb": g.max_bpb,
+        "gate_min_improvement_pct": g.min_improvement_pct,
+        "gate_max_reference_regression_pct": g.max_reference_regression_pct,
+    }
+    if candidate is None:
+        return _refuse("candidate could not be scored", figures)
+    figures |= {
+        "candidate_recent_bpb": round(candidate.recent_bpb, 6),
+        "candidate_reference_bpb": round(candidate.reference_bpb, 6),
+    }
+    if not (math.isfinite(candidate.recent_bpb) and math.isfinite(candidate.reference_bpb)):
+        return _refuse("candidate scores are not finite (NaN/inf): never promoted", figures)
+    failures = []
+    if candidate.recent_bpb > g.max_bpb:
+        failures.append(f"recent {candidate.recent_bpb:.4f} bits/byte > ceiling {g.max_bpb:.4f}")
+    if champion is not None:
+        gain = 100.0 * (champion.recent_bpb - candidate.recent_bpb) / champion.recent_bpb
+        regression = (
+            100.0 * (candidate.reference_bpb - champion.reference_bpb) / champion.reference_bpb
+        )
+        figures |= {
+            "champion_recent_bpb": round(champion.recent_bpb, 6),
+            "champion_reference_bpb": round(champion.reference_bpb, 6),
+            "improvement_pct": round(gain, 4),
+            "reference_regression_pct": round(regression, 4),
+        }
+        if gain < g.min_improvement_pct:
+            failures.append(
+                f"improvement on recent data {gain:.2f}% < required {g.min_improvement_pct:.2f}%"
+            )
+        if regression > g.max_reference_regression_pct:
+            failures.append(
+                f"reference data regresses {regression:.2f}% > allowed "
+                f"{g.max_reference_regression_pct:.2f}%"
+            )
+    if failures:
+        return _refuse("; ".join(failures), figures)
+    if champion is None:
+        reason = f"first model: recent {candidate.recent_bpb:.4f} bits/byte within ceiling"
+    else:
+        reason = (
+            f"beats champion on recent data by {figures['improvement_pct']:.2f}% "
+            f"({candidate.recent_bpb:.4f} vs {champion.recent_bpb:.4f} bits/byte), "
+            f"reference change {figures['reference_regression_pct']:+.2f}%"
+        )
+    return Verdict(True, Action("evaluator", "bless", "taken", reason, figures))
+
+
+def _refuse(reason: str, figures: dict[str, object]) -> Verdict:
+    return Verdict(False, Action("evaluator", "bless", "refused", reason, figures))

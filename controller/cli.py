@@ -1,0 +1,408 @@
+"""The `aifactory` command: run the daemon, check policies, read the audit log and registry."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from rich.console import Console
+from rich.table import Table
+
+from controller.settings import Settings
+from policies.loader import PolicyError, load_policy
+from policies.model import policy_json_schema
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for name in ("state_dir", "db_url", "policy", "port", "host", "tick_s", "threads"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    if getattr(args, "no_serve", False):
+        overrides["serve"] = False
+    return Settings(**overrides)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-dir", type=Path, help="state directory (AIFACTORY_STATE_DIR)")
+    p.add_argument("--db", dest="db_url", help="database URL (AIFACTORY_DB_URL)")
+    p.add_argument("--policy", type=Path, help="policy file (AIFACTORY_POLICY)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aifactory", description="A self-optimising controller daemon for AI factories."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="start the daemon")
+    _common(run)
+    group = run.add_mutually_exclusive_group()
+    group.add_argument("--once", action="store_true", help="run one cycle and exit")
+    group.add_argument("--cycles", type=int, help="exit after N cycles")
+    run.add_argument("--port", type=int, help="serving port (AIFACTORY_PORT)")
+    run.add_argument("--host", help="serving address")
+    run.add_argument("--no-serve", action="store_true", help="do not start the HTTP server")
+    run.add_argument("--tick-s", dest="tick_s", type=float, help="watch tick interval")
+    run.add_argument("--threads", type=int, help="torch threads per trial")
+
+    pol = sub.add_parser("policy", help="check a policy or print its schema")
+    pol_sub = pol.add_subparsers(dest="policy_command", required=True)
+    check = pol_sub.add_parser("check", help="validate a policy file")
+    check.add_argument("file", type=Path)
+    pol_sub.add_parser("schema", help="print the policy JSON Schema")
+
+    audit = sub.add_parser("audit", help="list audit events, or `audit verify`")
+    _common(audit)
+    audit.add_argument("verb", nargs="?", choices=["verify"], help="verify the hash chain")
+    audit.add_argument("--agent")
+    audit.add_argument("--cycle")
+    audit.add_argument("--since", help="ISO time, e.g. 2026-11-26T10:00")
+    audit.add_argument("--limit", type=int)
+    audit.add_argument("--json", action="store_true")
+
+    status = sub.add_parser("status", help="champion, last cycle, budgets, next run")
+    _common(status)
+    status.add_argument("--json", action="store_true")
+
+    models = sub.add_parser("models", help="list model versions, or `models show V`")
+    _common(models)
+    models.add_argument("verb", nargs="?", choices=["show"])
+    models.add_argument("version", nargs="?", type=int)
+    models.add_argument("--json", action="store_true")
+
+    rollback = sub.add_parser("rollback", help="restore the previous champion (or --to V)")
+    _common(rollback)
+    rollback.add_argument("--to", type=int)
+    rollback.add_argument("--reason", default="operator rollback")
+
+    for verb in ("approve", "reject"):
+        p = sub.add_parser(verb, help=f"{verb} a promotion waiting for a person")
+        _common(p)
+        p.add_argument("id", type=int)
+        p.add_argument("--reason", default="", required=verb == "reject")
+        p.add_argument("--by", default=None, help="who decides (default: current user)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # logs and pipes: do not squeeze tables to 80 columns
+    if args.command == "policy":
+        return _policy(args, console)
+    settings = _settings(args)
+    if args.command == "run":
+        from controller.daemon import Daemon
+
+        cycles = 1 if args.once else args.cycles
+        return Daemon(settings, console).run(cycles=cycles)
+    return _offline(args, settings, console)
+
+
+def _policy(args: argparse.Namespace, console: Console) -> int:
+    if args.policy_command == "schema":
+        print(json.dumps(policy_json_schema(), indent=2))
+        return 0
+    try:
+        policy = load_policy(args.file)
+    except PolicyError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    console.print(
+        f"{args.file}: OK (policy {policy.name}, version {policy.version})",
+        highlight=False,
+        markup=False,
+    )
+    return 0
+
+
+def _offline(args: argparse.Namespace, settings: Settings, console: Console) -> int:
+    """Commands that read or edit the store directly, with or without a running daemon."""
+    from adapters.store.audit import AuditLog
+    from adapters.store.cycles import CycleBook
+    from adapters.store.db import Store
+    from adapters.store.registry import ModelRegistry
+
+    store = Store(settings.resolved_db_url)
+    store.create_all()
+    audit = AuditLog(store)
+    book = CycleBook(store)
+    registry = ModelRegistry(store, settings.state_dir / "models")
+    try:
+        name = _policy_name(settings, book)
+        if args.command == "audit":
+            return _audit(args, audit, console)
+        if args.command == "status":
+            return _status(args, name, store, book, registry, console)
+        if args.command == "models":
+            return _models(args, name, registry, console)
+        if args.command == "rollback":
+            return _rollback(args, name, registry, audit, console)
+        if args.command in ("approve", "reject"):
+            return _decide(args, book, audit, console)
+    finally:
+        store.dispose()
+    return 1
+
+
+def _policy_name(settings: Settings, book: Any) -> str:
+    try:
+        return load_policy(settings.policy).name
+    except PolicyError:
+        names = book.policy_names()
+        return names[0] if len(names) == 1 else "default"
+
+
+def _audit(args: argparse.Namespace, audit: Any, console: Console) -> int:
+    if args.verb == "verify":
+        report = audit.verify()
+        if report.ok:
+            console.print(
+                f"audit chain OK: {report.events} events verified", highlight=False, markup=False
+            )
+            return 0
+        console.print(
+            f"audit chain BROKEN at event {report.first_bad_seq}: {report.problem}",
+            highlight=False,
+            markup=False,
+        )
+        return 1
+    events = audit.events(agent=args.agent, cycle_id=args.cycle, since=args.since, limit=args.limit)
+    if args.json:
+        for e in events:
+            print(json.dumps(e.__dict__, sort_keys=True))
+        return 0
+    table = Table(title=f"audit log ({len(events)} events)")
+    for col in ("seq", "time", "cycle", "agent", "action", "outcome", "reason"):
+        table.add_column(col, overflow="fold")
+    for e in events:
+        table.add_row(
+            str(e.seq), e.ts[:19], e.cycle_id or "-", e.agent, e.action, e.outcome, e.reason
+        )
+    console.print(table)
+    return 0
+
+
+def _status(
+    args: argparse.Namespace, name: str, store: Any, book: Any, registry: Any, console: Console
+) -> int:
+    from adapters.store.ledger import Ledger, today_utc
+    from policies.model import Policy
+
+    ledger = Ledger(store)
+    champion_v = registry.alias(name, "champion")
+    champ = registry.get(name, champion_v) if champion_v else None
+    last = next(iter(book.recent(name, 1)), None)
+    state = book.daemon_state(name)
+    day = ledger.totals(name, day=today_utc())
+    policy: Policy | None = None
+    try:
+        policy = load_policy(args.policy) if args.policy else None
+    except PolicyError:
+        policy = None
+    budgets = policy.budgets if policy else None
+    out = {
+        "policy": name,
+        "champion": None
+        if champ is None
+        else {
+            "version": champ.version,
+            "valid_bpb": champ.valid_bpb,
+            "recent_bpb": champ.evaluation.get("candidate_recent_bpb"),
+            "created_at": champ.created_at,
+        },
+        "previous": registry.alias(name, "previous"),
+        "last_cycle": None
+        if last is None
+        else {
+            "id": last.id,
+            "status": last.status,
+            "trigger": last.trigger,
+            "started_at": last.started_at,
+            "finished_at": last.finished_at,
+        },
+        "today": {
+            "tokens": day.tokens,
+            "joules": round(day.joules, 1),
+            "energy_method": day.method,
+            "training_tokens_budget": budgets.training_tokens_per_day if budgets else None,
+            "energy_kwh_budget": budgets.energy_kwh_per_day if budgets else None,
+        },
+        "daemon": None
+        if state is None
+        else {
+            "pid": state.pid,
+            "heartbeat_at": state.heartbeat_at,
+            "next_cycle_at": state.next_cycle_at,
+            "serving_url": state.serving_url,
+            "served_version": state.served_version,
+            "energy": state.energy_source,
+        },
+        "pending_approvals": [
+            {"id": a.id, "cycle": a.cycle_id, "version": a.version}
+            for a in book.approvals(name, "pending")
+        ],
+    }
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    c = out["champion"]
+    console.print(f"[bold]{name}[/bold]")
+    console.print(
+        f"  champion:    {'v' + str(c['version']) if c else 'none'}"
+        + (f"  (recent {c['recent_bpb']:.4f} bits/byte)" if c and c["recent_bpb"] else ""),
+        highlight=False,
+        markup=False,
+    )
+    lc = out["last_cycle"]
+    console.print(
+        f"  last cycle:  {lc['id'] + ' ' + lc['status'] if lc else 'none'}",
+        highlight=False,
+        markup=False,
+    )
+    t = out["today"]
+    console.print(
+        f"  today:       {t['tokens']:,} tokens, {t['joules']:,.0f} J ({t['energy_method']})",
+        highlight=False,
+        markup=False,
+    )
+    d = out["daemon"]
+    if d:
+        console.print(
+            f"  daemon:      pid {d['pid']}, heartbeat {d['heartbeat_at']}, serving "
+            f"v{d['served_version']} at {d['serving_url']}",
+            highlight=False,
+            markup=False,
+        )
+        console.print(
+            f"  next cycle:  {d['next_cycle_at'] or 'on new data / not scheduled'}",
+            highlight=False,
+            markup=False,
+        )
+    for a in out["pending_approvals"]:
+        console.print(
+            f"  approval {a['id']}: v{a['version']} from {a['cycle']} is waiting",
+            highlight=False,
+            markup=False,
+        )
+    return 0
+
+
+def _models(args: argparse.Namespace, name: str, registry: Any, console: Console) -> int:
+    aliases = registry.aliases(name)
+    by_version: dict[int, list[str]] = {}
+    for alias, v in aliases.items():
+        by_version.setdefault(v, []).append(alias)
+    if args.verb == "show":
+        if args.version is None:
+            console.print("usage: aifactory models show VERSION")
+            return 2
+        m = registry.get(name, args.version)
+        if m is None:
+            console.print(f"no model version {args.version}")
+            return 1
+        data = dict(m.__dict__) | {"aliases": by_version.get(m.version, [])}
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    versions = registry.versions(name)
+    if args.json:
+        print(json.dumps([m.__dict__ for m in versions], default=str))
+        return 0
+    table = Table(title=f"model versions: {name}")
+    for col in (
+        "version",
+        "aliases",
+        "status",
+        "cycle",
+        "dataset",
+        "valid bpb",
+        "tokens",
+        "joules",
+        "created",
+    ):
+        table.add_column(col)
+    for m in versions:
+        table.add_row(
+            f"v{m.version}",
+            ",".join(by_version.get(m.version, [])),
+            m.status,
+            m.cycle_id,
+            m.dataset_version[:10],
+            f"{m.valid_bpb:.4f}" if m.valid_bpb else "-",
+            f"{m.tokens:,}",
+            f"{m.joules:,.0f} ({m.energy_method})",
+            m.created_at[:19],
+        )
+    console.print(table)
+    return 0
+
+
+def _rollback(
+    args: argparse.Namespace, name: str, registry: Any, audit: Any, console: Console
+) -> int:
+    who = getpass.getuser()
+    try:
+        before, after = registry.rollback(name, to=args.to, by=who, reason=args.reason)
+    except (LookupError, KeyError) as exc:
+        audit.append(
+            agent="operator",
+            action="rollback",
+            outcome="refused",
+            reason=f"{who}: {exc}",
+            figures={"to": args.to},
+        )
+        console.print(f"rollback refused: {exc}")
+        return 1
+    audit.append(
+        agent="operator",
+        action="rollback",
+        outcome="taken",
+        reason=f"{who}: champion v{before} -> v{after}: {args.reason}",
+        figures={"from": before, "to": after, "by": who},
+    )
+    console.print(
+        f"champion is now v{after} (was v{before}); a running daemon switches "
+        "serving within one tick",
+        highlight=False,
+        markup=False,
+    )
+    return 0
+
+
+def _decide(args: argparse.Namespace, book: Any, audit: Any, console: Console) -> int:
+    who = args.by or getpass.getuser()
+    approved = args.command == "approve"
+    try:
+        row = book.decide_approval(args.id, approved, who, args.reason)
+    except (KeyError, ValueError) as exc:
+        console.print(str(exc))
+        return 1
+    audit.append(
+        agent="operator",
+        action=args.command,
+        outcome="taken",
+        reason=f"{who} {'approved' if approved else 'rejected'} v{row.version}: {args.reason}",
+        figures={"approval_id": row.id, "version": row.version},
+        cycle_id=row.cycle_id,
+    )
+    console.print(
+        f"approval {row.id} {row.status}; the daemon resumes {row.cycle_id} within one tick",
+        highlight=False,
+        markup=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,762 @@
+"""One production cycle as a LangGraph StateGraph, checkpointed after every step.
+
+    data -> energy -> trainer -> evaluator -> [approval] -> deployer -> report
+      \\________ nothing to do / refused / deferred _________________/
+
+Nodes observe through adapters, call the agents' pure decision functions, apply the
+resulting actions through adapters and audit each one. Every side effect carries a key
+derived from the cycle id, so a node re-run after a crash (the checkpointer restarts the
+step that was in flight) finds its earlier effects instead of repeating them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, TypedDict
+
+import optuna
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import interrupt
+
+from adapters.cluster.base import Cluster, TrialJob
+from adapters.data_sources import DataSource
+from adapters.energy import HostCpuEnergyMeter
+from adapters.store.audit import AuditLog
+from adapters.store.cycles import CycleBook
+from adapters.store.datasets import DataCatalog, DatasetVersion
+from adapters.store.db import Store
+from adapters.store.ledger import Ledger, today_utc
+from adapters.store.registry import CHAMPION, ModelRegistry, ModelVersion
+from adapters.store.tables import TrialRunRow
+from adapters.workload.protocol import TrainRequest, Workload
+from agents.actions import Action
+from agents.data import DataObservation, decide_data
+from agents.deployer import decide_deploy
+from agents.drift import js_divergence
+from agents.energy import EnergyObservation, decide_energy
+from agents.evaluator import Scores, judge
+from agents.trainer import TrialSummary, choose_candidate, distributions, warm_start_params
+from controller.ingest import Ingestor
+from controller.progress import ProgressReporter
+from policies.model import Policy
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class CycleInterrupted(Exception):
+    """The daemon is stopping; the cycle stays checkpointed and resumes on restart."""
+
+
+def _merge(a: dict[str, float] | None, b: dict[str, float] | None) -> dict[str, float]:
+    return {**(a or {}), **(b or {})}
+
+
+class CycleState(TypedDict, total=False):
+    cycle_id: str
+    trigger: str
+    dataset_version: str | None
+    retrain: bool
+    allowance: dict[str, Any] | None
+    trials: list[dict[str, Any]]
+    candidate_version: int | None
+    blessed: bool
+    approved: bool | None
+    promoted: bool
+    stage_s: Annotated[dict[str, float], _merge]
+
+
+@dataclass
+class FactoryContext:
+    """Everything a cycle touches, built once by the daemon and passed in explicitly."""
+
+    policy: Policy
+    store: Store
+    audit: AuditLog
+    registry: ModelRegistry
+    ledger: Ledger
+    catalog: DataCatalog
+    book: CycleBook
+    cluster: Cluster
+    workload: Workload
+    workload_spec: str
+    source: DataSource
+    ingestor: Ingestor
+    trials_dir: Path
+    threads: int = 2
+    reporter: ProgressReporter = field(default_factory=ProgressReporter)
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    on_champion_changed: Callable[[], None] = lambda: None
+
+    @property
+    def name(self) -> str:
+        return self.policy.name
+
+    def record(self, action: Action, cycle_id: str, key: str) -> None:
+        self.audit.append(
+            agent=action.agent,
+            action=action.action,
+            outcome=action.outcome,
+            reason=action.reason,
+            figures=action.figures,
+            cycle_id=cycle_id,
+            policy_version=self.policy.version,
+            key=f"{cycle_id}:{key}",
+        )
+
+    def champion(self) -> ModelVersion | None:
+        v = self.registry.alias(self.name, CHAMPION)
+        return self.registry.get(self.name, v) if v is not None else None
+
+
+def _timed(name: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
+    def wrap(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+        def node(self: ProductionCycle, state: CycleState) -> dict[str, Any]:
+            started = time.perf_counter()
+            out = fn(self, state)
+            out["stage_s"] = {name: round(time.perf_counter() - started, 3)}
+            return out
+
+        node.__name__ = fn.__name__
+        return node
+
+    return wrap
+
+
+class ProductionCycle:
+    """The graph's nodes, bound to one factory context."""
+
+    def __init__(self, ctx: FactoryContext) -> None:
+        self.ctx = ctx
+
+    # data ---------------------------------------------------------------------------
+
+    def _holdouts(self, hashes: tuple[str, ...] | list[str]) -> list[str]:
+        return [str(self.ctx.ingestor.blob_paths(h)[1]) for h in hashes]
+
+    def _trains(self, hashes: tuple[str, ...] | list[str]) -> list[str]:
+        return [str(self.ctx.ingestor.blob_paths(h)[0]) for h in hashes]
+
+    def _score(self, artefact: str, files: list[str]) -> tuple[float, int]:
+        res = self.ctx.workload.evaluate(
+            artefact,
+            files,
+            max_bytes=self.ctx.policy.data.eval_max_bytes,
+            threads=self.ctx.threads,
+        )
+        return res.bpb, res.tokens
+
+    @_timed("data")
+    def data(self, state: CycleState) -> dict[str, Any]:
+        ctx, cid = self.ctx, state["cycle_id"]
+        completed = ctx.book.completed_count(ctx.name)
+        report = ctx.ingestor.ingest(
+            ctx.source, completed, cycle_id=cid, policy_version=ctx.policy.version
+        )
+        latest = ctx.catalog.latest(ctx.name)
+        if latest is not None and latest.cycle_id == cid:
+            dataset: DatasetVersion | None = latest  # this node is re-running after a crash
+        else:
+            fresh = ctx.catalog.unassigned(ctx.name)
+            dataset = self._new_dataset(latest, [f.sha256 for f in fresh], cid) if fresh else latest
+        new = list(dataset.new_file_hashes) if dataset and dataset.cycle_id == cid else []
+        if report.quarantined or new:
+            ctx.record(
+                Action(
+                    "data",
+                    "ingest",
+                    "taken",
+                    f"{len(new)} new file(s) into dataset {dataset.version if dataset else '-'}, "
+                    f"{len(report.quarantined)} quarantined",
+                    {
+                        "new_files": len(new),
+                        "quarantined": len(report.quarantined),
+                        "dataset_version": dataset.version if dataset else None,
+                        "source": ctx.source.description,
+                    },
+                ),
+                cid,
+                "data:ingest",
+            )
+        champion = ctx.champion()
+        obs = DataObservation(
+            new_files=len(new),
+            new_bytes=sum(f.size_bytes for f in ctx.catalog.files(new)),
+            quarantined=len(report.quarantined),
+            dataset_version=dataset.version if dataset else None,
+            has_champion=champion is not None,
+        )
+        if champion is not None and new:
+            obs = self._drift(obs, champion, new)
+        decision = decide_data(obs, ctx.policy)
+        for i, action in enumerate(decision.actions):
+            ctx.record(action, cid, f"data:{action.action}:{i}")
+        ctx.reporter.info(f"[data] {decision.actions[-1].reason}")
+        return {"dataset_version": obs.dataset_version, "retrain": decision.retrain}
+
+    def _new_dataset(
+        self, parent: DatasetVersion | None, new: list[str], cid: str
+    ) -> DatasetVersion:
+        import hashlib
+
+        files = sorted(set(parent.file_hashes if parent else ()) | set(new))
+        version = hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]
+        hist = list(parent.byte_hist) if parent else [0] * 256
+        for row in self.ctx.catalog.files(new):
+            for path in self.ctx.ingestor.blob_paths(row.sha256):
+                data = path.read_bytes()
+                for b in set(data):
+                    hist[b] += data.count(b)
+        n_bytes = (parent.n_bytes if parent else 0) + sum(
+            r.size_bytes for r in self.ctx.catalog.files(new)
+        )
+        return self.ctx.catalog.create(
+            policy_name=self.ctx.name,
+            version=version,
+            parent=parent.version if parent else None,
+            file_hashes=files,
+            new_file_hashes=new,
+            n_bytes=n_bytes,
+            byte_hist=hist,
+            cycle_id=cid,
+        )
+
+    def _drift(
+        self, obs: DataObservation, champion: ModelVersion, new: list[str]
+    ) -> DataObservation:
+        ctx = self.ctx
+        trained_on = ctx.catalog.get(champion.dataset_version)
+        new_hist = [0] * 256
+        for h in new:
+            for path in ctx.ingestor.blob_paths(h):
+                data = path.read_bytes()
+                for b in set(data):
+                    new_hist[b] += data.count(b)
+        js = js_divergence(new_hist, trained_on.byte_hist) if trained_on else None
+        try:
+            artefact = ctx.registry.verified_path(champion)
+            new_bpb, _ = self._score(artefact, self._holdouts(new))
+            ref_files = self._holdouts(trained_on.file_hashes) if trained_on else []
+            ref_bpb = self._score(artefact, ref_files)[0] if ref_files else None
+        except Exception as exc:  # a broken champion must not stop data handling
+            ctx.reporter.info(f"[data] champion could not be scored: {exc}")
+            new_bpb = ref_bpb = None
+        return DataObservation(
+            new_files=obs.new_files,
+            new_bytes=obs.new_bytes,
+            quarantined=obs.quarantined,
+            dataset_version=obs.dataset_version,
+            has_champion=True,
+            js_divergence=js,
+            champion_new_bpb=new_bpb,
+            champion_ref_bpb=ref_bpb,
+        )
+
+    # energy -------------------------------------------------------------------------
+
+    @_timed("energy")
+    def energy(self, state: CycleState) -> dict[str, Any]:
+        ctx, cid = self.ctx, state["cycle_id"]
+        day = ctx.ledger.totals(ctx.name, day=today_utc(), kind="train")
+        history = ctx.ledger.totals(ctx.name, kind="train")
+        obs = EnergyObservation(
+            day_tokens=day.tokens,
+            day_joules=day.joules,
+            joules_per_token=history.joules / history.tokens if history.tokens else None,
+            energy_method=history.method,
+        )
+        decision = decide_energy(obs, ctx.policy)
+        for i, action in enumerate(decision.actions):
+            ctx.record(action, cid, f"energy:{action.action}:{i}")
+        ctx.reporter.info(f"[energy] {decision.actions[-1].reason}")
+        a = decision.allowance
+        return {"allowance": None if a is None else a.__dict__.copy()}
+
+    # trainer ------------------------------------------------------------------------
+
+    def _study(self, cycle_number: int) -> optuna.Study:
+        """The policy's study, owned by the daemon (ask/tell); trial workers never write it."""
+        storage = optuna.storages.RDBStorage(self.ctx.store.url)
+        return optuna.create_study(
+            study_name=f"aifactory-{self.ctx.name}",
+            storage=storage,
+            direction="minimize",
+            # a different but reproducible stream per cycle, so cycles do not repeat samples
+            sampler=optuna.samplers.TPESampler(seed=self.ctx.policy.tuning.seed + cycle_number),
+            load_if_exists=True,
+        )
+
+    @_timed("trainer")
+    def trainer(self, state: CycleState) -> dict[str, Any]:
+        ctx, cid = self.ctx, state["cycle_id"]
+        allowance = state.get("allowance") or {}
+        n_trials = int(allowance.get("trials", 0))
+        dataset = ctx.catalog.get(state["dataset_version"] or "")
+        assert dataset is not None
+        cycle = ctx.book.get(cid)
+        study = self._study(cycle.number if cycle else 0)
+        dists = distributions(ctx.policy)
+        champion = ctx.champion()
+        warm = warm_start_params(champion.params if champion else None, ctx.policy)
+        warm_key = f"{cid}:trainer:warm_start"
+        if warm is not None and not ctx.audit.has_key(warm_key):
+            # the champion's parameters go first, re-measured on today's data
+            study.enqueue_trial(warm)
+            ctx.record(
+                Action(
+                    "trainer",
+                    "warm_start",
+                    "taken",
+                    f"first trial re-runs champion v{champion.version}'s parameters"
+                    if champion
+                    else "warm start",
+                    {"params": warm},
+                ),
+                cid,
+                "trainer:warm_start",
+            )
+        train_files = self._trains(dataset.file_hashes)
+        valid_files = self._holdouts(dataset.file_hashes)
+        tokens_left = int(allowance.get("tokens_left", 0))
+        joules_left = float(allowance.get("joules_left", 0.0))
+        summaries: list[TrialSummary] = []
+        for i in range(n_trials):
+            key = f"{cid}:trial:{i:03d}"
+            row = ctx.book.trial(key)
+            if row is None or row.status == "running":
+                spent_t = sum(s.tokens for s in summaries)
+                spent_j = sum(s.joules for s in summaries)
+                budget_t = min(int(allowance["tokens_per_trial"]), tokens_left - spent_t)
+                if budget_t <= 0 or joules_left - spent_j <= 0:
+                    ctx.record(
+                        Action(
+                            "trainer",
+                            "run_trial",
+                            "refused",
+                            "the cycle's token or energy allowance is spent",
+                            {
+                                "tokens_left": tokens_left - spent_t,
+                                "joules_left": round(joules_left - spent_j, 3),
+                            },
+                        ),
+                        cid,
+                        f"trainer:skip:{i:03d}",
+                    )
+                    break
+                row = self._run_trial(
+                    study,
+                    dists,
+                    key,
+                    row,
+                    i,
+                    n_trials,
+                    train_files,
+                    valid_files,
+                    budget_t,
+                    joules_left - spent_j,
+                    cid,
+                )
+            elif row.status == "trained":
+                self._tell(study, row)
+            summaries.append(_summary(row))
+        best, action = choose_candidate(summaries)
+        ctx.record(action, cid, "trainer:choose_candidate")
+        if best is None:
+            return {"trials": [s.__dict__ for s in summaries], "candidate_version": None}
+        model = ctx.registry.register(
+            policy_name=ctx.name,
+            key=f"{cid}:candidate",
+            artefact=best.artefact_path,
+            cycle_id=cid,
+            dataset_version=dataset.version,
+            trial_key=best.key,
+            params=best.params,
+            tokens=sum(s.tokens for s in summaries),
+            joules=sum(s.joules for s in summaries),
+            energy_method=_trial_method(ctx.book.trials(cid)),
+            valid_bpb=best.valid_bpb,
+        )
+        ctx.record(
+            Action(
+                "trainer",
+                "register_candidate",
+                "taken",
+                f"registered v{model.version} from trial {best.number}",
+                {
+                    "version": model.version,
+                    "sha256": model.artefact_sha256,
+                    "dataset_version": dataset.version,
+                    "params": best.params,
+                    "cycle_tokens": model.tokens,
+                    "cycle_joules": round(model.joules, 3),
+                    "energy_method": model.energy_method,
+                },
+            ),
+            cid,
+            "trainer:register",
+        )
+        return {"trials": [s.__dict__ for s in summaries], "candidate_version": model.version}
+
+    def _run_trial(
+        self,
+        study: optuna.Study,
+        dists: dict[str, Any],
+        key: str,
+        row: TrialRunRow | None,
+        i: int,
+        n: int,
+        train_files: list[str],
+        valid_files: list[str],
+        max_tokens: int,
+        max_joules: float,
+        cid: str,
+    ) -> TrialRunRow:
+        ctx = self.ctx
+        if row is None:
+            trial = study.ask(fixed_distributions=dists)
+            params = {**ctx.policy.tuning.fixed, **trial.params}
+            row = TrialRunRow(
+                key=key,
+                cycle_id=cid,
+                study_name=study.study_name,
+                optuna_number=trial.number,
+                params=json.dumps(params, sort_keys=True),
+                status="running",
+                result="{}",
+            )
+            ctx.book.put_trial(row)
+        params = json.loads(row.params)
+        out_path = ctx.trials_dir / cid / f"trial-{i:03d}.pt"
+        job = TrialJob(
+            key=key,
+            workload=ctx.workload_spec,
+            request=TrainRequest(
+                params=params,
+                train_files=train_files,
+                valid_files=valid_files,
+                max_tokens=max_tokens,
+                out_path=str(out_path),
+                seed=ctx.policy.tuning.seed + (row.optuna_number or 0),
+                threads=ctx.threads,
+            ),
+            watts_per_core=ctx.policy.energy.watts_per_core,
+            prefer_gpu=ctx.policy.energy.prefer_gpu,
+            max_joules=max_joules,
+        )
+        label = f"[trainer] trial {i + 1}/{n} (#{row.optuna_number}) {_short(params, dists)}"
+        ctx.reporter.trial_started(label, max_tokens)
+        outcome = ctx.cluster.run(
+            job, on_progress=ctx.reporter.trial_progress, should_stop=ctx.stop_event.is_set
+        )
+        if outcome.status == "interrupted":
+            ctx.reporter.trial_finished(f"{label}: interrupted (will resume)")
+            raise CycleInterrupted(key)
+        res, energy = outcome.result, outcome.energy
+        tokens = res.tokens if res else 0
+        joules = energy.joules if energy else 0.0
+        method = energy.method if energy else "estimated"
+        ctx.ledger.record(
+            key=key,
+            policy_name=ctx.name,
+            cycle_id=cid,
+            kind="train",
+            tokens=tokens,
+            joules=joules,
+            method=method,
+        )
+        result = {
+            "tokens": tokens,
+            "joules": joules,
+            "energy_method": method,
+            "energy_source": energy.source if energy else "",
+            "valid_bpb": res.valid_bpb if res else None,
+            "seconds": res.seconds if res else None,
+            "device": res.device if res else "",
+            "stopped_reason": res.stopped_reason if res else "",
+            "n_params": res.n_params if res else 0,
+            "artefact_path": res.artefact_path if res else "",
+        }
+        row.result = json.dumps(result, sort_keys=True, default=str)
+        row.status = "trained" if outcome.status == "ok" else "failed"
+        row.error = outcome.error[:2000]
+        ctx.book.put_trial(row)
+        self._tell(study, row)
+        figures = {k: v for k, v in result.items() if k != "artefact_path"} | {"params": params}
+        if outcome.status == "ok" and res is not None:
+            tpj = tokens / joules if joules else None
+            msg = (
+                f"{label}: {res.valid_bpb:.4f} bits/byte, {tokens:,} tokens, "
+                f"{joules:,.0f} J {method}" + (f", {tpj:,.0f} tokens/J" if tpj else "")
+            )
+            ctx.record(
+                Action(
+                    "trainer",
+                    "run_trial",
+                    "taken",
+                    f"trial {row.optuna_number} finished: {res.valid_bpb:.4f} bits/byte "
+                    f"({res.stopped_reason})",
+                    figures,
+                ),
+                cid,
+                f"trainer:trial:{i:03d}",
+            )
+        else:
+            msg = f"{label}: FAILED ({outcome.error.splitlines()[0] if outcome.error else '?'})"
+            ctx.record(
+                Action(
+                    "trainer",
+                    "run_trial",
+                    "failed",
+                    f"trial {row.optuna_number} failed: "
+                    f"{outcome.error.splitlines()[0] if outcome.error else 'unknown'}",
+                    figures,
+                ),
+                cid,
+                f"trainer:trial:{i:03d}",
+            )
+        ctx.reporter.trial_finished(msg)
+        return self._complete(row)
+
+    def _tell(self, study: optuna.Study, row: TrialRunRow) -> None:
+        result = json.loads(row.result or "{}")
+        bpb = result.get("valid_bpb")
+        if row.optuna_number is not None:
+            if row.status == "failed" or bpb is None or not math.isfinite(bpb):
+                study.tell(
+                    row.optuna_number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True
+                )
+            else:
+                study.tell(row.optuna_number, bpb, skip_if_finished=True)
+        if row.status == "trained":
+            self._complete(row)
+
+    def _complete(self, row: TrialRunRow) -> TrialRunRow:
+        if row.status == "trained":
+            row.status = "complete"
+            self.ctx.book.put_trial(row)
+        return row
+
+    # evaluator ----------------------------------------------------------------------
+
+    @_timed("evaluator")
+    def evaluator(self, state: CycleState) -> dict[str, Any]:
+        ctx, cid = self.ctx, state["cycle_id"]
+        candidate = ctx.registry.get(ctx.name, int(state["candidate_version"] or 0))
+        dataset = ctx.catalog.get(state["dataset_version"] or "")
+        assert candidate is not None and dataset is not None
+        recent = self._holdouts(dataset.new_file_hashes or dataset.file_hashes)
+        parent = ctx.catalog.get(dataset.parent) if dataset.parent else None
+        reference = self._holdouts(parent.file_hashes) if parent else recent
+        champion = ctx.champion()
+        meter = HostCpuEnergyMeter(ctx.policy.energy.watts_per_core)
+        window = meter.begin()
+        tokens = 0
+
+        def scores(model: ModelVersion) -> Scores | None:
+            nonlocal tokens
+            try:
+                path = ctx.registry.verified_path(model)
+                r, t1 = self._score(path, recent)
+                f, t2 = self._score(path, reference)
+                tokens += t1 + t2
+                return Scores(recent_bpb=r, reference_bpb=f)
+            except Exception as exc:
+                ctx.reporter.info(f"[evaluator] v{model.version} could not be scored: {exc}")
+                return None
+
+        cand = scores(candidate)
+        champ = scores(champion) if champion is not None else None
+        smoke = self._smoke_test(candidate) if cand is not None else "not scored"
+        reading = meter.end(window)
+        ctx.ledger.record(
+            key=f"{cid}:eval",
+            policy_name=ctx.name,
+            cycle_id=cid,
+            kind="eval",
+            tokens=tokens,
+            joules=reading.joules,
+            method=reading.method,
+        )
+        verdict = judge(cand, champ, ctx.policy)
+        action = verdict.action
+        if verdict.blessed and smoke:
+            verdict_action = Action(
+                "evaluator",
+                "bless",
+                "refused",
+                f"candidate failed the load-and-query check: {smoke}",
+                action.figures,
+            )
+            blessed = False
+        else:
+            verdict_action, blessed = action, verdict.blessed
+        figures = verdict_action.figures | {
+            "candidate": candidate.version,
+            "champion": champion.version if champion else None,
+            "eval_tokens": tokens,
+            "eval_joules": round(reading.joules, 3),
+            "energy_method": reading.method,
+        }
+        verdict_action = Action(
+            verdict_action.agent,
+            verdict_action.action,
+            verdict_action.outcome,
+            verdict_action.reason,
+            figures,
+        )
+        ctx.record(verdict_action, cid, "evaluator:bless")
+        ctx.registry.set_verdict(
+            ctx.name, candidate.version, "blessed" if blessed else "refused", figures
+        )
+        ctx.reporter.info(
+            f"[evaluator] v{candidate.version} {'BLESSED' if blessed else 'REFUSED'}: "
+            f"{verdict_action.reason}"
+        )
+        return {"blessed": blessed}
+
+    def _smoke_test(self, model: ModelVersion) -> str:
+        """Load the candidate the way serving will and ask it something; '' when it answers."""
+        try:
+            gen = self.ctx.workload.load(self.ctx.registry.verified_path(model), threads=1)
+            out = gen.generate("def ", max_tokens=8, temperature=0.0, seed=0)
+            if out.completion_tokens <= 0:
+                return "empty completion"
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return ""
+
+    # approval and deployer ------------------------------------------------------------
+
+    @_timed("approval")
+    def approval(self, state: CycleState) -> dict[str, Any]:
+        ctx, cid = self.ctx, state["cycle_id"]
+        version = int(state["candidate_version"] or 0)
+        request = ctx.book.request_approval(ctx.name, cid, version)
+        ctx.record(
+            Action(
+                "deployer",
+                "request_approval",
+                "deferred",
+                f"v{version} awaits a person: `aifactory approve {request.id}` or "
+                f"`aifactory reject {request.id} --reason ...`",
+                {"approval_id": request.id, "candidate": version},
+            ),
+            cid,
+            "deployer:request_approval",
+        )
+        answer = interrupt({"approval_id": request.id, "candidate_version": version})
+        approved = bool(answer.get("approved"))
+        ctx.record(
+            Action(
+                "deployer",
+                "approval",
+                "taken" if approved else "refused",
+                f"{'approved' if approved else 'rejected'} by {answer.get('by', '?')}: "
+                f"{answer.get('reason', '')}",
+                {"approval_id": request.id, "by": answer.get("by"), "reason": answer.get("reason")},
+            ),
+            cid,
+            "deployer:approval",
+        )
+        return {"approved": approved}
+
+    @_timed("deployer")
+    def deployer(self, state: CycleState) -> dict[str, Any]:
+        ctx, cid = self.ctx, state["cycle_id"]
+        champion = ctx.champion()
+        candidate = state.get("candidate_version")
+        decision = decide_deploy(
+            bool(state.get("blessed")),
+            candidate,
+            champion.version if champion else None,
+            ctx.policy,
+            state.get("approved"),
+        )
+        promoted = False
+        if decision.step == "promote" and candidate is not None:
+            ctx.registry.promote(
+                ctx.name,
+                candidate,
+                by="deployer-agent",
+                reason=decision.action.reason,
+                key=f"{cid}:promote",
+            )
+            ctx.on_champion_changed()
+            promoted = True
+        ctx.record(decision.action, cid, "deployer:promote")
+        ctx.reporter.info(f"[deployer] {decision.action.reason}")
+        return {"promoted": promoted}
+
+    # report -------------------------------------------------------------------------
+
+    @_timed("report")
+    def report(self, state: CycleState) -> dict[str, Any]:
+        return {}
+
+    # graph --------------------------------------------------------------------------
+
+    def build(self, checkpointer: Any) -> Any:
+        g = StateGraph(CycleState)
+        g.add_node("data", self.data)
+        g.add_node("energy", self.energy)
+        g.add_node("trainer", self.trainer)
+        g.add_node("evaluator", self.evaluator)
+        g.add_node("approval", self.approval)
+        g.add_node("deployer", self.deployer)
+        g.add_node("report", self.report)
+        g.add_edge(START, "data")
+        g.add_conditional_edges(
+            "data", lambda s: "energy" if s.get("retrain") else "report", ["energy", "report"]
+        )
+        g.add_conditional_edges(
+            "energy",
+            lambda s: "trainer" if (s.get("allowance") or {}).get("trials") else "report",
+            ["trainer", "report"],
+        )
+        g.add_conditional_edges(
+            "trainer",
+            lambda s: "evaluator" if s.get("candidate_version") else "report",
+            ["evaluator", "report"],
+        )
+        g.add_conditional_edges("evaluator", self._after_eval, ["approval", "deployer"])
+        g.add_edge("approval", "deployer")
+        g.add_edge("deployer", "report")
+        g.add_edge("report", END)
+        return g.compile(checkpointer=checkpointer)
+
+    def _after_eval(self, state: CycleState) -> str:
+        if state.get("blessed") and self.ctx.policy.approval == "required":
+            return "approval"
+        return "deployer"
+
+
+def _summary(row: TrialRunRow) -> TrialSummary:
+    r = json.loads(row.result or "{}")
+    return TrialSummary(
+        key=row.key,
+        number=row.optuna_number,
+        status=row.status,
+        valid_bpb=r.get("valid_bpb"),
+        tokens=int(r.get("tokens") or 0),
+        joules=float(r.get("joules") or 0.0),
+        params=json.loads(row.params),
+        artefact_path=r.get("artefact_path") or "",
+    )
+
+
+def _trial_method(rows: list[TrialRunRow]) -> str:
+    methods = {json.loads(r.result or "{}").get("energy_method") for r in rows} - {None}
+    return "measured" if methods == {"measured"} else "estimated"
+
+
+def _short(params: dict[str, Any], dists: dict[str, Any]) -> str:
+    parts = []
+    for k in dists:
+        v = params.get(k)
+        parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
+    return " ".join(parts)

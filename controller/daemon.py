@@ -1,0 +1,637 @@
+"""The daemon: schedules production cycles, ticks telemetry between them, serves the champion.
+
+APScheduler (3.x) only *requests* work: the cycle job fires on the policy's schedule, the
+watch tick notices new data, policy edits, approvals and alias moves. Cycles run on the
+main thread, one at a time, so a signal sets a stop flag that every long step checks;
+the interrupted cycle stays checkpointed and resumes at the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from langgraph.types import Command
+from rich.console import Console
+from rich.table import Table
+
+from adapters.cluster.local import LocalProcessCluster
+from adapters.data_sources import make_source
+from adapters.energy import probe_energy_meter
+from adapters.serving import ServedModel, ServingError, ServingServer
+from adapters.store.audit import AuditLog
+from adapters.store.cycles import CycleBook
+from adapters.store.datasets import DataCatalog
+from adapters.store.db import Store, utcnow_iso
+from adapters.store.ledger import Ledger
+from adapters.store.registry import ModelRegistry
+from adapters.workload.protocol import load_workload
+from controller.cycle import CycleInterrupted, FactoryContext, ProductionCycle
+from controller.ingest import Ingestor
+from controller.progress import ProgressReporter
+from controller.settings import Settings
+from policies.loader import PolicyError, load_policy
+from policies.model import Policy
+
+
+@dataclass
+class CycleRun:
+    cycle_id: str
+    trigger: str
+    status: str
+    stage_s: dict[str, float] = field(default_factory=dict)
+    promoted: bool = False
+    candidate: int | None = None
+    blessed: bool | None = None
+    ended_after_s: float = 0.0
+
+
+class Daemon:
+    def __init__(self, settings: Settings, console: Console | None = None) -> None:
+        self.settings = settings
+        self.console = console or Console()
+        self.stop_event = threading.Event()
+        self.requests: queue.Queue[tuple[str, str]] = queue.Queue()
+        self.runs: list[CycleRun] = []
+        self._serve_lock = threading.Lock()
+        self._busy = threading.Event()
+        self._policy_mtime: float | None = None
+        self._refused_policy: str | None = None
+        self.server: ServingServer | None = None
+        self.started = time.monotonic()
+
+    # setup ----------------------------------------------------------------------------
+
+    def _build(self, policy: Policy) -> FactoryContext:
+        s = self.settings
+        store = Store(s.resolved_db_url)
+        store.create_all()
+        audit = AuditLog(store)
+        catalog = DataCatalog(store)
+        ingestor = Ingestor(
+            policy_name=policy.name,
+            data_policy=policy.data,
+            catalog=catalog,
+            audit=audit,
+            data_dir=s.state_dir / "data",
+            quarantine_dir=s.state_dir / "quarantine",
+        )
+        return FactoryContext(
+            policy=policy,
+            store=store,
+            audit=audit,
+            registry=ModelRegistry(store, s.state_dir / "models"),
+            ledger=Ledger(store),
+            catalog=catalog,
+            book=CycleBook(store),
+            cluster=LocalProcessCluster(),
+            workload=load_workload(policy.workload),
+            workload_spec=policy.workload,
+            source=make_source(policy.data),
+            ingestor=ingestor,
+            trials_dir=s.state_dir / "trials",
+            threads=s.threads,
+            reporter=ProgressReporter(self.console),
+            stop_event=self.stop_event,
+            on_champion_changed=self.sync_serving,
+        )
+
+    def _install_signals(self) -> None:
+        def handler(signum: int, _frame: Any) -> None:
+            if self.stop_event.is_set():
+                os._exit(130)  # second signal: the operator insists
+            self.console.print(
+                f"[daemon] {signal.Signals(signum).name}: stopping after "
+                "checkpointing the current step",
+                highlight=False,
+                markup=False,
+            )
+            self.stop_event.set()
+            self.requests.put(("stop", ""))
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, handler)
+            signal.signal(signal.SIGTERM, handler)
+
+    # serving --------------------------------------------------------------------------
+
+    def sync_serving(self) -> None:
+        """Make the server serve what the registry's champion alias says (reconcile)."""
+        if self.server is None:
+            return
+        ctx = self.ctx
+        with self._serve_lock:
+            champion = ctx.champion()
+            current = self.server.current
+            if champion is None or (current is not None and current.version == champion.version):
+                return
+            try:
+                path = ctx.registry.verified_path(champion)
+                generator = ctx.workload.load(path, threads=1)
+            except Exception as exc:
+                ctx.audit.append(
+                    agent="deployer",
+                    action="serve",
+                    outcome="failed",
+                    reason=f"cannot load v{champion.version} for serving: {exc}",
+                    figures={"version": champion.version},
+                    policy_version=ctx.policy.version,
+                )
+                return
+            self.server.swap(
+                ServedModel(
+                    model_id=f"{ctx.name}:v{champion.version}",
+                    version=champion.version,
+                    generator=generator,
+                )
+            )
+            ctx.audit.append(
+                agent="deployer",
+                action="serve",
+                outcome="taken",
+                reason=f"now serving v{champion.version} at {self.server.url}/v1",
+                figures={
+                    "version": champion.version,
+                    "previous": current.version if current else None,
+                    "url": self.server.url,
+                },
+                policy_version=ctx.policy.version,
+            )
+            self.console.print(
+                f"[deployer] serving {ctx.name}:v{champion.version} at {self.server.url}/v1",
+                highlight=False,
+                markup=False,
+            )
+
+    # watch tick -----------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Between cycles: reload the policy, follow alias moves, notice data and approvals."""
+        try:
+            self._reload_policy()
+            self.sync_serving()
+            ctx = self.ctx
+            if not self._busy.is_set() and self.requests.empty():
+                for row in ctx.book.approvals(ctx.name):
+                    if row.status in ("approved", "rejected"):
+                        cyc = ctx.book.get(row.cycle_id)
+                        if cyc is not None and cyc.status == "awaiting_approval":
+                            self.requests.put(("resume", row.cycle_id))
+                            break
+                else:
+                    completed = ctx.book.completed_count(ctx.name)
+                    if not self._awaiting() and ctx.ingestor.pending(ctx.source, completed):
+                        self.requests.put(("cycle", "new data"))
+            self._publish()
+        except Exception as exc:  # the tick must never take the daemon down
+            self.console.print(f"[daemon] tick error: {exc}", highlight=False, markup=False)
+
+    def _awaiting(self) -> bool:
+        return any(r.status == "awaiting_approval" for r in self.ctx.book.recent(self.ctx.name, 5))
+
+    def _reload_policy(self) -> None:
+        path = self.settings.policy
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            return
+        if mtime == self._policy_mtime:
+            return
+        self._policy_mtime = mtime
+        ctx = self.ctx
+        try:
+            policy = load_policy(path)
+        except PolicyError as exc:
+            text = "; ".join(str(p) for p in exc.problems)
+            ctx.audit.append(
+                agent="controller",
+                action="reload_policy",
+                outcome="refused",
+                reason=f"{path} has errors; keeping policy {ctx.policy.version}: {text}",
+                figures={"problems": [p.__dict__ for p in exc.problems]},
+                policy_version=ctx.policy.version,
+            )
+            self.console.print(
+                f"[policy] refused, keeping the last good policy:\n{exc}",
+                highlight=False,
+                markup=False,
+            )
+            return
+        if policy.version == ctx.policy.version:
+            return
+        if policy.name != ctx.policy.name:
+            ctx.audit.append(
+                agent="controller",
+                action="reload_policy",
+                outcome="refused",
+                reason=f"policy name changed from {ctx.policy.name} to {policy.name}; "
+                "a running daemon keeps its production line (restart to switch)",
+                figures={},
+                policy_version=ctx.policy.version,
+            )
+            return
+        ctx.book.save_policy(policy, str(path))
+        old = ctx.policy.version
+        ctx.policy = policy
+        ctx.audit.append(
+            agent="controller",
+            action="reload_policy",
+            outcome="taken",
+            reason=f"policy {old} -> {policy.version} from {path}",
+            figures={"from": old, "to": policy.version},
+            policy_version=policy.version,
+        )
+        self.console.print(f"[policy] now using {policy.version}", highlight=False, markup=False)
+        self._schedule_cycles()
+
+    def _publish(self) -> None:
+        job = self.scheduler.get_job("cycle") if getattr(self, "scheduler", None) else None
+        nxt = job.next_run_time if job is not None else None
+        self.ctx.book.publish_state(
+            self.ctx.name,
+            pid=os.getpid(),
+            heartbeat_at=utcnow_iso(),
+            next_cycle_at=nxt.astimezone(UTC).isoformat() if nxt else None,
+            serving_url=self.server.url if self.server else "",
+            served_version=(
+                self.server.current.version if self.server and self.server.current else None
+            ),
+            policy_version=self.ctx.policy.version,
+            policy_path=str(self.settings.policy),
+        )
+
+    def _schedule_cycles(self) -> None:
+        if not getattr(self, "scheduler", None):
+            return
+        sched = self.ctx.policy.triggers.schedule
+        trigger: Any
+        if sched.cron:
+            trigger = CronTrigger.from_crontab(sched.cron, timezone=UTC)
+        else:
+            trigger = IntervalTrigger(seconds=sched.every_s or 3600.0, timezone=UTC)
+        self.scheduler.add_job(
+            lambda: self.requests.put(("cycle", "schedule")),
+            trigger,
+            id="cycle",
+            replace_existing=True,
+            coalesce=True,
+            max_instances=1,
+        )
+
+    # cycles ---------------------------------------------------------------------------
+
+    def run_cycle(self, graph: Any, trigger: str, resume_id: str | None = None) -> CycleRun | None:
+        ctx = self.ctx
+        self._busy.set()
+        try:
+            if resume_id is not None:
+                row = ctx.book.get(resume_id)
+                assert row is not None
+                config = {"configurable": {"thread_id": row.id}}
+                snapshot = graph.get_state(config)
+                answer = next(
+                    (
+                        a
+                        for a in ctx.book.approvals(ctx.name)
+                        if a.cycle_id == row.id and a.status in ("approved", "rejected")
+                    ),
+                    None,
+                )
+                if snapshot.next and snapshot.interrupts and answer is not None:
+                    payload: Any = Command(
+                        resume={
+                            "approved": answer.status == "approved",
+                            "by": answer.decided_by,
+                            "reason": answer.reason,
+                        }
+                    )
+                    ctx.book.mark_approval_resumed(int(answer.id or 0))
+                elif snapshot.next:
+                    payload = None
+                else:
+                    payload = {"cycle_id": row.id, "trigger": row.trigger}
+                self.console.print(
+                    f"[daemon] resuming cycle {row.id}", highlight=False, markup=False
+                )
+                ctx.audit.append(
+                    agent="controller",
+                    action="resume_cycle",
+                    outcome="taken",
+                    reason=f"resuming {row.id} from its last checkpoint"
+                    + (f" before {', '.join(snapshot.next)}" if snapshot.next else ""),
+                    figures={"next": list(snapshot.next)},
+                    cycle_id=row.id,
+                    policy_version=ctx.policy.version,
+                )
+                if row.status != "running":
+                    ctx.book.finish(row.id, "running", {})
+            else:
+                row = ctx.book.start(ctx.name, ctx.policy.version, trigger)
+                config = {"configurable": {"thread_id": row.id}}
+                payload = {"cycle_id": row.id, "trigger": trigger}
+                ctx.audit.append(
+                    agent="controller",
+                    action="start_cycle",
+                    outcome="taken",
+                    reason=f"cycle {row.number} started ({trigger})",
+                    figures={"trigger": trigger},
+                    cycle_id=row.id,
+                    policy_version=ctx.policy.version,
+                    key=f"{row.id}:start",
+                )
+                self.console.print(
+                    f"[daemon] cycle {row.id} ({trigger}) at "
+                    f"{time.monotonic() - self.started:.1f}s",
+                    highlight=False,
+                    markup=False,
+                )
+            try:
+                result = graph.invoke(payload, config, durability="sync")
+            except CycleInterrupted:
+                ctx.audit.append(
+                    agent="controller",
+                    action="interrupt_cycle",
+                    outcome="deferred",
+                    reason=f"daemon stopping; {row.id} is checkpointed and resumes on restart",
+                    figures={},
+                    cycle_id=row.id,
+                    policy_version=ctx.policy.version,
+                )
+                return None
+            except Exception as exc:
+                ctx.book.finish(row.id, "failed", {"error": str(exc)})
+                ctx.audit.append(
+                    agent="controller",
+                    action="finish_cycle",
+                    outcome="failed",
+                    reason=f"cycle {row.id} failed: {type(exc).__name__}: {exc}",
+                    figures={},
+                    cycle_id=row.id,
+                    policy_version=ctx.policy.version,
+                    key=f"{row.id}:finish",
+                )
+                self.console.print(
+                    f"[daemon] cycle {row.id} FAILED: {exc}", highlight=False, markup=False
+                )
+                run = CycleRun(
+                    row.id, trigger, "failed", ended_after_s=time.monotonic() - self.started
+                )
+                self.runs.append(run)
+                return run
+            if result.get("__interrupt__"):
+                ctx.book.finish(row.id, "awaiting_approval", {})
+                self.console.print(
+                    f"[daemon] {row.id} awaits approval", highlight=False, markup=False
+                )
+                return CycleRun(row.id, trigger, "awaiting_approval")
+            return self._finish(row.id, trigger, result)
+        finally:
+            self._busy.clear()
+
+    def _finish(self, cycle_id: str, trigger: str, state: dict[str, Any]) -> CycleRun:
+        ctx = self.ctx
+        train = ctx.ledger.totals(ctx.name, cycle_id=cycle_id, kind="train")
+        evals = ctx.ledger.totals(ctx.name, cycle_id=cycle_id, kind="eval")
+        stage_s = dict(state.get("stage_s") or {})
+        summary = {
+            "trials": len(state.get("trials") or []),
+            "candidate": state.get("candidate_version"),
+            "blessed": state.get("blessed"),
+            "promoted": bool(state.get("promoted")),
+            "train_tokens": train.tokens,
+            "train_joules": round(train.joules, 3),
+            "eval_tokens": evals.tokens,
+            "eval_joules": round(evals.joules, 3),
+            "energy_method": train.method if train.tokens else evals.method,
+            "stage_s": stage_s,
+        }
+        ctx.book.finish(cycle_id, "completed", summary)
+        ctx.audit.append(
+            agent="controller",
+            action="finish_cycle",
+            outcome="taken",
+            reason=f"cycle {cycle_id} completed",
+            figures=summary,
+            cycle_id=cycle_id,
+            policy_version=ctx.policy.version,
+            key=f"{cycle_id}:finish",
+        )
+        elapsed = time.monotonic() - self.started
+        stages = ", ".join(f"{k} {v:.1f}s" for k, v in stage_s.items())
+        self.console.print(
+            f"[daemon] cycle {cycle_id} done at {elapsed:.1f}s since start; stages: {stages}",
+            highlight=False,
+            markup=False,
+        )
+        run = CycleRun(
+            cycle_id,
+            trigger,
+            "completed",
+            stage_s,
+            bool(state.get("promoted")),
+            state.get("candidate_version"),
+            state.get("blessed"),
+            elapsed,
+        )
+        self.runs.append(run)
+        return run
+
+    # main -----------------------------------------------------------------------------
+
+    def run(self, cycles: int | None = None) -> int:
+        s = self.settings
+        s.ensure_dirs()
+        try:
+            policy = load_policy(s.policy)
+        except PolicyError as exc:
+            self.console.print(f"[policy] {exc}", highlight=False, markup=False)
+            return 2
+        self.ctx = ctx = self._build(policy)
+        self._policy_mtime = s.policy.stat().st_mtime
+        ctx.book.save_policy(policy, str(s.policy))
+        _meter, energy_note = probe_energy_meter(
+            prefer_gpu=policy.energy.prefer_gpu, watts_per_core=policy.energy.watts_per_core
+        )
+        with contextlib.suppress(Exception):
+            _meter.close()  # type: ignore[attr-defined]
+        ctx.audit.append(
+            agent="controller",
+            action="start_daemon",
+            outcome="taken",
+            reason=f"daemon pid {os.getpid()} started with policy {policy.name}@{policy.version}",
+            figures={
+                "db": _redact(ctx.store.url),
+                "state_dir": str(s.state_dir),
+                "energy": energy_note,
+                "cluster": ctx.cluster.description,
+            },
+            policy_version=policy.version,
+        )
+        self.console.print(
+            f"[daemon] policy {policy.name}@{policy.version}; store {_redact(ctx.store.url)}; "
+            f"energy: {energy_note}",
+            highlight=False,
+            markup=False,
+        )
+        self._install_signals()
+        if s.serve:
+            self.server = ServingServer(s.host, s.port, max_tokens_limit=policy.serving.max_tokens)
+            try:
+                self.server.start()
+            except ServingError as exc:
+                self.console.print(f"[serving] {exc}", highlight=False, markup=False)
+                return 3
+            self.sync_serving()
+        ctx.book.publish_state(policy.name, started_at=utcnow_iso(), energy_source=energy_note)
+        self.scheduler = BackgroundScheduler(timezone=UTC)
+        self.scheduler.add_job(
+            self.tick, IntervalTrigger(seconds=s.tick_s), id="tick", coalesce=True, max_instances=1
+        )
+        if cycles is None:
+            self._schedule_cycles()
+        self.scheduler.start()
+        done = 0
+        try:
+            with ctx.store.checkpointer() as checkpointer:
+                graph = ProductionCycle(ctx).build(checkpointer)
+                pending = ctx.book.unfinished(ctx.name)
+                if pending is not None:
+                    if self.run_cycle(graph, pending.trigger, resume_id=pending.id):
+                        done += 1
+                elif cycles is None:
+                    self.requests.put(("cycle", "start"))
+                while not self.stop_event.is_set() and (cycles is None or done < cycles):
+                    if cycles is not None and self.requests.empty() and not self._awaiting():
+                        self.requests.put(("cycle", "cycles"))
+                    try:
+                        kind, arg = self.requests.get(timeout=1.0)
+                    except queue.Empty:
+                        continue
+                    if kind == "stop":
+                        break
+                    if kind == "resume":
+                        run = self.run_cycle(graph, "approval", resume_id=arg)
+                    elif self._awaiting():
+                        continue
+                    else:
+                        run = self.run_cycle(graph, arg)
+                    if run is not None and run.status != "awaiting_approval":
+                        done += 1
+                    self._drain_duplicates()
+        finally:
+            self.scheduler.shutdown(wait=False)
+            with contextlib.suppress(Exception):
+                self._publish()
+            if self.server is not None:
+                self.server.stop()
+            ctx.audit.append(
+                agent="controller",
+                action="stop_daemon",
+                outcome="taken",
+                reason=f"daemon pid {os.getpid()} stopped after {done} cycle(s)",
+                figures={"cycles": done},
+                policy_version=ctx.policy.version,
+            )
+            self.print_summary()
+            ctx.store.dispose()
+        return 0
+
+    def _drain_duplicates(self) -> None:
+        """Drop repeated cycle requests that piled up while a cycle ran."""
+        kept: list[tuple[str, str]] = []
+        while True:
+            try:
+                item = self.requests.get_nowait()
+            except queue.Empty:
+                break
+            if item[0] != "cycle" or not any(k == "cycle" for k, _ in kept):
+                kept.append(item)
+        for item in kept:
+            self.requests.put(item)
+
+    # summary --------------------------------------------------------------------------
+
+    def print_summary(self) -> None:
+        ctx = self.ctx
+        table = Table(title=f"aifactory run summary: {ctx.name}")
+        for col in (
+            "cycle",
+            "trigger",
+            "trials",
+            "candidate",
+            "verdict",
+            "promoted",
+            "eval bits/byte",
+            "train tokens",
+            "joules",
+            "tokens/J",
+            "stages (s)",
+        ):
+            table.add_column(col)
+        all_tokens = 0
+        all_joules = 0.0
+        methods: set[str] = set()
+        trained = promoted = 0
+        for run in self.runs:
+            row = ctx.book.get(run.cycle_id)
+            summary = json.loads(row.summary) if row else {}
+            cand = ctx.registry.get(ctx.name, run.candidate) if run.candidate else None
+            bpb = cand.evaluation.get("candidate_recent_bpb") if cand else None
+            tok = int(summary.get("train_tokens", 0)) + int(summary.get("eval_tokens", 0))
+            joules = float(summary.get("train_joules", 0)) + float(summary.get("eval_joules", 0))
+            method = summary.get("energy_method", "estimated")
+            if tok:
+                methods.add(method)
+            all_tokens += tok
+            all_joules += joules
+            trained += int(summary.get("trials", 0))
+            promoted += int(run.promoted)
+            verdict = "-" if run.blessed is None else ("blessed" if run.blessed else "refused")
+            table.add_row(
+                run.cycle_id,
+                run.trigger,
+                str(summary.get("trials", 0)),
+                f"v{run.candidate}" if run.candidate else "-",
+                verdict,
+                "yes" if run.promoted else "no",
+                f"{bpb:.4f}" if bpb else "-",
+                f"{int(summary.get('train_tokens', 0)):,}",
+                f"{joules:,.0f} ({method})" if tok else "-",
+                f"{tok / joules:,.0f}" if joules else "-",
+                " ".join(f"{k}={v:.1f}" for k, v in (summary.get("stage_s") or {}).items()),
+            )
+        self.console.print(table)
+        champ = ctx.champion()
+        label = "+".join(sorted(methods)) or "estimated"
+        self.console.print(
+            f"models trained: {trained}  promoted: {promoted}  champion: "
+            f"{f'v{champ.version}' if champ else 'none'}  tokens: {all_tokens:,}  joules: "
+            f"{all_joules:,.0f} ({label})  tokens/J: "
+            f"{(all_tokens / all_joules if all_joules else 0):,.0f} ({label})",
+            highlight=False,
+            markup=False,
+        )
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

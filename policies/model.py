@@ -1,0 +1,220 @@
+"""The policy an operator writes: goals, limits and knobs, validated at the boundary.
+
+Policies are the *desired* half of the controller loop. Everything here is a frozen
+pydantic model so a loaded policy can be hashed, stored, and handed to pure decision
+functions without anyone mutating it underneath them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a typo in a policy must not silently become a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StdlibErasSource(_Strict):
+    """Built-in demo data: the Python standard library's own sources, split into eras.
+
+    Era ``k`` becomes visible once ``k`` production cycles have completed, which plays the
+    "new data arrives" scenario on any machine offline. The files are read in place.
+    """
+
+    kind: Literal["stdlib_eras"] = "stdlib_eras"
+    eras: list[list[str]] = Field(
+        default_factory=lambda: [
+            ["email", "json", "http", "urllib", "xml"],
+            ["asyncio", "concurrent", "multiprocessing"],
+        ],
+        min_length=1,
+        description="Each era is a list of stdlib package names whose .py files form it.",
+    )
+    max_files_per_era: int = Field(default=400, gt=0)
+
+
+class DirectorySource(_Strict):
+    """An operator's folder: every new file (by content hash) is ingested exactly once."""
+
+    kind: Literal["directory"] = "directory"
+    path: str
+    glob: str = "**/*"
+
+
+DataSourceSpec = Annotated[StdlibErasSource | DirectorySource, Field(discriminator="kind")]
+
+
+class DataPolicy(_Strict):
+    source: DataSourceSpec = Field(default_factory=StdlibErasSource)
+    holdout_fraction: float = Field(
+        default=0.1, gt=0.0, lt=0.5, description="Tail of each file kept out of training."
+    )
+    max_file_bytes: int = Field(default=2_000_000, gt=0)
+    eval_max_bytes: int = Field(
+        default=120_000, gt=0, description="Bytes per held-out set scored by evaluations."
+    )
+
+
+class BudgetPolicy(_Strict):
+    """Daily limits. Tokens are the unit of work, joules the cost."""
+
+    training_tokens_per_day: int = Field(default=200_000_000, gt=0)
+    energy_kwh_per_day: float = Field(default=5.0, gt=0)
+    agent_llm_tokens_per_day: int = Field(default=50_000, ge=0)
+    tokens_per_trial: int = Field(default=600_000, gt=0)
+
+
+class FloatParam(_Strict):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatParam:
+        if not self.low < self.high:
+            raise ValueError("low must be below high")
+        if self.log and self.low <= 0:
+            raise ValueError("log scale needs low > 0")
+        return self
+
+
+class IntParam(_Strict):
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = 1
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntParam:
+        if not self.low < self.high:
+            raise ValueError("low must be below high")
+        return self
+
+
+class CategoricalParam(_Strict):
+    type: Literal["categorical"]
+    choices: list[int | float | str | bool] = Field(min_length=1)
+
+
+ParamSpec = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+
+
+class TuningPolicy(_Strict):
+    trials_per_cycle: int = Field(default=3, gt=0, le=1000)
+    seed: int = 0
+    search_space: dict[str, ParamSpec] = Field(
+        default_factory=lambda: {
+            "lr": FloatParam(type="float", low=1e-3, high=1e-2, log=True),
+            "batch_size": CategoricalParam(type="categorical", choices=[16, 32]),
+        }
+    )
+    fixed: dict[str, int | float | str | bool] = Field(
+        default_factory=lambda: {"d_model": 128, "n_layers": 2, "n_heads": 4, "context": 128}
+    )
+    warm_start: bool = True
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> TuningPolicy:
+        both = sorted(set(self.search_space) & set(self.fixed))
+        if both:
+            raise ValueError(f"parameters both tuned and fixed: {', '.join(both)}")
+        return self
+
+
+class SchedulePolicy(_Strict):
+    every_s: float | None = Field(default=3600.0, gt=0)
+    cron: str | None = Field(default=None, description="Crontab expression (5 fields).")
+
+    @model_validator(mode="after")
+    def _one(self) -> SchedulePolicy:
+        if self.cron is not None and len(self.cron.split()) != 5:
+            raise ValueError("cron needs 5 fields: minute hour day month day_of_week")
+        return self
+
+
+class DriftPolicy(_Strict):
+    js_divergence: float = Field(
+        default=0.006, ge=0, le=1, description="Byte-distribution JS divergence (base 2)."
+    )
+    loss_increase_pct: float = Field(
+        default=3.0, ge=0, description="Champion bits/byte on new data over its reference, %."
+    )
+
+
+class TriggerPolicy(_Strict):
+    schedule: SchedulePolicy = Field(default_factory=SchedulePolicy)
+    drift: DriftPolicy = Field(default_factory=DriftPolicy)
+    retrain_on_new_data: bool = Field(
+        default=False, description="Retrain on any new data, drifted or not."
+    )
+
+
+class GatePolicy(_Strict):
+    """Promotion gates: a candidate is blessed only when every gate passes."""
+
+    max_bpb: float = Field(default=4.0, gt=0, description="Absolute ceiling on recent bits/byte.")
+    min_improvement_pct: float = Field(
+        default=0.5, description="Required gain over the champion on recent data, %."
+    )
+    max_reference_regression_pct: float = Field(
+        default=5.0, ge=0, description="Allowed loss of quality on reference data, %."
+    )
+
+
+class EnergyPolicy(_Strict):
+    watts_per_core: float = Field(default=15.0, gt=0, description="Host estimate: W per busy core.")
+    prefer_gpu: bool = True
+    prior_joules_per_token: float = Field(
+        default=0.001,
+        gt=0,
+        description="Planning estimate of J/token before any trial has been measured.",
+    )
+
+
+class AdvisorPolicy(_Strict):
+    """Optional LLM advisor (LiteLLM). It explains decisions; guardrails stay in code."""
+
+    model: str
+    api_base: str | None = None
+    max_tokens: int = Field(default=200, gt=0)
+    timeout_s: float = Field(default=20.0, gt=0)
+
+
+class ServingPolicy(_Strict):
+    max_tokens: int = Field(default=256, gt=0)
+
+
+class Policy(_Strict):
+    """One production line: what to train, on what, within which limits, and when to ship."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    workload: str = Field(default="bytelm", description="'bytelm' or 'package.module:object'.")
+    data: DataPolicy = Field(default_factory=DataPolicy)
+    budgets: BudgetPolicy = Field(default_factory=BudgetPolicy)
+    tuning: TuningPolicy = Field(default_factory=TuningPolicy)
+    triggers: TriggerPolicy = Field(default_factory=TriggerPolicy)
+    gates: GatePolicy = Field(default_factory=GatePolicy)
+    approval: Literal["auto", "required"] = "auto"
+    energy: EnergyPolicy = Field(default_factory=EnergyPolicy)
+    serving: ServingPolicy = Field(default_factory=ServingPolicy)
+    advisor: AdvisorPolicy | None = None
+
+    def canonical_json(self) -> str:
+        """Stable text form; the policy version is its hash."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def version(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+
+def policy_json_schema() -> dict[str, Any]:
+    return Policy.model_json_schema()

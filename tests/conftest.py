@@ -1,0 +1,89 @@
+"""Shared fixtures: one store suite over SQLite and PostgreSQL, and tiny policies.
+
+PostgreSQL tests need the server at AIFACTORY_TEST_PG (default
+postgresql://postgres@127.0.0.1:5432/test). Under CI=true a missing server is a failure;
+elsewhere those tests skip with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from adapters.store.db import Store
+
+PG_ADMIN_URL = os.environ.get("AIFACTORY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+TESTS = Path(__file__).parent
+TINY_POLICY = TESTS / "configs" / "tiny.yaml"
+
+
+def _pg_available() -> str | None:
+    """None when PostgreSQL answers, else why not."""
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+        return None
+    except Exception as exc:
+        return f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    problem = _pg_available()
+    if problem is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI requires PostgreSQL: {problem}")
+        pytest.skip(problem)
+    return PG_ADMIN_URL
+
+
+def new_pg_database(admin_url: str) -> tuple[str, str]:
+    """Create an empty database; returns (url, name)."""
+    import psycopg
+
+    name = f"aifactory_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = admin_url.rsplit("/", 1)[0]
+    return f"{base}/{name}", name
+
+
+def drop_pg_database(admin_url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    url, name = new_pg_database(pg_server)
+    try:
+        yield url
+    finally:
+        drop_pg_database(pg_server, name)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    s = Store(db_url)
+    s.create_all()
+    try:
+        yield s
+    finally:
+        s.dispose()

@@ -1,0 +1,223 @@
+"""Unit tests of the pure decision functions: no store, no clock, no model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from agents.data import DataObservation, decide_data
+from agents.deployer import decide_deploy
+from agents.drift import byte_histogram, js_divergence
+from agents.energy import J_PER_KWH, EnergyObservation, decide_energy
+from agents.evaluator import Scores, judge
+from agents.trainer import TrialSummary, choose_candidate, distributions, warm_start_params
+from policies import parse_policy
+from policies.model import Policy
+
+
+def policy(extra: str = "") -> Policy:
+    return parse_policy("name: t\n" + extra)
+
+
+# data -----------------------------------------------------------------------------------
+
+
+def obs(**kw: object) -> DataObservation:
+    base = dict(new_files=3, new_bytes=1000, quarantined=0, dataset_version="d1", has_champion=True)
+    base.update(kw)
+    return DataObservation(**base)  # type: ignore[arg-type]
+
+
+def test_first_data_trains_initial_model() -> None:
+    d = decide_data(obs(has_champion=False), policy())
+    assert d.retrain and d.actions[0].outcome == "taken"
+    assert "no champion" in d.actions[0].reason
+
+
+def test_no_data_no_training() -> None:
+    d = decide_data(obs(dataset_version=None, has_champion=False), policy())
+    assert not d.retrain and d.actions[0].outcome == "deferred"
+
+
+def test_no_new_files_no_training() -> None:
+    d = decide_data(obs(new_files=0), policy())
+    assert not d.retrain
+
+
+def test_js_drift_triggers_with_figures() -> None:
+    d = decide_data(obs(js_divergence=0.01), policy())
+    assert d.retrain
+    assert d.actions[0].figures["js_divergence"] == 0.01
+    assert "JS=0.0100" in d.actions[0].reason
+
+
+def test_loss_drift_triggers() -> None:
+    d = decide_data(obs(js_divergence=0.001, champion_new_bpb=2.6, champion_ref_bpb=2.4), policy())
+    assert d.retrain
+    assert d.actions[0].figures["loss_increase_pct"] == pytest.approx(8.3333, abs=1e-3)
+
+
+def test_small_shift_is_ingested_without_retraining() -> None:
+    d = decide_data(obs(js_divergence=0.001, champion_new_bpb=2.41, champion_ref_bpb=2.4), policy())
+    assert not d.retrain and d.actions[0].outcome == "deferred"
+    assert "neither drift signal" in d.actions[0].reason
+
+
+def test_retrain_on_new_data_flag() -> None:
+    p = policy("triggers: {retrain_on_new_data: true}")
+    assert decide_data(obs(js_divergence=0.0), p).retrain
+
+
+def test_js_divergence_properties() -> None:
+    a = byte_histogram([b"hello world" * 10])
+    b = byte_histogram([b"\x01\x02\x03" * 10])
+    assert js_divergence(a, a) == pytest.approx(0.0)
+    assert js_divergence(a, b) == pytest.approx(1.0)
+    c = byte_histogram([b"hello there"])
+    assert 0 < js_divergence(a, c) < 1
+    assert js_divergence(a, c) == pytest.approx(js_divergence(c, a))
+    with pytest.raises(ValueError):
+        js_divergence([0] * 256, a)
+
+
+# energy ---------------------------------------------------------------------------------
+
+
+def eobs(tokens: int = 0, joules: float = 0.0, jpt: float | None = None) -> EnergyObservation:
+    return EnergyObservation(tokens, joules, jpt, "estimated")
+
+
+def test_budget_below_one_trial_is_refused_before_training() -> None:
+    p = policy("budgets: {training_tokens_per_day: 1000, tokens_per_trial: 5000}")
+    d = decide_energy(eobs(), p)
+    assert d.allowance is None
+    a = d.actions[0]
+    assert a.outcome == "refused"
+    assert "training_tokens_per_day" in a.reason and a.figures["shortfall_tokens"] == 4000
+
+
+def test_energy_budget_below_one_trial_is_refused() -> None:
+    p = policy("budgets: {energy_kwh_per_day: 0.000001, tokens_per_trial: 100000}")
+    d = decide_energy(eobs(jpt=0.01), p)  # 1000 J needed, 3.6 J allowed
+    assert d.allowance is None and d.actions[0].outcome == "refused"
+    assert d.actions[0].figures["shortfall_joules"] == pytest.approx(1000 - 3.6, abs=1e-6)
+
+
+def test_spent_day_is_deferred() -> None:
+    p = policy("budgets: {training_tokens_per_day: 1000000, tokens_per_trial: 400000}")
+    d = decide_energy(eobs(tokens=700_000), p)
+    assert d.allowance is None and d.actions[0].outcome == "deferred"
+    assert d.actions[0].figures["shortfall_tokens"] == 100_000
+
+
+def test_spent_energy_is_deferred() -> None:
+    p = policy("budgets: {energy_kwh_per_day: 0.001, tokens_per_trial: 1000}")
+    d = decide_energy(eobs(joules=0.001 * J_PER_KWH - 0.5, jpt=0.01), p)
+    assert d.allowance is None and d.actions[0].outcome == "deferred"
+
+
+def test_trials_trimmed_to_fit() -> None:
+    p = policy(
+        "budgets: {training_tokens_per_day: 1000000, tokens_per_trial: 400000}\n"
+        "tuning: {trials_per_cycle: 5}"
+    )
+    d = decide_energy(eobs(), p)
+    assert d.allowance is not None and d.allowance.trials == 2
+    assert "trimmed" in d.actions[0].reason
+
+
+def test_all_trials_fit() -> None:
+    d = decide_energy(eobs(jpt=1e-3), policy())
+    assert d.allowance is not None and d.allowance.trials == 3
+    assert d.actions[0].figures["joules_per_token_basis"] == "estimated"
+
+
+# trainer --------------------------------------------------------------------------------
+
+
+def ts(key: str, status: str, bpb: float | None, path: str = "a.pt") -> TrialSummary:
+    return TrialSummary(key, int(key[-1]), status, bpb, 10, 1.0, {"lr": 0.01}, path)
+
+
+def test_candidate_is_best_finite_trial() -> None:
+    best, action = choose_candidate(
+        [
+            ts("c:trial:0", "complete", 3.0),
+            ts("c:trial:1", "complete", float("nan")),
+            ts("c:trial:2", "failed", None),
+            ts("c:trial:3", "complete", 2.5),
+        ]
+    )
+    assert best is not None and best.key == "c:trial:3"
+    assert action.figures["usable"] == 2 and action.figures["failed"] == 1
+
+
+def test_no_usable_trial_is_refused() -> None:
+    best, action = choose_candidate(
+        [ts("c:trial:0", "complete", float("nan")), ts("c:trial:1", "failed", None)]
+    )
+    assert best is None and action.outcome == "refused"
+
+
+def test_distributions_and_warm_start() -> None:
+    p = policy(
+        "tuning:\n  search_space:\n    lr: {type: float, low: 0.001, high: 0.1, log: true}\n"
+        "    batch_size: {type: categorical, choices: [8, 16]}\n"
+        "    n_layers: {type: int, low: 1, high: 3}\n  fixed: {}"
+    )
+    d = distributions(p)
+    assert set(d) == {"lr", "batch_size", "n_layers"}
+    good = {"lr": 0.01, "batch_size": 16, "n_layers": 2, "d_model": 64}
+    assert warm_start_params(good, p) == {"lr": 0.01, "batch_size": 16, "n_layers": 2}
+    assert warm_start_params({"lr": 0.5, "batch_size": 16, "n_layers": 2}, p) is None
+    assert warm_start_params({"lr": 0.01}, p) is None
+    assert warm_start_params(None, p) is None
+
+
+# evaluator ------------------------------------------------------------------------------
+
+
+def test_first_model_within_ceiling_is_blessed() -> None:
+    v = judge(Scores(3.0, 3.0), None, policy("gates: {max_bpb: 3.5}"))
+    assert v.blessed and v.action.outcome == "taken"
+
+
+def test_ceiling_refuses() -> None:
+    v = judge(Scores(3.6, 3.0), None, policy("gates: {max_bpb: 3.5}"))
+    assert not v.blessed and "ceiling" in v.action.reason
+
+
+def test_nan_candidate_is_never_blessed() -> None:
+    for bad in (float("nan"), float("inf")):
+        v = judge(Scores(bad, 2.0), None, policy("gates: {max_bpb: 100}"))
+        assert not v.blessed and "NaN" in v.action.reason
+    assert not judge(None, None, policy()).blessed
+
+
+def test_improvement_gate() -> None:
+    p = policy("gates: {max_bpb: 9, min_improvement_pct: 1.0}")
+    assert not judge(Scores(2.99, 2.4), Scores(3.0, 2.4), p).blessed  # 0.33% < 1%
+    v = judge(Scores(2.9, 2.4), Scores(3.0, 2.4), p)
+    assert v.blessed and v.action.figures["improvement_pct"] == pytest.approx(3.3333, abs=1e-3)
+
+
+def test_reference_regression_gate() -> None:
+    p = policy("gates: {max_bpb: 9, min_improvement_pct: 0, max_reference_regression_pct: 5}")
+    v = judge(Scores(2.5, 2.7), Scores(3.0, 2.4), p)
+    assert not v.blessed and "reference data regresses" in v.action.reason
+    assert math.isclose(v.action.figures["reference_regression_pct"], 12.5, rel_tol=1e-6)
+
+
+# deployer -------------------------------------------------------------------------------
+
+
+def test_deploy_paths() -> None:
+    auto, manual = policy(), policy("approval: required")
+    assert decide_deploy(True, 2, 1, auto).step == "promote"
+    assert decide_deploy(False, 2, 1, auto).step == "hold"
+    assert decide_deploy(True, None, 1, auto).step == "hold"
+    assert decide_deploy(True, 2, 1, manual).step == "await_approval"
+    assert decide_deploy(True, 2, 1, manual, approved=True).step == "promote"
+    rejected = decide_deploy(True, 2, 1, manual, approved=False)
+    assert rejected.step == "hold" and rejected.action.outcome == "refused"

@@ -1,0 +1,276 @@
+"""The real loop, end to end, on a tiny configuration: real training, HTTP, database.
+
+The daemon runs as a child process exactly as an operator would start it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import TINY_POLICY
+from sqlmodel import select
+
+from adapters.store.audit import AuditLog
+from adapters.store.cycles import CycleBook
+from adapters.store.db import Store
+from adapters.store.registry import ModelRegistry
+from adapters.store.tables import AuditEventRow, LedgerRow, ModelVersionRow, TrialRunRow
+
+ROOT = Path(__file__).parent.parent
+pytestmark = pytest.mark.slow
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "controller.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@contextmanager
+def daemon(*args: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "controller.cli", "run", *args],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, log: Path | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.3)
+    tail = log.read_text()[-3000:] if log and log.exists() else ""
+    raise AssertionError(f"timed out waiting for {what}\n{tail}")
+
+
+def policy_file(tmp_path: Path, **replace: str) -> Path:
+    text = TINY_POLICY.read_text()
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    return path
+
+
+def open_store(url: str) -> Store:
+    s = Store(url)
+    s.create_all()
+    return s
+
+
+def test_daemon_serves_champion_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """Cycle 1 trains the first champion, era 2 arrives, drift triggers cycle 2; HTTP answers."""
+    state = tmp_path / "state"
+    pol = policy_file(tmp_path)
+    log = tmp_path / "daemon.log"
+    url = f"sqlite:///{state / 'aifactory.db'}"
+    common = ["--policy", str(pol), "--state-dir", str(state)]
+    with daemon(*common, "--port", "0", "--tick-s", "0.5", log=log) as proc:
+        wait_for(lambda: (state / "aifactory.db").exists(), 60, "database", log)
+        store = open_store(url)
+        book = CycleBook(store)
+
+        def two_cycles_done() -> bool:
+            return book.completed_count("tiny") >= 2
+
+        wait_for(two_cycles_done, 180, "two completed cycles", log)
+        served = wait_for(
+            lambda: (s := book.daemon_state("tiny")) and s.served_version and s,
+            30,
+            "served champion",
+            log,
+        )
+        champion = ModelRegistry(store, state / "models").alias("tiny", "champion")
+        wait_for(
+            lambda: book.daemon_state("tiny").served_version == champion,
+            10,  # type: ignore[union-attr]
+            "serving to follow the champion",
+            log,
+        )
+        base = served.serving_url
+        models = httpx.get(f"{base}/v1/models", timeout=10).json()
+        assert models["data"][0]["id"] == f"tiny:v{champion}"
+        answer = httpx.post(
+            f"{base}/v1/completions",
+            json={"model": "tiny", "prompt": "import ", "max_tokens": 12, "temperature": 0},
+            timeout=30,
+        ).json()
+        assert answer["usage"]["completion_tokens"] == 12
+        assert answer["model"] == f"tiny:v{champion}"
+
+        # the second cycle was triggered by the new era, with the drift figures audited
+        log_ = AuditLog(store)
+        retrain = [e for e in log_.events(agent="data") if e.action == "retrain"]
+        assert retrain[0].outcome == "taken" and "no champion" in retrain[0].reason
+        drift = next(e for e in retrain if e.cycle_id == "tiny-c0002")
+        assert drift.outcome == "taken" and drift.figures["js_divergence"] > 0.004
+        assert book.get("tiny-c0002").trigger == "new data"  # type: ignore[union-attr]
+
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert time.monotonic() - started < 15
+    out = log.read_text()
+    assert "aifactory run summary" in out and "tokens/J" in out and "estimated" in out
+    verify = cli("audit", "verify", "--db", url)
+    assert verify.returncode == 0, verify.stdout
+    store.dispose()
+
+
+def test_kill9_mid_trial_resumes_without_duplicates(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    pol = policy_file(tmp_path, **{"tokens_per_trial: 60000": "tokens_per_trial: 700000"})
+    url = f"sqlite:///{state / 'aifactory.db'}"
+    common = ["--policy", str(pol), "--state-dir", str(state), "--no-serve"]
+    log = tmp_path / "first.log"
+    with daemon(*common, "--cycles", "1", log=log) as proc:
+        wait_for(lambda: (state / "aifactory.db").exists(), 60, "database", log)
+        store = open_store(url)
+
+        def second_trial_running() -> bool:
+            with store.session() as s:
+                rows = s.exec(select(TrialRunRow)).all()
+            return any(r.key.endswith(":trial:001") and r.status == "running" for r in rows)
+
+        wait_for(second_trial_running, 120, "second trial to start", log)
+        time.sleep(1.5)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    # the orphaned trial worker notices its parent died and exits
+    time.sleep(3)
+    ps = subprocess.run(["pgrep", "-f", "multiprocessing.spawn"], capture_output=True, text=True)
+    with store.session() as s:
+        before = {r.key: r.status for r in s.exec(select(TrialRunRow)).all()}
+    assert before[next(k for k in before if k.endswith(":trial:000"))] == "complete"
+
+    log2 = tmp_path / "second.log"
+    with daemon(*common, "--cycles", "1", log=log2) as proc2:
+        assert proc2.wait(240) == 0, log2.read_text()[-3000:]
+    out = log2.read_text()
+    assert "resuming cycle tiny-c0001" in out
+
+    with store.session() as s:
+        trials = s.exec(select(TrialRunRow)).all()
+        versions = s.exec(select(ModelVersionRow)).all()
+        ledger = s.exec(select(LedgerRow).where(LedgerRow.kind == "train")).all()
+        keys = [e.idem_key for e in s.exec(select(AuditEventRow)).all() if e.idem_key]
+    assert len(trials) == 2 and all(t.status == "complete" for t in trials)
+    assert len({t.optuna_number for t in trials}) == 2
+    assert len(versions) == 1 and versions[0].cycle_id == "tiny-c0001"
+    assert len(ledger) == 2
+    assert len(keys) == len(set(keys))
+    import optuna
+
+    study = optuna.load_study(study_name="aifactory-tiny", storage=store.url)
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 2 and "RUNNING" not in states
+    assert CycleBook(store).get("tiny-c0001").status == "completed"  # type: ignore[union-attr]
+    verify = cli("audit", "verify", "--db", url)
+    assert verify.returncode == 0, verify.stdout
+    assert ps.returncode in (0, 1)
+    store.dispose()
+
+
+def test_bad_policy_is_refused_and_last_good_kept(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    pol = policy_file(tmp_path)
+    url = f"sqlite:///{state / 'aifactory.db'}"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(pol.read_text().replace("max_bpb: 7.0", "max_bpb: -1"))
+    refused = cli(
+        "run", "--policy", str(bad), "--state-dir", str(tmp_path / "other"), "--once", "--no-serve"
+    )
+    assert refused.returncode == 2
+    line = next(i + 1 for i, t in enumerate(bad.read_text().splitlines()) if "max_bpb" in t)
+    assert "gates.max_bpb" in refused.stdout and f"line {line}" in refused.stdout
+
+    log = tmp_path / "daemon.log"
+    with daemon(
+        "--policy", str(pol), "--state-dir", str(state), "--no-serve", "--tick-s", "0.3", log=log
+    ) as proc:
+        store = wait_for(
+            lambda: (state / "aifactory.db").exists() and open_store(url), 60, "database", log
+        )
+        book = CycleBook(store)
+        good_version = wait_for(
+            lambda: (s := book.daemon_state("tiny")) and s.policy_version, 60, "daemon state", log
+        )
+        pol.write_text(pol.read_text().replace("max_bpb: 7.0", "max_bpb: [oops"))
+        audit = AuditLog(store)
+
+        def refusal() -> Any:
+            return [
+                e
+                for e in audit.events(agent="controller")
+                if e.action == "reload_policy" and e.outcome == "refused"
+            ]
+
+        events = wait_for(refusal, 30, "policy refusal", log)
+        assert "line" in events[0].reason and "keeping policy" in events[0].reason
+        assert proc.poll() is None
+        assert book.daemon_state("tiny").policy_version == good_version  # type: ignore[union-attr]
+        # a valid edit is picked up
+        pol.write_text(
+            TINY_POLICY.read_text().replace("min_improvement_pct: 0.0", "min_improvement_pct: 0.1")
+        )
+        wait_for(
+            lambda: book.daemon_state("tiny").policy_version != good_version,
+            30,  # type: ignore[union-attr]
+            "new policy",
+            log,
+        )
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    store.dispose()
+
+
+@pytest.mark.postgres
+def test_one_cycle_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    res = cli(
+        "run",
+        "--policy",
+        str(TINY_POLICY),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--db",
+        pg_url,
+        "--once",
+        "--no-serve",
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    store = open_store(pg_url)
+    assert ModelRegistry(store, tmp_path / "m").alias("tiny", "champion") == 1
+    assert AuditLog(store).verify().ok
+    status = cli("status", "--db", pg_url, "--policy", str(TINY_POLICY), "--json")
+    assert json.loads(status.stdout)["champion"]["version"] == 1
+    store.dispose()

@@ -1,0 +1,95 @@
+"""Policy files: validation names field and line; the CLI exits 2 on errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from controller.cli import main
+from policies import PolicyError, load_policy, parse_policy
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_shipped_policies_are_valid() -> None:
+    for path in [ROOT / "configs" / "default.yaml", ROOT / "tests" / "configs" / "tiny.yaml"]:
+        assert load_policy(path).name
+
+
+def test_errors_name_field_and_line() -> None:
+    text = (
+        "name: x\n"
+        "budgets:\n"
+        "  tokens_per_trial: -5\n"
+        "  bogus: 1\n"
+        "tuning:\n"
+        "  search_space:\n"
+        "    lr: {type: float, low: 2, high: 1}\n"
+        "gates:\n"
+        "  max_bpb: lots\n"
+    )
+    with pytest.raises(PolicyError) as err:
+        parse_policy(text, "p.yaml")
+    found = {(p.path, p.line) for p in err.value.problems}
+    assert ("budgets.tokens_per_trial", 3) in found
+    assert ("budgets.bogus", 4) in found
+    assert ("gates.max_bpb", 9) in found
+    assert any(
+        p.path.startswith("tuning.search_space.lr") and p.line == 7 for p in err.value.problems
+    )
+    assert "line 3" in str(err.value)
+
+
+def test_missing_field_points_at_parent() -> None:
+    with pytest.raises(PolicyError) as err:
+        parse_policy("name: x\ndata:\n  source:\n    kind: directory\n")
+    (problem,) = err.value.problems
+    assert problem.path.startswith("data.source") and problem.path.endswith("path")
+    assert problem.line == 4
+
+
+def test_yaml_syntax_error_has_line() -> None:
+    with pytest.raises(PolicyError) as err:
+        parse_policy("name: x\nbudgets: [1,\n  tokens: 3\n")
+    assert err.value.problems[0].line is not None
+    assert "YAML syntax" in err.value.problems[0].message
+
+
+def test_not_a_mapping() -> None:
+    with pytest.raises(PolicyError):
+        parse_policy("- a\n- b\n")
+
+
+def test_version_is_content_hash() -> None:
+    a = parse_policy("name: x\n")
+    b = parse_policy("# a comment\nname: x\n")
+    c = parse_policy("name: x\napproval: required\n")
+    assert a.version == b.version != c.version
+
+
+def test_tuned_and_fixed_overlap_refused() -> None:
+    with pytest.raises(PolicyError) as err:
+        parse_policy(
+            "name: x\ntuning:\n  search_space:\n    lr: {type: float, low: 0.1, high: 1}\n"
+            "  fixed: {lr: 0.5}\n"
+        )
+    assert "both tuned and fixed" in str(err.value)
+
+
+def test_cli_check_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("name: good\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\napproval: sometimes\n")
+    assert main(["policy", "check", str(good)]) == 0
+    assert main(["policy", "check", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "line 2" in err and "approval" in err
+
+
+def test_cli_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["policy", "schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert "budgets" in schema["properties"]

@@ -6,29 +6,59 @@ FastAPI on uvicorn in a background daemon thread so the daemon owns its lifecycl
 programmatically (no separate process, no signal handlers).
 
 Swaps are safe for requests in flight because every request reads the served-model reference
-exactly once, at its start, and uses that object until it answers; ``swap`` only rebinds the
-reference. Generation is CPU-bound, so it always runs in a worker thread, never on the event loop.
-Generators may therefore be called from several threads at once.
+exactly once, at its start, and uses that object until it answers (for a stream: until its last
+chunk); ``swap`` only rebinds the reference. Generation is CPU-bound, so it always runs in a
+worker thread, never on the event loop. Generators may therefore be called from several threads
+at once.
 
 Only the subset of the OpenAI API the factory needs is implemented: ``GET /v1/models``,
-non-streaming ``POST /v1/completions`` with ``n == 1``, plus ``GET /healthz``. Unknown request
-fields (``stop``, ``user``, ...) are accepted and ignored, as many OpenAI-compatible servers do.
+``POST /v1/completions`` and ``POST /v1/chat/completions`` (both with ``n == 1``, streaming or
+not), plus ``GET /healthz``. Unknown request fields (``stop``, ``user``, ...) are accepted and
+ignored, as many OpenAI-compatible servers do.
+
+Chat prompts. The served models are plain byte-level LMs with no chat template, so a chat
+request is flattened into one text prompt, one line per message, ending with the cue for the
+reply::
+
+    system: You are terse.
+    user: Hi
+    assistant:<space>
+
+Each line is ``"<role>: <text>\n"`` (role ``developer`` is written as ``system``); a message whose
+content is a list of parts contributes its text parts joined with ``"\n"``. Only ``text`` parts
+are accepted. The reply is whatever the model generates after ``"assistant: "``, unmodified.
+
+Streaming (``"stream": true``) answers with Server-Sent Events in the OpenAI format:
+``data: {json}\n\n`` chunks, a last chunk carrying ``finish_reason``, an optional usage chunk
+(``stream_options.include_usage``, with ``choices: []``), then ``data: [DONE]\n\n``. The
+:class:`TextGenerator` protocol only returns a finished :class:`Completion`, so a generator may
+additionally offer ``stream(prompt, max_tokens, temperature, seed)`` returning an iterator of
+``str`` pieces, optionally followed by one final :class:`Completion` that supplies the token
+counts and ``finish_reason`` (its ``text`` is ignored). Without that final item the server counts
+UTF-8 bytes of the prompt and of the streamed text and reports ``finish_reason="length"`` when the
+byte count reached ``max_tokens``, else ``"stop"``. A generator without ``stream`` is run to
+completion first and its text is then sent in pieces of :data:`_STREAM_PIECE_CHARS`
+characters, so the client sees the same SSE protocol but no earlier first token. Either way,
+errors before the first piece are ordinary JSON error responses; an error after streaming began
+is sent as a final ``data: {"error": {...}}`` event (which the official clients raise).
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
+import json
 import socket
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import uvicorn
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
@@ -36,12 +66,15 @@ from starlette.requests import Request
 from adapters.workload.protocol import Completion, TextGenerator
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
 __all__ = ["Completion", "ServedModel", "ServingError", "ServingServer", "TextGenerator"]
 
 _STARTUP_TIMEOUT_S = 10.0
 _OWNER = "aifactory"
+#: Piece size, in characters, when a finished text is streamed by a generator without ``stream``.
+_STREAM_PIECE_CHARS = 16
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class ServingError(RuntimeError):
@@ -63,6 +96,7 @@ class _VersionStats:
 
     requests: int = 0
     failures: int = 0
+    streamed_requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s_sum: float = 0.0
@@ -71,6 +105,7 @@ class _VersionStats:
         return {
             "requests": float(self.requests),
             "failures": float(self.failures),
+            "streamed_requests": float(self.streamed_requests),
             "prompt_tokens": float(self.prompt_tokens),
             "completion_tokens": float(self.completion_tokens),
             "latency_s_sum": self.latency_s_sum,
@@ -85,6 +120,12 @@ class _Slot:
     created: int = field(default_factory=lambda: int(time.time()))
 
 
+class _StreamOptions(BaseModel):
+    """``stream_options``; only ``include_usage`` means anything here."""
+
+    include_usage: bool = False
+
+
 class _CompletionRequest(BaseModel):
     """Request body of ``POST /v1/completions``; bounds follow the OpenAI API."""
 
@@ -95,6 +136,48 @@ class _CompletionRequest(BaseModel):
     seed: int | None = None
     n: int = 1
     stream: bool = False
+    stream_options: _StreamOptions | None = None
+
+
+class _ContentPart(BaseModel):
+    """One element of a list-valued message ``content``; only ``type == "text"`` is served."""
+
+    type: str
+    text: str | None = None
+
+
+class _ChatMessage(BaseModel):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[_ContentPart] | None = None
+
+
+class _ChatRequest(BaseModel):
+    """Request body of ``POST /v1/chat/completions``.
+
+    ``max_completion_tokens`` (the newer name) wins over ``max_tokens``; with neither, the
+    reply may use the server's whole ``max_tokens_limit``.
+    """
+
+    model: str
+    messages: list[_ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    seed: int | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: _StreamOptions | None = None
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One validated generation request, bound to the model captured at its start."""
+
+    served: ServedModel
+    prompt: str
+    max_tokens: int
+    temperature: float
+    seed: int | None
 
 
 class _ApiError(Exception):
@@ -125,6 +208,108 @@ def _describe_validation(errors: Sequence[Any]) -> str:
         msg = str(err.get("msg", "invalid value"))
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "Invalid request: " + ("; ".join(parts) if parts else "malformed body")
+
+
+def _invalid(message: str, code: str = "invalid_request") -> _ApiError:
+    return _ApiError(400, message, "invalid_request_error", code)
+
+
+def _check_n(n: int) -> None:
+    if n != 1:
+        raise _invalid(f"Only n=1 is supported (got n={n})", "unsupported_parameter")
+
+
+def _usage(result: Completion) -> dict[str, int]:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
+
+
+def _render_chat(messages: Sequence[_ChatMessage]) -> str:
+    """Flatten chat messages into the plain-text template described in the module docstring."""
+    lines: list[str] = []
+    for i, message in enumerate(messages):
+        content = message.content
+        if content is None:
+            if message.role != "assistant":
+                raise _invalid(f"messages.{i}.content: required for role '{message.role}'")
+            text = ""
+        elif isinstance(content, str):
+            text = content
+        else:
+            texts: list[str] = []
+            for j, part in enumerate(content):
+                if part.type != "text":
+                    raise _invalid(
+                        f"messages.{i}.content.{j}: only text content parts are supported "
+                        f"(got type '{part.type}')"
+                    )
+                if part.text is None:
+                    raise _invalid(f"messages.{i}.content.{j}.text: field required")
+                texts.append(part.text)
+            text = "\n".join(texts)
+        role = "system" if message.role == "developer" else message.role
+        lines.append(f"{role}: {text}\n")
+    return "".join(lines) + "assistant: "
+
+
+def _sse(payload: dict[str, Any] | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+@dataclass(frozen=True)
+class _ChunkMaker:
+    """Renders the SSE chunks of one streamed answer in the endpoint's OpenAI format."""
+
+    chat: bool
+    model_id: str
+    include_usage: bool
+    cid: str = ""
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        chunk: dict[str, Any] = {
+            "id": self.cid,
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.model_id,
+            "choices": choices,
+        }
+        if self.include_usage:
+            chunk["usage"] = None
+        return chunk
+
+    def _choice(self, text: str | None, finish_reason: str | None) -> dict[str, Any]:
+        if self.chat:
+            delta: dict[str, Any] = {} if text is None else {"content": text}
+            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return {"text": text or "", "index": 0, "logprobs": None, "finish_reason": finish_reason}
+
+    def opening(self) -> bytes | None:
+        """Chat streams announce the assistant role first; text completions have no preamble."""
+        if not self.chat:
+            return None
+        choice = {
+            "index": 0,
+            "delta": {"role": "assistant", "content": ""},
+            "logprobs": None,
+            "finish_reason": None,
+        }
+        return _sse(self._chunk([choice]))
+
+    def piece(self, text: str) -> bytes:
+        return _sse(self._chunk([self._choice(text, None)]))
+
+    def finish(self, finish_reason: str) -> bytes:
+        return _sse(self._chunk([self._choice(None, finish_reason)]))
+
+    def usage(self, result: Completion) -> bytes:
+        chunk = self._chunk([])
+        chunk["usage"] = _usage(result)
+        return _sse(chunk)
 
 
 class ServingServer:
@@ -173,10 +358,13 @@ class ServingServer:
         with self._stats_lock:
             return {version: stats.as_dict() for version, stats in self._stats.items()}
 
-    def _record(self, version: int, completion: Completion | None, latency_s: float) -> None:
+    def _record(
+        self, version: int, completion: Completion | None, latency_s: float, streamed: bool = False
+    ) -> None:
         with self._stats_lock:
             stats = self._stats.setdefault(version, _VersionStats())
             stats.requests += 1
+            stats.streamed_requests += int(streamed)
             stats.latency_s_sum += latency_s
             if completion is None:
                 stats.failures += 1
@@ -326,45 +514,56 @@ class ServingServer:
                 )
             return {"object": "list", "data": data}
 
-        @app.post("/v1/completions")
-        def completions(body: _CompletionRequest) -> dict[str, Any]:
-            # Plain ``def``: FastAPI runs it in its thread pool, so generation never blocks
-            # the event loop.
+        # Plain ``def`` endpoints: FastAPI runs them in its thread pool, so generation never
+        # blocks the event loop; a streamed body is a sync iterator, also run in that pool.
+        @app.post("/v1/completions", response_model=None)
+        def completions(body: _CompletionRequest) -> dict[str, Any] | StreamingResponse:
             return self._complete(body)
+
+        @app.post("/v1/chat/completions", response_model=None)
+        def chat_completions(body: _ChatRequest) -> dict[str, Any] | StreamingResponse:
+            return self._chat(body)
 
         return app
 
-    def _complete(self, body: _CompletionRequest) -> dict[str, Any]:
-        """Answer one completion request on the model captured at its start."""
-        slot = self._slot  # read exactly once: this is what makes swap() safe mid-request
-        prompt = self._validate(body)
+    # ------------------------------------------------------------------ request handling
+
+    def _job(
+        self,
+        slot: _Slot | None,
+        model: str,
+        prompt: str,
+        max_tokens: int,
+        temperature: float,
+        seed: int | None,
+    ) -> _Job:
+        """Bind a validated request to the captured model: 503 if none, 404 if misnamed."""
         if slot is None:
             raise _ApiError(503, "No model is being served yet", "server_error", "model_not_loaded")
         served = slot.model
-        if body.model not in (served.model_id, served.model_id.split(":", 1)[0]):
+        if model not in (served.model_id, served.model_id.split(":", 1)[0]):
             raise _ApiError(
                 404,
-                f"The model '{body.model}' does not exist; this server serves '{served.model_id}'",
+                f"The model '{model}' does not exist; this server serves '{served.model_id}'",
                 "invalid_request_error",
                 "model_not_found",
             )
-        max_tokens = min(body.max_tokens, self._max_tokens_limit)
-        started = time.perf_counter()
-        try:
-            result = served.generator.generate(
-                prompt, max_tokens, temperature=body.temperature, seed=body.seed
-            )
-        except Exception as exc:
-            self._record(served.version, None, time.perf_counter() - started)
-            raise _ApiError(
-                500, f"Generation failed: {type(exc).__name__}", "server_error", "generation_failed"
-            ) from exc
-        self._record(served.version, result, time.perf_counter() - started)
+        return _Job(served, prompt, min(max_tokens, self._max_tokens_limit), temperature, seed)
+
+    def _complete(self, body: _CompletionRequest) -> dict[str, Any] | StreamingResponse:
+        """Answer one completion request on the model captured at its start."""
+        slot = self._slot  # read exactly once: this is what makes swap() safe mid-request
+        _check_n(body.n)
+        prompt = self._single_prompt(body.prompt)
+        job = self._job(slot, body.model, prompt, body.max_tokens, body.temperature, body.seed)
+        if body.stream:
+            return self._stream(job, chat=False, options=body.stream_options)
+        result = self._generate(job)
         return {
             "id": f"cmpl-{uuid.uuid4().hex}",
             "object": "text_completion",
             "created": int(time.time()),
-            "model": served.model_id,
+            "model": job.served.model_id,
             "choices": [
                 {
                     "text": result.text,
@@ -373,38 +572,179 @@ class ServingServer:
                     "finish_reason": result.finish_reason,
                 }
             ],
-            "usage": {
-                "prompt_tokens": result.prompt_tokens,
-                "completion_tokens": result.completion_tokens,
-                "total_tokens": result.prompt_tokens + result.completion_tokens,
-            },
+            "usage": _usage(result),
         }
 
-    @staticmethod
-    def _validate(body: _CompletionRequest) -> str:
-        """Reject what pydantic cannot express; return the single prompt string."""
+    def _chat(self, body: _ChatRequest) -> dict[str, Any] | StreamingResponse:
+        """Answer one chat request on the model captured at its start."""
+        slot = self._slot  # read exactly once, as in _complete
+        _check_n(body.n)
+        prompt = _render_chat(body.messages)
+        limit = body.max_completion_tokens or body.max_tokens or self._max_tokens_limit
+        job = self._job(slot, body.model, prompt, limit, body.temperature, body.seed)
         if body.stream:
-            raise _ApiError(
-                400,
-                "Streaming is not supported by this server yet; send stream=false",
-                "invalid_request_error",
-                "unsupported_parameter",
+            return self._stream(job, chat=True, options=body.stream_options)
+        result = self._generate(job)
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": job.served.model_id,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": result.text},
+                    "logprobs": None,
+                    "finish_reason": result.finish_reason,
+                }
+            ],
+            "usage": _usage(result),
+        }
+
+    def _generate(self, job: _Job) -> Completion:
+        """Run the whole generation and count it; failures become a counted 500."""
+        started = time.perf_counter()
+        try:
+            result = job.served.generator.generate(
+                job.prompt, job.max_tokens, temperature=job.temperature, seed=job.seed
             )
-        if body.n != 1:
-            raise _ApiError(
-                400,
-                f"Only n=1 is supported (got n={body.n})",
-                "invalid_request_error",
-                "unsupported_parameter",
-            )
-        if isinstance(body.prompt, list):
-            if len(body.prompt) != 1:
-                raise _ApiError(
-                    400,
-                    f"prompt must be a string or a list of exactly one string "
-                    f"(got {len(body.prompt)} items)",
-                    "invalid_request_error",
-                    "invalid_request",
+        except Exception as exc:
+            self._record(job.served.version, None, time.perf_counter() - started)
+            raise _generation_failed(exc) from exc
+        self._record(job.served.version, result, time.perf_counter() - started)
+        return result
+
+    def _stream(self, job: _Job, chat: bool, options: _StreamOptions | None) -> StreamingResponse:
+        """Start generating now (so early failures are plain 500s) and stream the rest as SSE."""
+        started = time.perf_counter()
+        generator = job.served.generator
+        stream_fn = getattr(generator, "stream", None)
+        items: Iterator[str | Completion]
+        closer: Callable[[], object] | None = None
+        try:
+            if callable(stream_fn):
+                source = iter(
+                    stream_fn(
+                        job.prompt, job.max_tokens, temperature=job.temperature, seed=job.seed
+                    )
                 )
-            return body.prompt[0]
-        return body.prompt
+                closer = getattr(source, "close", None)
+                head = list(itertools.islice(source, 1))  # the first piece, or [] if none
+                items = itertools.chain(head, source)
+            else:
+                result = generator.generate(
+                    job.prompt, job.max_tokens, temperature=job.temperature, seed=job.seed
+                )
+                text = result.text
+                pieces = [
+                    text[i : i + _STREAM_PIECE_CHARS]
+                    for i in range(0, len(text), _STREAM_PIECE_CHARS)
+                ]
+                items = iter([*pieces, result])
+        except Exception as exc:
+            self._record(job.served.version, None, time.perf_counter() - started, streamed=True)
+            if callable(closer):
+                closer()
+            raise _generation_failed(exc) from exc
+        prefix = "chatcmpl" if chat else "cmpl"
+        maker = _ChunkMaker(
+            chat=chat,
+            model_id=job.served.model_id,
+            include_usage=bool(options and options.include_usage),
+            cid=f"{prefix}-{uuid.uuid4().hex}",
+        )
+        body = self._sse_body(job, items, maker, started, closer)
+        # Start the body here: a generator that never ran would skip its ``finally`` when
+        # discarded (client gone before the first chunk), leaving the request uncounted.
+        first = next(body)
+        return StreamingResponse(
+            itertools.chain([first], body), media_type="text/event-stream", headers=_SSE_HEADERS
+        )
+
+    def _sse_body(
+        self,
+        job: _Job,
+        items: Iterator[str | Completion],
+        maker: _ChunkMaker,
+        started: float,
+        closer: Callable[[], object] | None,
+    ) -> Iterator[bytes]:
+        """Yield the SSE chunks and record the request exactly once, however the stream ends.
+
+        A client that disconnects closes this generator; the request is then counted with the
+        tokens generated so far, and the generator's own iterator is closed to stop the work.
+        """
+        texts: list[str] = []
+        final: Completion | None = None
+        failed = False
+        try:
+            opening = maker.opening()
+            if opening is not None:
+                yield opening
+            # Every path below yields at least once more, so a caller may prime with next().
+            while True:
+                try:
+                    item = next(items, None)
+                except Exception as exc:
+                    failed = True
+                    err = _generation_failed(exc)
+                    body = {
+                        "error": {
+                            "message": err.message,
+                            "type": err.err_type,
+                            "param": None,
+                            "code": err.code,
+                        }
+                    }
+                    yield _sse(body)
+                    return
+                if item is None:
+                    break
+                if isinstance(item, Completion):
+                    final = item
+                elif item:
+                    texts.append(item)
+                    yield maker.piece(item)
+            result = final or self._counted(job, "".join(texts))
+            yield maker.finish(result.finish_reason)
+            if maker.include_usage:
+                yield maker.usage(result)
+            yield _sse("[DONE]")
+        finally:
+            latency = time.perf_counter() - started
+            if failed:
+                self._record(job.served.version, None, latency, streamed=True)
+            else:
+                result = final or self._counted(job, "".join(texts))
+                self._record(job.served.version, result, latency, streamed=True)
+            if callable(closer):
+                closer()  # stops a native stream early if the client went away
+
+    @staticmethod
+    def _counted(job: _Job, text: str) -> Completion:
+        """Token counts for a stream whose generator did not report them (UTF-8 bytes)."""
+        completion_tokens = len(text.encode("utf-8"))
+        return Completion(
+            text=text,
+            prompt_tokens=len(job.prompt.encode("utf-8")),
+            completion_tokens=completion_tokens,
+            finish_reason="length" if completion_tokens >= job.max_tokens else "stop",
+        )
+
+    @staticmethod
+    def _single_prompt(prompt: str | list[str]) -> str:
+        """Reject what pydantic cannot express; return the single prompt string."""
+        if isinstance(prompt, list):
+            if len(prompt) != 1:
+                raise _invalid(
+                    f"prompt must be a string or a list of exactly one string "
+                    f"(got {len(prompt)} items)"
+                )
+            return prompt[0]
+        return prompt
+
+
+def _generation_failed(exc: BaseException) -> _ApiError:
+    return _ApiError(
+        500, f"Generation failed: {type(exc).__name__}", "server_error", "generation_failed"
+    )

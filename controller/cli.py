@@ -15,6 +15,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from controller.settings import Settings
 from policies.loader import PolicyError, load_policy
@@ -36,6 +37,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", type=Path, help="state directory (AIFACTORY_STATE_DIR)")
     p.add_argument("--db", dest="db_url", help="database URL (AIFACTORY_DB_URL)")
     p.add_argument("--policy", type=Path, help="policy file (AIFACTORY_POLICY)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--agent")
     audit.add_argument("--cycle")
     audit.add_argument("--since", help="ISO time, e.g. 2026-11-26T10:00")
-    audit.add_argument("--limit", type=int)
+    audit.add_argument("--limit", type=_positive_int, help="only the latest N events")
     audit.add_argument("--json", action="store_true")
 
     status = sub.add_parser("status", help="champion, last cycle, budgets, next run")
@@ -187,9 +195,8 @@ def _audit(args: argparse.Namespace, audit: Any, console: Console) -> int:
     for col in ("seq", "time", "cycle", "agent", "action", "outcome", "reason"):
         table.add_column(col, overflow="fold")
     for e in events:
-        table.add_row(
-            str(e.seq), e.ts[:19], e.cycle_id or "-", e.agent, e.action, e.outcome, e.reason
-        )
+        cells = (str(e.seq), e.ts[:19], e.cycle_id or "-", e.agent, e.action, e.outcome, e.reason)
+        table.add_row(*(Text(c) for c in cells))  # Text: stored strings are never markup
     console.print(table)
     return 0
 
@@ -333,7 +340,7 @@ def _models(args: argparse.Namespace, name: str, registry: Any, console: Console
     ):
         table.add_column(col)
     for m in versions:
-        table.add_row(
+        cells = (
             f"v{m.version}",
             ",".join(by_version.get(m.version, [])),
             m.status,
@@ -344,6 +351,7 @@ def _models(args: argparse.Namespace, name: str, registry: Any, console: Console
             f"{m.joules:,.0f} ({m.energy_method})",
             m.created_at[:19],
         )
+        table.add_row(*(Text(c) for c in cells))
     console.print(table)
     return 0
 
@@ -352,17 +360,21 @@ def _rollback(
     args: argparse.Namespace, name: str, registry: Any, audit: Any, console: Console
 ) -> int:
     who = getpass.getuser()
+    current = registry.alias(name, "champion")
     try:
+        if args.to is not None and args.to == current:
+            raise LookupError(f"v{current} is already the champion")
         before, after = registry.rollback(name, to=args.to, by=who, reason=args.reason)
     except (LookupError, KeyError) as exc:
+        why = exc.args[0] if exc.args else str(exc)
         audit.append(
             agent="operator",
             action="rollback",
             outcome="refused",
-            reason=f"{who}: {exc}",
-            figures={"to": args.to},
+            reason=f"{who}: {why}",
+            figures={"to": args.to, "champion": current},
         )
-        console.print(f"rollback refused: {exc}")
+        console.print(f"rollback refused: {why}", highlight=False, markup=False)
         return 1
     audit.append(
         agent="operator",
@@ -386,7 +398,7 @@ def _decide(args: argparse.Namespace, book: Any, audit: Any, console: Console) -
     try:
         row = book.decide_approval(args.id, approved, who, args.reason)
     except (KeyError, ValueError) as exc:
-        console.print(str(exc))
+        console.print(exc.args[0] if exc.args else str(exc), highlight=False, markup=False)
         return 1
     audit.append(
         agent="operator",

@@ -27,6 +27,7 @@ from langgraph.types import interrupt
 from adapters.cluster.base import Cluster, TrialJob
 from adapters.data_sources import DataSource
 from adapters.energy import HostCpuEnergyMeter
+from adapters.llm import Advisor, AdvisorError
 from adapters.store.audit import AuditLog
 from adapters.store.cycles import CycleBook
 from adapters.store.datasets import DataCatalog, DatasetVersion
@@ -36,6 +37,7 @@ from adapters.store.registry import CHAMPION, ModelRegistry, ModelVersion
 from adapters.store.tables import TrialRunRow
 from adapters.workload.protocol import TrainRequest, Workload
 from agents.actions import Action
+from agents.advisor import decide_advice
 from agents.data import DataObservation, decide_data
 from agents.deployer import decide_deploy
 from agents.drift import js_divergence
@@ -92,6 +94,7 @@ class FactoryContext:
     reporter: ProgressReporter = field(default_factory=ProgressReporter)
     stop_event: threading.Event = field(default_factory=threading.Event)
     on_champion_changed: Callable[[], None] = lambda: None
+    advisor: Advisor | None = None
 
     @property
     def name(self) -> str:
@@ -696,6 +699,67 @@ class ProductionCycle:
 
     @_timed("report")
     def report(self, state: CycleState) -> dict[str, Any]:
+        """Ask the optional LLM advisor to explain the cycle, within the agent-token budget."""
+        ctx, cid = self.ctx, state["cycle_id"]
+        spec = ctx.policy.advisor
+        key = f"{cid}:advisor:explain"
+        if ctx.advisor is None or spec is None or ctx.audit.has_key(key):
+            return {}
+        events = [e for e in ctx.audit.events(cycle_id=cid) if e.agent != "controller"]
+        question = "What did this production cycle decide, and why?\n" + "\n".join(
+            f"- {e.agent}/{e.action}: {e.outcome}: {e.reason}" for e in events
+        )
+        used = ctx.ledger.totals(ctx.name, day=today_utc(), kind="llm").tokens
+        gate = decide_advice(
+            used_today=used,
+            budget=ctx.policy.budgets.agent_llm_tokens_per_day,
+            prompt_tokens_estimate=len(question) // 3 + 64,
+            max_tokens=spec.max_tokens,
+        )
+        if gate.outcome != "taken":
+            ctx.record(gate, cid, "advisor:explain")
+            return {}
+        try:
+            answer = ctx.advisor.explain(question, spec.max_tokens)
+        except AdvisorError as exc:
+            ctx.record(
+                Action(
+                    "advisor",
+                    "explain",
+                    "failed",
+                    f"advisor unavailable: {exc}",
+                    gate.figures | {"model": spec.model},
+                ),
+                cid,
+                "advisor:explain",
+            )
+            return {}
+        ctx.ledger.record(
+            key=key,
+            policy_name=ctx.name,
+            cycle_id=cid,
+            kind="llm",
+            tokens=answer.total_tokens,
+            joules=0.0,
+            method="unmetered",
+        )
+        ctx.record(
+            Action(
+                "advisor",
+                "explain",
+                "taken",
+                answer.text[:4000] or "(empty answer)",
+                gate.figures
+                | {
+                    "model": answer.model,
+                    "prompt_tokens": answer.prompt_tokens,
+                    "completion_tokens": answer.completion_tokens,
+                },
+            ),
+            cid,
+            "advisor:explain",
+        )
+        ctx.reporter.info(f"[advisor] {answer.text[:300]}")
         return {}
 
     # graph --------------------------------------------------------------------------

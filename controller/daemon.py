@@ -29,6 +29,7 @@ from rich.table import Table
 from adapters.cluster.local import LocalProcessCluster
 from adapters.data_sources import make_source
 from adapters.energy import probe_energy_meter
+from adapters.llm import make_advisor
 from adapters.serving import ServedModel, ServingError, ServingServer
 from adapters.store.audit import AuditLog
 from adapters.store.cycles import CycleBook
@@ -105,6 +106,7 @@ class Daemon:
             reporter=ProgressReporter(self.console),
             stop_event=self.stop_event,
             on_champion_changed=self.sync_serving,
+            advisor=make_advisor(policy.advisor),
         )
 
     def _install_signals(self) -> None:
@@ -244,6 +246,7 @@ class Daemon:
         ctx.book.save_policy(policy, str(path))
         old = ctx.policy.version
         ctx.policy = policy
+        ctx.advisor = make_advisor(policy.advisor)
         ctx.audit.append(
             agent="controller",
             action="reload_policy",
@@ -428,7 +431,7 @@ class Daemon:
             key=f"{cycle_id}:finish",
         )
         elapsed = time.monotonic() - self.started
-        stages = ", ".join(f"{k} {v:.1f}s" for k, v in stage_s.items())
+        stages = ", ".join(f"{k} {v:.1f}s" for k, v in _ordered(stage_s))
         self.console.print(
             f"[daemon] cycle {cycle_id} done at {elapsed:.1f}s since start; stages: {stages}",
             highlight=False,
@@ -609,7 +612,7 @@ class Daemon:
                 f"{int(summary.get('train_tokens', 0)):,}",
                 f"{joules:,.0f} ({method})" if tok else "-",
                 f"{tok / joules:,.0f}" if joules else "-",
-                " ".join(f"{k}={v:.1f}" for k, v in (summary.get("stage_s") or {}).items()),
+                " ".join(f"{k}={v:.1f}" for k, v in _ordered(summary.get("stage_s") or {})),
             )
         self.console.print(table)
         champ = ctx.champion()
@@ -622,6 +625,14 @@ class Daemon:
             highlight=False,
             markup=False,
         )
+
+
+STAGES = ("data", "energy", "trainer", "evaluator", "approval", "deployer", "report")
+
+
+def _ordered(stage_s: dict[str, float]) -> list[tuple[str, float]]:
+    """Stages in the order the graph runs them."""
+    return sorted(stage_s.items(), key=lambda kv: STAGES.index(kv[0]) if kv[0] in STAGES else 99)
 
 
 def _redact(url: str) -> str:

@@ -182,8 +182,11 @@ class EnergyPolicy(_Strict):
 class AdvisorPolicy(_Strict):
     """Optional LLM advisor (LiteLLM). It explains decisions; guardrails stay in code."""
 
-    model: str
+    model: str = Field(description="LiteLLM model name, e.g. 'openai/gpt-4o-mini'.")
     api_base: str | None = None
+    api_key_env: str | None = Field(
+        default=None, description="Environment variable holding the API key (never the key)."
+    )
     max_tokens: int = Field(default=200, gt=0)
     timeout_s: float = Field(default=20.0, gt=0)
 

@@ -128,6 +128,23 @@ def test_daemon_serves_champion_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert answer["usage"]["completion_tokens"] == 12
         assert answer["model"] == f"tiny:v{champion}"
 
+        # an operator rollback reaches the live server within a tick, with no restart
+        assert champion == 2
+        rb = cli("rollback", "--reason", "suspicious", "--db", url, "--policy", str(pol))
+        assert rb.returncode == 0, rb.stdout
+        wait_for(
+            lambda: book.daemon_state("tiny").served_version == 1,
+            20,  # type: ignore[union-attr]
+            "serving to follow the rollback",
+            log,
+        )
+        again = httpx.post(
+            f"{base}/v1/completions",
+            json={"model": "tiny", "prompt": "x", "max_tokens": 2},
+            timeout=30,
+        ).json()
+        assert again["model"] == "tiny:v1"
+
         # the second cycle was triggered by the new era, with the drift figures audited
         log_ = AuditLog(store)
         retrain = [e for e in log_.events(agent="data") if e.action == "retrain"]
@@ -273,4 +290,78 @@ def test_one_cycle_on_postgresql(tmp_path: Path, pg_url: str) -> None:
     assert AuditLog(store).verify().ok
     status = cli("status", "--db", pg_url, "--policy", str(TINY_POLICY), "--json")
     assert json.loads(status.stdout)["champion"]["version"] == 1
+    store.dispose()
+
+
+def test_approval_survives_restart_then_resumes(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    pol = policy_file(tmp_path, **{"gates:": "approval: required\ngates:"})
+    url = f"sqlite:///{state / 'aifactory.db'}"
+    common = ["--policy", str(pol), "--state-dir", str(state), "--port", "0", "--tick-s", "0.3"]
+    log = tmp_path / "first.log"
+    with daemon(*common, log=log) as proc:
+        store = wait_for(
+            lambda: (state / "aifactory.db").exists() and open_store(url), 60, "database", log
+        )
+        book = CycleBook(store)
+        pending = wait_for(lambda: book.approvals("tiny", "pending"), 120, "approval", log)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert book.get(pending[0].cycle_id).status == "awaiting_approval"  # type: ignore[union-attr]
+    registry = ModelRegistry(store, state / "models")
+    assert registry.alias("tiny", "champion") is None
+
+    log2 = tmp_path / "second.log"
+    with daemon(*common, log=log2) as proc2:
+        wait_for(
+            lambda: (s := book.daemon_state("tiny")) and s.pid == proc2.pid,
+            60,
+            "restarted daemon",
+            log2,
+        )
+        time.sleep(1.0)
+        assert [a.id for a in book.approvals("tiny", "pending")] == [pending[0].id]
+        ok = cli(
+            "approve",
+            str(pending[0].id),
+            "--by",
+            "alice",
+            "--reason",
+            "looks fine",
+            "--db",
+            url,
+            "--policy",
+            str(pol),
+        )
+        assert ok.returncode == 0, ok.stdout
+        wait_for(lambda: registry.alias("tiny", "champion") == 1, 60, "promotion", log2)
+        # era 2 arrives; the second candidate also waits, and a person rejects it
+        second = wait_for(
+            lambda: [a for a in book.approvals("tiny", "pending") if a.id != pending[0].id],
+            120,
+            "second approval",
+            log2,
+        )
+        no = cli(
+            "reject",
+            str(second[0].id),
+            "--reason",
+            "not this week",
+            "--db",
+            url,
+            "--policy",
+            str(pol),
+        )
+        assert no.returncode == 0, no.stdout
+        wait_for(lambda: book.completed_count("tiny") == 2, 60, "second cycle to finish", log2)
+        assert registry.alias("tiny", "champion") == 1
+        proc2.send_signal(signal.SIGTERM)
+        assert proc2.wait(30) == 0
+    events = AuditLog(store).events(agent="deployer")
+    decided = [e for e in events if e.action == "approval"]
+    assert decided[0].outcome == "taken" and "alice" in decided[0].reason
+    assert decided[1].outcome == "refused" and "not this week" in decided[1].reason
+    with store.session() as s:
+        assert len(s.exec(select(TrialRunRow)).all()) == 4  # 2 cycles x 2 trials, none repeated
+    assert AuditLog(store).verify().ok
     store.dispose()

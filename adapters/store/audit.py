@@ -177,7 +177,9 @@ class AuditLog:
         with self.store.session() as s:
             rows = list(s.exec(stmt))
         if limit is not None:
-            rows = rows[-limit:]
+            if limit < 0:
+                raise ValueError("limit must not be negative")
+            rows = rows[-limit:] if limit else []
         return [AuditEvent.from_row(r) for r in rows]
 
     def verify(self) -> ChainReport:

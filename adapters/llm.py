@@ -65,10 +65,10 @@ class LiteLLMAdvisor:
                 timeout=self.spec.timeout_s,
                 num_retries=0,
             )
+            usage = getattr(resp, "usage", None)
+            text = resp.choices[0].message.content or ""
         except Exception as exc:
             raise AdvisorError(f"{type(exc).__name__}: {exc}") from exc
-        usage = getattr(resp, "usage", None)
-        text = resp.choices[0].message.content or ""
         return AdvisorAnswer(
             text=text.strip(),
             prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),

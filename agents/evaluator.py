@@ -19,6 +19,10 @@ class Scores:
     recent_bpb: float
     reference_bpb: float
 
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.recent_bpb) and math.isfinite(self.reference_bpb)
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -26,7 +30,15 @@ class Verdict:
     action: Action
 
 
-def judge(candidate: Scores | None, champion: Scores | None, policy: Policy) -> Verdict:
+def judge(
+    candidate: Scores | None,
+    champion: Scores | None,
+    policy: Policy,
+    champion_problem: str | None = None,
+) -> Verdict:
+    """`champion_problem` says why an existing champion could not be scored (corrupt artefact,
+    NaN scores). The candidate is then judged on the absolute ceiling alone, and the reason
+    says so: a broken champion is itself a reason to replace it, but never silently."""
     g = policy.gates
     figures: dict[str, object] = {
         "gate_max_bpb": g.max_bpb,
@@ -39,11 +51,14 @@ def judge(candidate: Scores | None, champion: Scores | None, policy: Policy) -> 
         "candidate_recent_bpb": round(candidate.recent_bpb, 6),
         "candidate_reference_bpb": round(candidate.reference_bpb, 6),
     }
-    if not (math.isfinite(candidate.recent_bpb) and math.isfinite(candidate.reference_bpb)):
+    if not candidate.finite:
         return _refuse("candidate scores are not finite (NaN/inf): never promoted", figures)
     failures = []
     if candidate.recent_bpb > g.max_bpb:
         failures.append(f"recent {candidate.recent_bpb:.4f} bits/byte > ceiling {g.max_bpb:.4f}")
+    if champion_problem is not None:
+        figures["champion_problem"] = champion_problem
+        champion = None
     if champion is not None:
         gain = 100.0 * (champion.recent_bpb - candidate.recent_bpb) / champion.recent_bpb
         regression = (
@@ -66,7 +81,12 @@ def judge(candidate: Scores | None, champion: Scores | None, policy: Policy) -> 
             )
     if failures:
         return _refuse("; ".join(failures), figures)
-    if champion is None:
+    if champion_problem is not None:
+        reason = (
+            f"champion could not be scored ({champion_problem}); judged on the ceiling alone: "
+            f"recent {candidate.recent_bpb:.4f} bits/byte <= {g.max_bpb:.4f}"
+        )
+    elif champion is None:
         reason = f"first model: recent {candidate.recent_bpb:.4f} bits/byte within ceiling"
     else:
         reason = (

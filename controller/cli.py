@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -165,11 +166,37 @@ def _offline(args: argparse.Namespace, settings: Settings, console: Console) -> 
 
 
 def _policy_name(settings: Settings, book: Any) -> str:
+    """The production line meant: the policy file's name, else the only one in the store."""
     try:
         return load_policy(settings.policy).name
-    except PolicyError:
+    except PolicyError as exc:
         names = book.policy_names()
-        return names[0] if len(names) == 1 else "default"
+        if len(names) == 1:
+            return str(names[0])
+        raise SystemExit(
+            f"cannot tell which production line is meant: {settings.policy} is unusable "
+            f"({exc.problems[0] if exc.problems else exc}) and the store holds "
+            f"{', '.join(names) or 'none'}; pass --policy FILE"
+        ) from exc
+
+
+def _daemon_alive(pid: int, heartbeat_at: str, stale_s: float = 120.0) -> bool:
+    """Alive: a pid that exists here and a recent heartbeat (the daemon may run elsewhere)."""
+    if not pid or not heartbeat_at:
+        return False
+    try:
+        beat = datetime.strptime(heartbeat_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        return False
+    if (datetime.now(UTC) - beat).total_seconds() > stale_s:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _audit(args: argparse.Namespace, audit: Any, console: Console) -> int:
@@ -249,6 +276,7 @@ def _status(
         "daemon": None
         if state is None
         else {
+            "running": _daemon_alive(state.pid, state.heartbeat_at),
             "pid": state.pid,
             "heartbeat_at": state.heartbeat_at,
             "next_cycle_at": state.next_cycle_at,
@@ -285,10 +313,20 @@ def _status(
         markup=False,
     )
     d = out["daemon"]
-    if d:
+    if d and not d["running"]:
         console.print(
-            f"  daemon:      pid {d['pid']}, heartbeat {d['heartbeat_at']}, serving "
-            f"v{d['served_version']} at {d['serving_url']}",
+            f"  daemon:      not running (last heartbeat {d['heartbeat_at'] or 'never'})",
+            highlight=False,
+            markup=False,
+        )
+    elif d:
+        serving = (
+            f"serving v{d['served_version']} at {d['serving_url']}/v1"
+            if d["serving_url"]
+            else "not serving"
+        )
+        console.print(
+            f"  daemon:      pid {d['pid']}, heartbeat {d['heartbeat_at']}, {serving}",
             highlight=False,
             markup=False,
         )

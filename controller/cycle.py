@@ -11,6 +11,7 @@ step that was in flight) finds its earlier effects instead of repeating them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import threading
@@ -31,7 +32,7 @@ from adapters.llm import Advisor, AdvisorError
 from adapters.store.audit import AuditLog
 from adapters.store.cycles import CycleBook
 from adapters.store.datasets import DataCatalog, DatasetVersion
-from adapters.store.db import Store
+from adapters.store.db import Store, utcnow_iso
 from adapters.store.ledger import Ledger, today_utc
 from adapters.store.registry import CHAMPION, ModelRegistry, ModelVersion
 from adapters.store.tables import TrialRunRow
@@ -66,6 +67,7 @@ class CycleState(TypedDict, total=False):
     retrain: bool
     allowance: dict[str, Any] | None
     trials: list[dict[str, Any]]
+    new_files: list[str]
     candidate_version: int | None
     blessed: bool
     approved: bool | None
@@ -161,23 +163,30 @@ class ProductionCycle:
         report = ctx.ingestor.ingest(
             ctx.source, completed, cycle_id=cid, policy_version=ctx.policy.version
         )
-        latest = ctx.catalog.latest(ctx.name)
-        if latest is not None and latest.cycle_id == cid:
-            dataset: DatasetVersion | None = latest  # this node is re-running after a crash
-        else:
-            fresh = ctx.catalog.unassigned(ctx.name)
-            dataset = self._new_dataset(latest, [f.sha256 for f in fresh], cid) if fresh else latest
-        new = list(dataset.new_file_hashes) if dataset and dataset.cycle_id == cid else []
-        if report.quarantined or new:
+        dataset = ctx.catalog.latest(ctx.name)
+        fresh = [f.sha256 for f in ctx.catalog.unassigned(ctx.name)]
+        if fresh:
+            dataset = self._new_dataset(dataset, fresh, cid)
+        # "new" means no model has been trained on it yet: a deferred or failed cycle leaves
+        # its data new for the next one (re-running this node computes the same answer)
+        trained = self._last_trained_dataset()
+        new = (
+            sorted(set(dataset.file_hashes) - set(trained.file_hashes if trained else ()))
+            if dataset is not None
+            else []
+        )
+        if report.quarantined or fresh:
             ctx.record(
                 Action(
                     "data",
                     "ingest",
                     "taken",
-                    f"{len(new)} new file(s) into dataset {dataset.version if dataset else '-'}, "
-                    f"{len(report.quarantined)} quarantined",
+                    f"{len(fresh)} file(s) ingested into dataset "
+                    f"{dataset.version if dataset else '-'}, {len(report.quarantined)} "
+                    "quarantined",
                     {
-                        "new_files": len(new),
+                        "ingested": len(fresh),
+                        "untrained_files": len(new),
                         "quarantined": len(report.quarantined),
                         "dataset_version": dataset.version if dataset else None,
                         "source": ctx.source.description,
@@ -189,38 +198,49 @@ class ProductionCycle:
         champion = ctx.champion()
         obs = DataObservation(
             new_files=len(new),
-            new_bytes=sum(f.size_bytes for f in ctx.catalog.files(new)),
+            new_bytes=sum(f.size_bytes for f in ctx.catalog.files(ctx.name, new)),
             quarantined=len(report.quarantined),
             dataset_version=dataset.version if dataset else None,
             has_champion=champion is not None,
         )
         if champion is not None and new:
-            obs = self._drift(obs, champion, new)
+            obs = self._drift(obs, champion, new, cid)
         decision = decide_data(obs, ctx.policy)
         for i, action in enumerate(decision.actions):
             ctx.record(action, cid, f"data:{action.action}:{i}")
         ctx.reporter.info(f"[data] {decision.actions[-1].reason}")
-        return {"dataset_version": obs.dataset_version, "retrain": decision.retrain}
+        return {
+            "dataset_version": obs.dataset_version,
+            "retrain": decision.retrain,
+            "new_files": new,
+        }
+
+    def _last_trained_dataset(self) -> DatasetVersion | None:
+        versions = self.ctx.registry.versions(self.ctx.name)
+        return self.ctx.catalog.get(versions[-1].dataset_version) if versions else None
+
+    def _histogram(self, hashes: list[str] | tuple[str, ...]) -> list[int]:
+        hist = [0] * 256
+        for h in hashes:
+            for path in self.ctx.ingestor.blob_paths(h):
+                data = path.read_bytes()
+                for b in set(data):
+                    hist[b] += data.count(b)
+        return hist
 
     def _new_dataset(
         self, parent: DatasetVersion | None, new: list[str], cid: str
     ) -> DatasetVersion:
-        import hashlib
-
         files = sorted(set(parent.file_hashes if parent else ()) | set(new))
-        version = hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]
+        digest = hashlib.sha256("\n".join([self.ctx.name, *files]).encode()).hexdigest()
         hist = list(parent.byte_hist) if parent else [0] * 256
-        for row in self.ctx.catalog.files(new):
-            for path in self.ctx.ingestor.blob_paths(row.sha256):
-                data = path.read_bytes()
-                for b in set(data):
-                    hist[b] += data.count(b)
+        hist = [a + b for a, b in zip(hist, self._histogram(new), strict=True)]
         n_bytes = (parent.n_bytes if parent else 0) + sum(
-            r.size_bytes for r in self.ctx.catalog.files(new)
+            r.size_bytes for r in self.ctx.catalog.files(self.ctx.name, new)
         )
         return self.ctx.catalog.create(
             policy_name=self.ctx.name,
-            version=version,
+            version=digest[:16],
             parent=parent.version if parent else None,
             file_hashes=files,
             new_file_hashes=new,
@@ -230,25 +250,34 @@ class ProductionCycle:
         )
 
     def _drift(
-        self, obs: DataObservation, champion: ModelVersion, new: list[str]
+        self, obs: DataObservation, champion: ModelVersion, new: list[str], cid: str
     ) -> DataObservation:
+        """Both drift signals: byte-distribution JS, and the champion's loss on the new data."""
         ctx = self.ctx
         trained_on = ctx.catalog.get(champion.dataset_version)
-        new_hist = [0] * 256
-        for h in new:
-            for path in ctx.ingestor.blob_paths(h):
-                data = path.read_bytes()
-                for b in set(data):
-                    new_hist[b] += data.count(b)
-        js = js_divergence(new_hist, trained_on.byte_hist) if trained_on else None
+        js = js_divergence(self._histogram(new), trained_on.byte_hist) if trained_on else None
+        meter = HostCpuEnergyMeter(ctx.policy.energy.watts_per_core)
+        window = meter.begin()
+        tokens = 0
         try:
             artefact = ctx.registry.verified_path(champion)
-            new_bpb, _ = self._score(artefact, self._holdouts(new))
+            new_bpb, tokens = self._score(artefact, self._holdouts(new))
             ref_files = self._holdouts(trained_on.file_hashes) if trained_on else []
-            ref_bpb = self._score(artefact, ref_files)[0] if ref_files else None
+            ref_bpb, ref_tokens = self._score(artefact, ref_files) if ref_files else (None, 0)
+            tokens += ref_tokens
         except Exception as exc:  # a broken champion must not stop data handling
             ctx.reporter.info(f"[data] champion could not be scored: {exc}")
             new_bpb = ref_bpb = None
+        reading = meter.end(window)
+        ctx.ledger.record(
+            key=f"{cid}:drift-eval",
+            policy_name=ctx.name,
+            cycle_id=cid,
+            kind="eval",
+            tokens=tokens,
+            joules=reading.joules,
+            method=reading.method,
+        )
         return DataObservation(
             new_files=obs.new_files,
             new_bytes=obs.new_bytes,
@@ -265,11 +294,12 @@ class ProductionCycle:
     @_timed("energy")
     def energy(self, state: CycleState) -> dict[str, Any]:
         ctx, cid = self.ctx, state["cycle_id"]
-        day = ctx.ledger.totals(ctx.name, day=today_utc(), kind="train")
+        day_tokens = ctx.ledger.totals(ctx.name, day=today_utc(), kind="train").tokens
+        day_joules = ctx.ledger.totals(ctx.name, day=today_utc()).joules  # every kind costs
         history = ctx.ledger.totals(ctx.name, kind="train")
         obs = EnergyObservation(
-            day_tokens=day.tokens,
-            day_joules=day.joules,
+            day_tokens=day_tokens,
+            day_joules=day_joules,
             joules_per_token=history.joules / history.tokens if history.tokens else None,
             energy_method=history.method,
         )
@@ -294,6 +324,13 @@ class ProductionCycle:
             load_if_exists=True,
         )
 
+    def _fail_orphans(self, study: optuna.Study, cid: str) -> None:
+        """Trials asked for but never recorded (a crash in between) must not stay RUNNING."""
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            key = t.user_attrs.get("trial_key")
+            if t.user_attrs.get("cycle") == cid and key and self.ctx.book.trial(key) is None:
+                study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+
     @_timed("trainer")
     def trainer(self, state: CycleState) -> dict[str, Any]:
         ctx, cid = self.ctx, state["cycle_id"]
@@ -303,26 +340,27 @@ class ProductionCycle:
         assert dataset is not None
         cycle = ctx.book.get(cid)
         study = self._study(cycle.number if cycle else 0)
+        self._fail_orphans(study, cid)
         dists = distributions(ctx.policy)
         champion = ctx.champion()
         warm = warm_start_params(champion.params if champion else None, ctx.policy)
-        warm_key = f"{cid}:trainer:warm_start"
-        if warm is not None and not ctx.audit.has_key(warm_key):
-            # the champion's parameters go first, re-measured on today's data
-            study.enqueue_trial(warm)
-            ctx.record(
-                Action(
-                    "trainer",
-                    "warm_start",
-                    "taken",
-                    f"first trial re-runs champion v{champion.version}'s parameters"
-                    if champion
-                    else "warm start",
-                    {"params": warm},
-                ),
-                cid,
-                "trainer:warm_start",
-            )
+        if warm is not None and champion is not None:
+            warm_key = f"{cid}:trainer:warm_start"
+            if not ctx.audit.has_key(warm_key):
+                # intent first: a crash in between loses the warm start, never doubles it
+                ctx.record(
+                    Action(
+                        "trainer",
+                        "warm_start",
+                        "taken",
+                        f"first trial re-runs champion v{champion.version}'s parameters "
+                        "on today's data",
+                        {"params": warm},
+                    ),
+                    cid,
+                    "trainer:warm_start",
+                )
+                study.enqueue_trial(warm)
         train_files = self._trains(dataset.file_hashes)
         valid_files = self._holdouts(dataset.file_hashes)
         tokens_left = int(allowance.get("tokens_left", 0))
@@ -357,15 +395,14 @@ class ProductionCycle:
                     key,
                     row,
                     i,
-                    n_trials,
                     train_files,
                     valid_files,
                     budget_t,
                     joules_left - spent_j,
                     cid,
                 )
-            elif row.status == "trained":
-                self._tell(study, row)
+            if row.status in ("trained", "crashed"):
+                row = self._settle(study, row, i, n_trials, dists)
             summaries.append(_summary(row))
         best, action = choose_candidate(summaries)
         ctx.record(action, cid, "trainer:choose_candidate")
@@ -412,16 +449,21 @@ class ProductionCycle:
         key: str,
         row: TrialRunRow | None,
         i: int,
-        n: int,
         train_files: list[str],
         valid_files: list[str],
         max_tokens: int,
         max_joules: float,
         cid: str,
     ) -> TrialRunRow:
+        """Train one trial; returns its row saved as `trained` or `crashed` (not yet settled).
+
+        A row left `running` by a crash is re-run with the same Optuna trial and parameters.
+        """
         ctx = self.ctx
         if row is None:
             trial = study.ask(fixed_distributions=dists)
+            trial.set_user_attr("trial_key", key)
+            trial.set_user_attr("cycle", cid)
             params = {**ctx.policy.tuning.fixed, **trial.params}
             row = TrialRunRow(
                 key=key,
@@ -434,7 +476,6 @@ class ProductionCycle:
             )
             ctx.book.put_trial(row)
         params = json.loads(row.params)
-        out_path = ctx.trials_dir / cid / f"trial-{i:03d}.pt"
         job = TrialJob(
             key=key,
             workload=ctx.workload_spec,
@@ -443,7 +484,7 @@ class ProductionCycle:
                 train_files=train_files,
                 valid_files=valid_files,
                 max_tokens=max_tokens,
-                out_path=str(out_path),
+                out_path=str(ctx.trials_dir / cid / f"trial-{i:03d}.pt"),
                 seed=ctx.policy.tuning.seed + (row.optuna_number or 0),
                 threads=ctx.threads,
             ),
@@ -451,32 +492,30 @@ class ProductionCycle:
             prefer_gpu=ctx.policy.energy.prefer_gpu,
             max_joules=max_joules,
         )
-        label = f"[trainer] trial {i + 1}/{n} (#{row.optuna_number}) {_short(params, dists)}"
+        label = _label(i, row, params, dists, ctx.policy.tuning.trials_per_cycle)
         ctx.reporter.trial_started(label, max_tokens)
         outcome = ctx.cluster.run(
             job, on_progress=ctx.reporter.trial_progress, should_stop=ctx.stop_event.is_set
         )
-        if outcome.status == "interrupted":
-            ctx.reporter.trial_finished(f"{label}: interrupted (will resume)")
-            raise CycleInterrupted(key)
         res, energy = outcome.result, outcome.energy
-        tokens = res.tokens if res else 0
-        joules = energy.joules if energy else 0.0
-        method = energy.method if energy else "estimated"
-        ctx.ledger.record(
-            key=key,
-            policy_name=ctx.name,
-            cycle_id=cid,
-            kind="train",
-            tokens=tokens,
-            joules=joules,
-            method=method,
-        )
+        if outcome.status == "interrupted":
+            if energy is not None:  # the abandoned attempt still cost energy: book it
+                ctx.ledger.record(
+                    key=f"{key}:interrupted:{utcnow_iso()}",
+                    policy_name=ctx.name,
+                    cycle_id=cid,
+                    kind="train",
+                    tokens=res.tokens if res else 0,
+                    joules=energy.joules,
+                    method=energy.method,
+                )
+            ctx.reporter.trial_finished(f"{label}: interrupted (resumes on restart)")
+            raise CycleInterrupted(key)
         result = {
-            "tokens": tokens,
-            "joules": joules,
-            "energy_method": method,
-            "energy_source": energy.source if energy else "",
+            "tokens": res.tokens if res else 0,
+            "joules": energy.joules if energy else 0.0,
+            "energy_method": energy.method if energy else "estimated",
+            "energy_source": energy.source if energy else "unknown (worker died)",
             "valid_bpb": res.valid_bpb if res else None,
             "seconds": res.seconds if res else None,
             "device": res.device if res else "",
@@ -485,80 +524,99 @@ class ProductionCycle:
             "artefact_path": res.artefact_path if res else "",
         }
         row.result = json.dumps(result, sort_keys=True, default=str)
-        row.status = "trained" if outcome.status == "ok" else "failed"
+        row.status = "trained" if outcome.status == "ok" else "crashed"
         row.error = outcome.error[:2000]
         ctx.book.put_trial(row)
-        self._tell(study, row)
-        figures = {k: v for k, v in result.items() if k != "artefact_path"} | {"params": params}
-        if outcome.status == "ok" and res is not None:
-            tpj = tokens / joules if joules else None
-            msg = (
-                f"{label}: {res.valid_bpb:.4f} bits/byte, {tokens:,} tokens, "
-                f"{joules:,.0f} J {method}" + (f", {tpj:,.0f} tokens/J" if tpj else "")
-            )
+        return row
+
+    def _settle(
+        self, study: optuna.Study, row: TrialRunRow, i: int, n: int, dists: dict[str, Any]
+    ) -> TrialRunRow:
+        """Book, tell and audit a trained or crashed trial; each step is idempotent."""
+        ctx, cid = self.ctx, row.cycle_id
+        r = json.loads(row.result or "{}")
+        params = json.loads(row.params)
+        tokens, joules = int(r.get("tokens") or 0), float(r.get("joules") or 0.0)
+        method = r.get("energy_method") or "estimated"
+        ctx.ledger.record(
+            key=row.key,
+            policy_name=ctx.name,
+            cycle_id=cid,
+            kind="train",
+            tokens=tokens,
+            joules=joules,
+            method=method,
+        )
+        bpb = r.get("valid_bpb")
+        ok = row.status == "trained" and bpb is not None and math.isfinite(bpb)
+        if row.optuna_number is not None:
+            if ok:
+                study.tell(row.optuna_number, bpb, skip_if_finished=True)
+            else:
+                study.tell(
+                    row.optuna_number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True
+                )
+        figures = {k: v for k, v in r.items() if k != "artefact_path"} | {"params": params}
+        label = _label(i, row, params, dists, n)
+        first_error = row.error.splitlines()[0] if row.error else "unknown error"
+        if ok:
+            tpj = f", {tokens / joules:,.0f} tokens/J {method}" if joules else ""
             ctx.record(
                 Action(
                     "trainer",
                     "run_trial",
                     "taken",
-                    f"trial {row.optuna_number} finished: {res.valid_bpb:.4f} bits/byte "
-                    f"({res.stopped_reason})",
+                    f"trial {row.optuna_number} finished: {bpb:.4f} bits/byte "
+                    f"({r.get('stopped_reason')})",
                     figures,
                 ),
                 cid,
                 f"trainer:trial:{i:03d}",
             )
+            ctx.reporter.trial_finished(
+                f"{label}: {bpb:.4f} bits/byte, {tokens:,} tokens, {joules:,.0f} J {method}{tpj}"
+            )
         else:
-            msg = f"{label}: FAILED ({outcome.error.splitlines()[0] if outcome.error else '?'})"
             ctx.record(
                 Action(
                     "trainer",
                     "run_trial",
                     "failed",
-                    f"trial {row.optuna_number} failed: "
-                    f"{outcome.error.splitlines()[0] if outcome.error else 'unknown'}",
-                    figures,
+                    f"trial {row.optuna_number} failed: {first_error}",
+                    figures | {"error": row.error[:500]},
                 ),
                 cid,
                 f"trainer:trial:{i:03d}",
             )
-        ctx.reporter.trial_finished(msg)
-        return self._complete(row)
-
-    def _tell(self, study: optuna.Study, row: TrialRunRow) -> None:
-        result = json.loads(row.result or "{}")
-        bpb = result.get("valid_bpb")
-        if row.optuna_number is not None:
-            if row.status == "failed" or bpb is None or not math.isfinite(bpb):
-                study.tell(
-                    row.optuna_number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True
-                )
-            else:
-                study.tell(row.optuna_number, bpb, skip_if_finished=True)
-        if row.status == "trained":
-            self._complete(row)
-
-    def _complete(self, row: TrialRunRow) -> TrialRunRow:
-        if row.status == "trained":
-            row.status = "complete"
-            self.ctx.book.put_trial(row)
+            ctx.reporter.trial_finished(f"{label}: FAILED ({first_error})")
+        row.status = "complete" if ok else "failed"
+        ctx.book.put_trial(row)
         return row
 
     # evaluator ----------------------------------------------------------------------
 
     @_timed("evaluator")
     def evaluator(self, state: CycleState) -> dict[str, Any]:
+        """Score candidate and champion on the same held-out data, then apply the gates.
+
+        recent: held-out tails of the data the champion never saw (all data for a first model);
+        reference: held-out tails of the data the champion was trained on.
+        """
         ctx, cid = self.ctx, state["cycle_id"]
         candidate = ctx.registry.get(ctx.name, int(state["candidate_version"] or 0))
         dataset = ctx.catalog.get(state["dataset_version"] or "")
         assert candidate is not None and dataset is not None
-        recent = self._holdouts(dataset.new_file_hashes or dataset.file_hashes)
-        parent = ctx.catalog.get(dataset.parent) if dataset.parent else None
-        reference = self._holdouts(parent.file_hashes) if parent else recent
         champion = ctx.champion()
+        champion_data = ctx.catalog.get(champion.dataset_version) if champion else None
+        unseen = sorted(
+            set(dataset.file_hashes) - set(champion_data.file_hashes if champion_data else ())
+        )
+        recent = self._holdouts(unseen or dataset.file_hashes)
+        reference = self._holdouts(champion_data.file_hashes) if champion_data else recent
         meter = HostCpuEnergyMeter(ctx.policy.energy.watts_per_core)
         window = meter.begin()
         tokens = 0
+        problems: dict[int, str] = {}
 
         def scores(model: ModelVersion) -> Scores | None:
             nonlocal tokens
@@ -569,11 +627,15 @@ class ProductionCycle:
                 tokens += t1 + t2
                 return Scores(recent_bpb=r, reference_bpb=f)
             except Exception as exc:
+                problems[model.version] = f"{type(exc).__name__}: {exc}"
                 ctx.reporter.info(f"[evaluator] v{model.version} could not be scored: {exc}")
                 return None
 
         cand = scores(candidate)
         champ = scores(champion) if champion is not None else None
+        champion_problem = None
+        if champion is not None and (champ is None or not champ.finite):
+            champion_problem = problems.get(champion.version, "its scores are not finite")
         smoke = self._smoke_test(candidate) if cand is not None else "not scored"
         reading = meter.end(window)
         ctx.ledger.record(
@@ -585,10 +647,10 @@ class ProductionCycle:
             joules=reading.joules,
             method=reading.method,
         )
-        verdict = judge(cand, champ, ctx.policy)
-        action = verdict.action
-        if verdict.blessed and smoke:
-            verdict_action = Action(
+        verdict = judge(cand, champ, ctx.policy, champion_problem=champion_problem)
+        action, blessed = verdict.action, verdict.blessed
+        if blessed and smoke:
+            action = Action(
                 "evaluator",
                 "bless",
                 "refused",
@@ -596,29 +658,23 @@ class ProductionCycle:
                 action.figures,
             )
             blessed = False
-        else:
-            verdict_action, blessed = action, verdict.blessed
-        figures = verdict_action.figures | {
+        figures = action.figures | {
             "candidate": candidate.version,
             "champion": champion.version if champion else None,
+            "recent_files": len(unseen or dataset.file_hashes),
+            "reference_files": len(champion_data.file_hashes) if champion_data else 0,
             "eval_tokens": tokens,
             "eval_joules": round(reading.joules, 3),
             "energy_method": reading.method,
         }
-        verdict_action = Action(
-            verdict_action.agent,
-            verdict_action.action,
-            verdict_action.outcome,
-            verdict_action.reason,
-            figures,
-        )
-        ctx.record(verdict_action, cid, "evaluator:bless")
+        action = Action(action.agent, action.action, action.outcome, action.reason, figures)
+        ctx.record(action, cid, "evaluator:bless")
         ctx.registry.set_verdict(
             ctx.name, candidate.version, "blessed" if blessed else "refused", figures
         )
         ctx.reporter.info(
             f"[evaluator] v{candidate.version} {'BLESSED' if blessed else 'REFUSED'}: "
-            f"{verdict_action.reason}"
+            f"{action.reason}"
         )
         return {"blessed": blessed}
 
@@ -816,6 +872,10 @@ def _summary(row: TrialRunRow) -> TrialSummary:
 def _trial_method(rows: list[TrialRunRow]) -> str:
     methods = {json.loads(r.result or "{}").get("energy_method") for r in rows} - {None}
     return "measured" if methods == {"measured"} else "estimated"
+
+
+def _label(i: int, row: TrialRunRow, params: dict[str, Any], dists: dict[str, Any], n: int) -> str:
+    return f"[trainer] trial {i + 1}/{n} (#{row.optuna_number}) {_short(params, dists)}"
 
 
 def _short(params: dict[str, Any], dists: dict[str, Any]) -> str:

@@ -45,6 +45,8 @@ from controller.settings import Settings
 from policies.loader import PolicyError, load_policy
 from policies.model import Policy
 
+BACKOFF_S = (1.0, 2.0, 3.0, 5.0, 8.0)
+
 
 @dataclass
 class CycleRun:
@@ -71,6 +73,13 @@ class Daemon:
         self._refused_policy: str | None = None
         self.server: ServingServer | None = None
         self.started = time.monotonic()
+        self._staged: Policy | None = None
+        self._attempts: dict[str, int] = {}
+        self._signal_name: str | None = None
+        self.max_attempts = 3
+
+    def _say(self, message: str) -> None:
+        self.console.print(message, highlight=False, markup=False)
 
     # setup ----------------------------------------------------------------------------
 
@@ -110,17 +119,13 @@ class Daemon:
         )
 
     def _install_signals(self) -> None:
+        """Only set a flag in the handler: printing or locking there could deadlock."""
+
         def handler(signum: int, _frame: Any) -> None:
             if self.stop_event.is_set():
                 os._exit(130)  # second signal: the operator insists
-            self.console.print(
-                f"[daemon] {signal.Signals(signum).name}: stopping after "
-                "checkpointing the current step",
-                highlight=False,
-                markup=False,
-            )
+            self._signal_name = signal.Signals(signum).name
             self.stop_event.set()
-            self.requests.put(("stop", ""))
 
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, handler)
@@ -142,13 +147,16 @@ class Daemon:
                 path = ctx.registry.verified_path(champion)
                 generator = ctx.workload.load(path, threads=1)
             except Exception as exc:
+                # audited once per version and artefact, not on every tick
                 ctx.audit.append(
                     agent="deployer",
                     action="serve",
                     outcome="failed",
-                    reason=f"cannot load v{champion.version} for serving: {exc}",
+                    reason=f"cannot load v{champion.version} for serving: {exc}; still serving "
+                    + (f"v{current.version}" if current else "nothing"),
                     figures={"version": champion.version},
                     policy_version=ctx.policy.version,
+                    key=f"serve-failed:{ctx.name}:{champion.version}:{champion.artefact_sha256}",
                 )
                 return
             self.server.swap(
@@ -170,18 +178,17 @@ class Daemon:
                 },
                 policy_version=ctx.policy.version,
             )
-            self.console.print(
-                f"[deployer] serving {ctx.name}:v{champion.version} at {self.server.url}/v1",
-                highlight=False,
-                markup=False,
-            )
+            self._say(f"[deployer] serving {ctx.name}:v{champion.version} at {self.server.url}/v1")
 
     # watch tick -----------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Between cycles: reload the policy, follow alias moves, notice data and approvals."""
+        """Between cycles: check the policy file, follow alias moves, notice data and approvals.
+
+        Runs on the scheduler's thread; it only *requests* work from the main thread.
+        """
         try:
-            self._reload_policy()
+            self._check_policy_file()
             self.sync_serving()
             ctx = self.ctx
             if not self._busy.is_set() and self.requests.empty():
@@ -197,12 +204,17 @@ class Daemon:
                         self.requests.put(("cycle", "new data"))
             self._publish()
         except Exception as exc:  # the tick must never take the daemon down
-            self.console.print(f"[daemon] tick error: {exc}", highlight=False, markup=False)
+            self._say(f"[daemon] tick error: {type(exc).__name__}: {exc}")
 
     def _awaiting(self) -> bool:
         return any(r.status == "awaiting_approval" for r in self.ctx.book.recent(self.ctx.name, 5))
 
-    def _reload_policy(self) -> None:
+    def _check_policy_file(self) -> None:
+        """Validate an edited policy file; stage a good one, refuse a bad one (audited).
+
+        Staged policies are applied by the main thread between cycles, so a cycle never
+        mixes two policy versions.
+        """
         path = self.settings.policy
         try:
             mtime = path.stat().st_mtime
@@ -224,13 +236,10 @@ class Daemon:
                 figures={"problems": [p.__dict__ for p in exc.problems]},
                 policy_version=ctx.policy.version,
             )
-            self.console.print(
-                f"[policy] refused, keeping the last good policy:\n{exc}",
-                highlight=False,
-                markup=False,
-            )
+            self._say(f"[policy] refused, keeping the last good policy:\n{exc}")
             return
         if policy.version == ctx.policy.version:
+            self._staged = None
             return
         if policy.name != ctx.policy.name:
             ctx.audit.append(
@@ -243,32 +252,50 @@ class Daemon:
                 policy_version=ctx.policy.version,
             )
             return
-        ctx.book.save_policy(policy, str(path))
+        self._staged = policy
+        if not self._busy.is_set():
+            self.requests.put(("policy", ""))
+
+    def _apply_staged_policy(self) -> None:
+        """Main thread, between cycles: switch every part that depends on the policy."""
+        policy, self._staged = self._staged, None
+        if policy is None or policy.version == self.ctx.policy.version:
+            return
+        ctx = self.ctx
+        ctx.book.save_policy(policy, str(self.settings.policy))
         old = ctx.policy.version
         ctx.policy = policy
         ctx.advisor = make_advisor(policy.advisor)
+        ctx.source = make_source(policy.data)
+        ctx.ingestor.data_policy = policy.data
+        ctx.workload = load_workload(policy.workload)
+        ctx.workload_spec = policy.workload
+        if self.server is not None:
+            self.server.max_tokens_limit = policy.serving.max_tokens
         ctx.audit.append(
             agent="controller",
             action="reload_policy",
             outcome="taken",
-            reason=f"policy {old} -> {policy.version} from {path}",
+            reason=f"policy {old} -> {policy.version} from {self.settings.policy}",
             figures={"from": old, "to": policy.version},
             policy_version=policy.version,
         )
-        self.console.print(f"[policy] now using {policy.version}", highlight=False, markup=False)
+        self._say(f"[policy] now using {policy.name}@{policy.version}")
         self._schedule_cycles()
 
-    def _publish(self) -> None:
+    def _publish(self, stopped: bool = False) -> None:
         job = self.scheduler.get_job("cycle") if getattr(self, "scheduler", None) else None
-        nxt = job.next_run_time if job is not None else None
+        nxt = job.next_run_time if job is not None and not stopped else None
         self.ctx.book.publish_state(
             self.ctx.name,
-            pid=os.getpid(),
+            pid=0 if stopped else os.getpid(),
             heartbeat_at=utcnow_iso(),
             next_cycle_at=nxt.astimezone(UTC).isoformat() if nxt else None,
-            serving_url=self.server.url if self.server else "",
+            serving_url="" if stopped or self.server is None else self.server.url,
             served_version=(
-                self.server.current.version if self.server and self.server.current else None
+                self.server.current.version
+                if self.server and self.server.current and not stopped
+                else None
             ),
             policy_version=self.ctx.policy.version,
             policy_path=str(self.settings.policy),
@@ -295,112 +322,132 @@ class Daemon:
     # cycles ---------------------------------------------------------------------------
 
     def run_cycle(self, graph: Any, trigger: str, resume_id: str | None = None) -> CycleRun | None:
+        """Run (or resume) one cycle to its end, an approval pause, or an interruption."""
         ctx = self.ctx
-        self._busy.set()
-        try:
-            if resume_id is not None:
-                row = ctx.book.get(resume_id)
-                assert row is not None
-                config = {"configurable": {"thread_id": row.id}}
-                snapshot = graph.get_state(config)
-                answer = next(
-                    (
-                        a
-                        for a in ctx.book.approvals(ctx.name)
-                        if a.cycle_id == row.id and a.status in ("approved", "rejected")
-                    ),
-                    None,
+        if resume_id is not None:
+            row = ctx.book.get(resume_id)
+            if row is None or row.status not in ("running", "awaiting_approval"):
+                return None  # already finished: a duplicate request
+            config: dict[str, Any] = {"configurable": {"thread_id": row.id}}
+            snapshot = graph.get_state(config)
+            answer = next(
+                (
+                    a
+                    for a in ctx.book.approvals(ctx.name)
+                    if a.cycle_id == row.id and a.status in ("approved", "rejected")
+                ),
+                None,
+            )
+            if snapshot.next and snapshot.interrupts:
+                if answer is None:
+                    if row.status != "awaiting_approval":
+                        ctx.book.finish(row.id, "awaiting_approval", {})
+                    return CycleRun(row.id, trigger, "awaiting_approval")
+                payload: Any = Command(
+                    resume={
+                        "approved": answer.status == "approved",
+                        "by": answer.decided_by,
+                        "reason": answer.reason,
+                    }
                 )
-                if snapshot.next and snapshot.interrupts and answer is not None:
-                    payload: Any = Command(
-                        resume={
-                            "approved": answer.status == "approved",
-                            "by": answer.decided_by,
-                            "reason": answer.reason,
-                        }
-                    )
-                    ctx.book.mark_approval_resumed(int(answer.id or 0))
-                elif snapshot.next:
-                    payload = None
-                else:
-                    payload = {"cycle_id": row.id, "trigger": row.trigger}
-                self.console.print(
-                    f"[daemon] resuming cycle {row.id}", highlight=False, markup=False
-                )
-                ctx.audit.append(
-                    agent="controller",
-                    action="resume_cycle",
-                    outcome="taken",
-                    reason=f"resuming {row.id} from its last checkpoint"
-                    + (f" before {', '.join(snapshot.next)}" if snapshot.next else ""),
-                    figures={"next": list(snapshot.next)},
-                    cycle_id=row.id,
-                    policy_version=ctx.policy.version,
-                )
-                if row.status != "running":
-                    ctx.book.finish(row.id, "running", {})
+            elif snapshot.next:
+                payload = None
+            elif snapshot.values:
+                # the graph ended but the daemon died before recording it
+                return self._finish(row.id, row.trigger, dict(snapshot.values))
             else:
-                row = ctx.book.start(ctx.name, ctx.policy.version, trigger)
-                config = {"configurable": {"thread_id": row.id}}
-                payload = {"cycle_id": row.id, "trigger": trigger}
-                ctx.audit.append(
-                    agent="controller",
-                    action="start_cycle",
-                    outcome="taken",
-                    reason=f"cycle {row.number} started ({trigger})",
-                    figures={"trigger": trigger},
-                    cycle_id=row.id,
-                    policy_version=ctx.policy.version,
-                    key=f"{row.id}:start",
-                )
-                self.console.print(
-                    f"[daemon] cycle {row.id} ({trigger}) at "
-                    f"{time.monotonic() - self.started:.1f}s",
-                    highlight=False,
-                    markup=False,
-                )
-            try:
-                result = graph.invoke(payload, config, durability="sync")
-            except CycleInterrupted:
-                ctx.audit.append(
-                    agent="controller",
-                    action="interrupt_cycle",
-                    outcome="deferred",
-                    reason=f"daemon stopping; {row.id} is checkpointed and resumes on restart",
-                    figures={},
-                    cycle_id=row.id,
-                    policy_version=ctx.policy.version,
-                )
-                return None
-            except Exception as exc:
-                ctx.book.finish(row.id, "failed", {"error": str(exc)})
-                ctx.audit.append(
-                    agent="controller",
-                    action="finish_cycle",
-                    outcome="failed",
-                    reason=f"cycle {row.id} failed: {type(exc).__name__}: {exc}",
-                    figures={},
-                    cycle_id=row.id,
-                    policy_version=ctx.policy.version,
-                    key=f"{row.id}:finish",
-                )
-                self.console.print(
-                    f"[daemon] cycle {row.id} FAILED: {exc}", highlight=False, markup=False
-                )
-                run = CycleRun(
-                    row.id, trigger, "failed", ended_after_s=time.monotonic() - self.started
-                )
-                self.runs.append(run)
-                return run
-            if result.get("__interrupt__"):
-                ctx.book.finish(row.id, "awaiting_approval", {})
-                self.console.print(
-                    f"[daemon] {row.id} awaits approval", highlight=False, markup=False
-                )
-                return CycleRun(row.id, trigger, "awaiting_approval")
-            return self._finish(row.id, trigger, result)
-        finally:
-            self._busy.clear()
+                payload = {"cycle_id": row.id, "trigger": row.trigger}
+            self._say(f"[daemon] resuming cycle {row.id}")
+            ctx.audit.append(
+                agent="controller",
+                action="resume_cycle",
+                outcome="taken",
+                reason=f"resuming {row.id} from its last checkpoint"
+                + (f" before {', '.join(snapshot.next)}" if snapshot.next else ""),
+                figures={"next": list(snapshot.next)},
+                cycle_id=row.id,
+                policy_version=ctx.policy.version,
+            )
+            if row.status != "running":
+                ctx.book.finish(row.id, "running", {})
+            trigger = row.trigger
+        else:
+            row = ctx.book.start(ctx.name, ctx.policy.version, trigger)
+            config = {"configurable": {"thread_id": row.id}}
+            payload = {"cycle_id": row.id, "trigger": trigger}
+            answer = None
+            ctx.audit.append(
+                agent="controller",
+                action="start_cycle",
+                outcome="taken",
+                reason=f"cycle {row.number} started ({trigger})",
+                figures={"trigger": trigger},
+                cycle_id=row.id,
+                policy_version=ctx.policy.version,
+                key=f"{row.id}:start",
+            )
+            self._say(
+                f"[daemon] cycle {row.id} ({trigger}) at {time.monotonic() - self.started:.1f}s"
+            )
+        try:
+            result = graph.invoke(payload, config, durability="sync")
+        except CycleInterrupted:
+            ctx.audit.append(
+                agent="controller",
+                action="interrupt_cycle",
+                outcome="deferred",
+                reason=f"daemon stopping; {row.id} is checkpointed and resumes on restart",
+                figures={},
+                cycle_id=row.id,
+                policy_version=ctx.policy.version,
+            )
+            return None
+        except Exception as exc:
+            return self._cycle_failed(row.id, trigger, exc)
+        self._attempts.pop(row.id, None)
+        if result.get("__interrupt__"):
+            ctx.book.finish(row.id, "awaiting_approval", {})
+            self._say(f"[daemon] {row.id} awaits approval (aifactory status shows the id)")
+            return CycleRun(row.id, trigger, "awaiting_approval")
+        return self._finish(row.id, trigger, result)
+
+    def _cycle_failed(self, cycle_id: str, trigger: str, exc: Exception) -> CycleRun | None:
+        """A failed step is retried from its checkpoint with backoff; then the cycle fails."""
+        ctx = self.ctx
+        attempt = self._attempts.get(cycle_id, 0) + 1
+        self._attempts[cycle_id] = attempt
+        error = f"{type(exc).__name__}: {exc}"
+        if attempt < self.max_attempts:
+            delay = BACKOFF_S[min(attempt - 1, len(BACKOFF_S) - 1)]
+            ctx.audit.append(
+                agent="controller",
+                action="retry_cycle",
+                outcome="deferred",
+                reason=f"cycle {cycle_id} attempt {attempt} failed ({error}); retrying from its "
+                f"last checkpoint in {delay:.0f}s",
+                figures={"attempt": attempt, "error": error[:500]},
+                cycle_id=cycle_id,
+                policy_version=ctx.policy.version,
+            )
+            self._say(f"[daemon] cycle {cycle_id} attempt {attempt} failed: {error}; retrying")
+            if not self.stop_event.wait(delay):
+                self.requests.put(("resume", cycle_id))
+            return None
+        ctx.book.finish(cycle_id, "failed", {"error": error[:2000]})
+        ctx.audit.append(
+            agent="controller",
+            action="finish_cycle",
+            outcome="failed",
+            reason=f"cycle {cycle_id} failed after {attempt} attempts: {error}",
+            figures={"attempts": attempt, "error": error[:2000]},
+            cycle_id=cycle_id,
+            policy_version=ctx.policy.version,
+            key=f"{cycle_id}:finish",
+        )
+        self._say(f"[daemon] cycle {cycle_id} FAILED: {error}")
+        run = CycleRun(cycle_id, trigger, "failed", ended_after_s=time.monotonic() - self.started)
+        self.runs.append(run)
+        return run
 
     def _finish(self, cycle_id: str, trigger: str, state: dict[str, Any]) -> CycleRun:
         ctx = self.ctx
@@ -458,16 +505,16 @@ class Daemon:
         try:
             policy = load_policy(s.policy)
         except PolicyError as exc:
-            self.console.print(f"[policy] {exc}", highlight=False, markup=False)
+            self._say(f"[policy] {exc}")
             return 2
         self.ctx = ctx = self._build(policy)
         self._policy_mtime = s.policy.stat().st_mtime
         ctx.book.save_policy(policy, str(s.policy))
-        _meter, energy_note = probe_energy_meter(
+        meter, energy_note = probe_energy_meter(
             prefer_gpu=policy.energy.prefer_gpu, watts_per_core=policy.energy.watts_per_core
         )
         with contextlib.suppress(Exception):
-            _meter.close()  # type: ignore[attr-defined]
+            meter.close()  # type: ignore[attr-defined]
         ctx.audit.append(
             agent="controller",
             action="start_daemon",
@@ -481,11 +528,9 @@ class Daemon:
             },
             policy_version=policy.version,
         )
-        self.console.print(
+        self._say(
             f"[daemon] policy {policy.name}@{policy.version}; store {_redact(ctx.store.url)}; "
-            f"energy: {energy_note}",
-            highlight=False,
-            markup=False,
+            f"energy: {energy_note}"
         )
         self._install_signals()
         if s.serve:
@@ -493,7 +538,7 @@ class Daemon:
             try:
                 self.server.start()
             except ServingError as exc:
-                self.console.print(f"[serving] {exc}", highlight=False, markup=False)
+                self._say(f"[serving] {exc}")
                 return 3
             self.sync_serving()
         ctx.book.publish_state(policy.name, started_at=utcnow_iso(), energy_source=energy_note)
@@ -510,32 +555,39 @@ class Daemon:
                 graph = ProductionCycle(ctx).build(checkpointer)
                 pending = ctx.book.unfinished(ctx.name)
                 if pending is not None:
-                    if self.run_cycle(graph, pending.trigger, resume_id=pending.id):
-                        done += 1
+                    self.requests.put(("resume", pending.id))
                 elif cycles is None:
                     self.requests.put(("cycle", "start"))
                 while not self.stop_event.is_set() and (cycles is None or done < cycles):
+                    if self._staged is not None and not self._busy.is_set():
+                        self._apply_staged_policy()
                     if cycles is not None and self.requests.empty() and not self._awaiting():
                         self.requests.put(("cycle", "cycles"))
                     try:
                         kind, arg = self.requests.get(timeout=1.0)
                     except queue.Empty:
                         continue
-                    if kind == "stop":
-                        break
-                    if kind == "resume":
-                        run = self.run_cycle(graph, "approval", resume_id=arg)
-                    elif self._awaiting():
-                        continue
-                    else:
-                        run = self.run_cycle(graph, arg)
-                    if run is not None and run.status != "awaiting_approval":
+                    self._busy.set()  # before anything else: the tick must see us busy
+                    try:
+                        if kind == "policy":
+                            continue
+                        if kind == "resume":
+                            run = self.run_cycle(graph, "resume", resume_id=arg)
+                        elif self._awaiting():
+                            continue
+                        else:
+                            run = self.run_cycle(graph, arg)
+                    finally:
+                        self._busy.clear()
+                    if run is not None and run.status in ("completed", "failed"):
                         done += 1
                     self._drain_duplicates()
         finally:
+            if self.stop_event.is_set():
+                self._say(f"[daemon] {self._signal_name or 'stop'}: current step checkpointed")
             self.scheduler.shutdown(wait=False)
             with contextlib.suppress(Exception):
-                self._publish()
+                self._publish(stopped=True)
             if self.server is not None:
                 self.server.stop()
             ctx.audit.append(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,16 +84,27 @@ class Ingestor:
         self._seen[key] = sha
         return sha, data
 
+    def _identify(self, path: Path) -> str | None:
+        """Content hash; for an oversized file an id from path, size and time (never read
+        whole); None while the file is still being written (modified within `settle_s`)."""
+        st = path.stat()
+        if time.time() - st.st_mtime < self.data_policy.settle_s:
+            return None
+        if st.st_size > self.data_policy.max_file_bytes:
+            ident = f"{path}:{st.st_size}:{st.st_mtime_ns}".encode()
+            return "oversize-" + hashlib.sha256(ident).hexdigest()[:55]
+        return self._hash(path)[0]
+
     def pending(self, source: DataSource, completed_cycles: int) -> int:
         """How many offered files are not yet known (cheap: cached by size and mtime)."""
         known = self.catalog.known_hashes(self.policy_name)
         count = 0
         for f in source.list_files(completed_cycles):
             try:
-                sha, _ = self._hash(f.path)
+                sha = self._identify(f.path)
             except OSError:
                 continue
-            if sha not in known:
+            if sha is not None and sha not in known:
                 known.add(sha)
                 count += 1
         return count
@@ -108,13 +120,22 @@ class Ingestor:
         report = IngestReport()
         known = self.catalog.known_hashes(self.policy_name)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        limit = self.data_policy.max_file_bytes
         for f in source.list_files(completed_cycles):
             try:
-                sha, data = self._hash(f.path)
-                if sha in known:
+                sha = self._identify(f.path)
+                if sha is None or sha in known:
+                    continue  # known, or still being written: a later pass takes it
+                if sha.startswith("oversize-"):
+                    known.add(sha)
+                    size = f.path.stat().st_size
+                    problem = f"too large ({size} bytes > {limit})"
+                    self._quarantine(
+                        f.path, sha, b"", problem, f.label, cycle_id, policy_version, size=size
+                    )
+                    report.quarantined.append((str(f.path), problem))
                     continue
-                if data is None:
-                    data = f.path.read_bytes()
+                data = f.path.read_bytes()
             except OSError as exc:
                 self.audit.append(
                     agent="data",
@@ -162,32 +183,39 @@ class Ingestor:
         label: str,
         cycle_id: str | None,
         policy_version: str | None,
+        size: int | None = None,
     ) -> None:
-        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
-        kept = self.quarantine_dir / f"{sha[:16]}-{path.name}"
-        try:
-            shutil.copyfile(path, kept)
-        except OSError:
-            kept.write_bytes(data)
+        """Audit first, then record: a crash in between re-quarantines (the audit key dedups)."""
+        size_bytes = len(data) if size is None else size
+        kept = path  # too large to copy: left in place
+        if size is None:
+            self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+            kept = self.quarantine_dir / f"{sha[:16]}-{path.name}"
+            try:
+                shutil.copyfile(path, kept)
+            except OSError:
+                kept.write_bytes(data)
+        self.audit.append(
+            agent="data",
+            action="quarantine",
+            outcome="taken",
+            reason=f"{path.name}: {problem}; "
+            + (f"kept at {kept}" if kept != path else "left in place")
+            + "; never ingested",
+            figures={"path": str(path), "sha256": sha, "size_bytes": size_bytes},
+            cycle_id=cycle_id,
+            policy_version=policy_version,
+            key=f"quarantine:{self.policy_name}:{sha}",
+        )
         self.catalog.record_file(
             DataFileRow(
                 sha256=sha,
                 policy_name=self.policy_name,
                 source_path=str(path),
                 label=label,
-                size_bytes=len(data),
+                size_bytes=size_bytes,
                 status="quarantined",
                 reason=problem,
                 blob_path=str(kept),
             )
-        )
-        self.audit.append(
-            agent="data",
-            action="quarantine",
-            outcome="taken",
-            reason=f"{path.name}: {problem}; kept at {kept} and never ingested",
-            figures={"path": str(path), "sha256": sha, "size_bytes": len(data)},
-            cycle_id=cycle_id,
-            policy_version=policy_version,
-            key=f"quarantine:{sha}",
         )

@@ -56,6 +56,9 @@ class DataPolicy(_Strict):
         default=0.1, gt=0.0, lt=0.5, description="Tail of each file kept out of training."
     )
     max_file_bytes: int = Field(default=2_000_000, gt=0)
+    settle_s: float = Field(
+        default=2.0, ge=0, description="Ignore files modified more recently (still being written)."
+    )
     eval_max_bytes: int = Field(
         default=120_000, gt=0, description="Bytes per held-out set scored by evaluations."
     )

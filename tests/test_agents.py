@@ -221,3 +221,21 @@ def test_deploy_paths() -> None:
     assert decide_deploy(True, 2, 1, manual, approved=True).step == "promote"
     rejected = decide_deploy(True, 2, 1, manual, approved=False)
     assert rejected.step == "hold" and rejected.action.outcome == "refused"
+
+
+def test_unscorable_champion_is_named_in_the_verdict() -> None:
+    p = policy("gates: {max_bpb: 3.5, min_improvement_pct: 5}")
+    v = judge(Scores(3.0, 3.0), Scores(float("nan"), 2.0), p, champion_problem="NaN scores")
+    assert v.blessed and "champion could not be scored (NaN scores)" in v.action.reason
+    assert v.action.figures["champion_problem"] == "NaN scores"
+    assert not judge(Scores(3.6, 3.0), None, p, champion_problem="corrupt").blessed
+
+
+def test_advice_within_agent_token_budget() -> None:
+    from agents.advisor import decide_advice
+
+    ok = decide_advice(used_today=100, budget=1000, prompt_tokens_estimate=200, max_tokens=100)
+    assert ok.outcome == "taken"
+    no = decide_advice(used_today=900, budget=1000, prompt_tokens_estimate=200, max_tokens=100)
+    assert no.outcome == "deferred" and no.figures["tokens_needed"] == 300
+    assert "shortfall 200" in no.reason

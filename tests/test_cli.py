@@ -7,6 +7,7 @@ repository classes, then `controller.cli.main` reads or edits it like an operato
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from conftest import TINY_POLICY
 
 from adapters.store.audit import AuditLog
 from adapters.store.cycles import CycleBook
-from adapters.store.db import Store
+from adapters.store.db import Store, utcnow_iso
 from adapters.store.ledger import Ledger
 from adapters.store.registry import ModelRegistry, sha256_file
 from adapters.store.tables import AuditEventRow
@@ -328,13 +329,13 @@ def test_rollback_without_previous_champion_is_refused(env: Env) -> None:
     env.promote(1)
     rc, out = env.cli("rollback")
     assert rc == 1
-    assert "rollback refused" in out and "no previous champion" in out
+    assert "rollback refused" in out and "no earlier" in out
     assert env.registry.aliases(POLICY) == {"champion": 1}
     events = env.audit.events(agent="operator")
     assert len(events) == 1
     e = events[0]
     assert (e.action, e.outcome) == ("rollback", "refused")
-    assert e.reason.startswith("ops: ") and "no previous champion" in e.reason
+    assert e.reason.startswith("ops: ") and "no earlier" in e.reason
     assert e.figures["to"] is None
 
 
@@ -546,8 +547,8 @@ def test_status_text(env: Env) -> None:
     pending_id, _ = fill_status(env)
     env.book.publish_state(
         POLICY,
-        pid=4242,
-        heartbeat_at="2026-01-01T00:00:00Z",
+        pid=os.getpid(),  # a live process with a fresh heartbeat reads as a running daemon
+        heartbeat_at=utcnow_iso(),
         serving_url="http://127.0.0.1:8000",
         served_version=2,
         energy_source="cpu",
@@ -557,9 +558,14 @@ def test_status_text(env: Env) -> None:
     assert "champion:    v2  (recent 3.2500 bits/byte)" in out
     assert "last cycle:  tiny-c0002 failed" in out
     assert "today:       1,500 tokens, 50 J (measured+estimated)" in out
-    assert "daemon:      pid 4242" in out and "serving v2 at http://127.0.0.1:8000" in out
+    assert f"daemon:      pid {os.getpid()}" in out
+    assert "serving v2 at http://127.0.0.1:8000/v1" in out
     assert "next cycle:  on new data / not scheduled" in out
     assert f"approval {pending_id}: v3 from tiny-c0002 is waiting" in out
+    # a stale heartbeat is not a running daemon
+    env.book.publish_state(POLICY, heartbeat_at="2026-01-01T00:00:00.000000Z")
+    rc, out = env.cli("status")
+    assert "daemon:      not running (last heartbeat 2026-01-01T00:00:00.000000Z)" in out
 
 
 def test_rollback_to_current_champion_is_refused(env: Env) -> None:

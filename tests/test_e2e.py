@@ -365,3 +365,30 @@ def test_approval_survives_restart_then_resumes(tmp_path: Path) -> None:
         assert len(s.exec(select(TrialRunRow)).all()) == 4  # 2 cycles x 2 trials, none repeated
     assert AuditLog(store).verify().ok
     store.dispose()
+
+
+def test_advisor_explains_cycle_through_litellm(tmp_path: Path) -> None:
+    """The LLM advisor is called through LiteLLM; here it talks to the daemon's own
+    OpenAI-compatible endpoint (no network needed), and its tokens are booked."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    state = tmp_path / "state"
+    advisor = (
+        "advisor:\n  model: openai/tiny\n"
+        f"  api_base: http://127.0.0.1:{port}/v1\n  max_tokens: 24\ngates:"
+    )
+    pol = policy_file(tmp_path, **{"gates:": advisor})
+    url = f"sqlite:///{state / 'aifactory.db'}"
+    res = cli("run", "--policy", str(pol), "--state-dir", str(state), "--port", str(port), "--once")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    store = open_store(url)
+    explained = [e for e in AuditLog(store).events(agent="advisor") if e.action == "explain"]
+    assert len(explained) == 1 and explained[0].outcome == "taken", explained
+    assert explained[0].figures["completion_tokens"] > 0
+    from adapters.store.ledger import Ledger
+
+    assert Ledger(store).totals("tiny", kind="llm").tokens > 0
+    store.dispose()

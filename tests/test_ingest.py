@@ -14,7 +14,9 @@ from policies.model import DataPolicy, DirectorySource, StdlibErasSource
 
 def make(store: Store, tmp_path: Path, folder: Path) -> tuple[Ingestor, DirectoryDataSource]:
     data = DataPolicy(
-        source=DirectorySource(kind="directory", path=str(folder)), max_file_bytes=10_000
+        source=DirectorySource(kind="directory", path=str(folder)),
+        max_file_bytes=10_000,
+        settle_s=0.0,
     )
     ing = Ingestor(
         policy_name="p",
@@ -60,6 +62,20 @@ def test_directory_ingest_once_and_quarantine(tmp_path: Path) -> None:
     assert len(AuditLog(store).events()) == len(events)
     (inbox / "new.txt").write_text("fresh data\n" * 10)
     assert ing.pending(src, 0) == 1
+
+
+def test_file_still_being_written_waits(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.create_all()
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "growing.txt").write_text("partial\n" * 10)
+    ing, src = make(store, tmp_path, inbox)
+    ing.data_policy = ing.data_policy.model_copy(update={"settle_s": 3600.0})
+    assert ing.pending(src, 0) == 0
+    assert ing.ingest(src, 0, cycle_id=None, policy_version=None).new_hashes == []
+    ing.data_policy = ing.data_policy.model_copy(update={"settle_s": 0.0})
+    assert len(ing.ingest(src, 0, cycle_id=None, policy_version=None).new_hashes) == 1
 
 
 def test_stdlib_eras_release_by_completed_cycles() -> None:

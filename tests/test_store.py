@@ -175,6 +175,13 @@ def test_registry_promote_rollback_history(store: Store, tmp_path: Path) -> None
     assert reg.aliases("p") == {"champion": 2, "previous": 1}
     assert reg.rollback("p", by="ops", reason="bad") == (2, 1)
     assert reg.aliases("p") == {"champion": 1, "previous": 2}
+    assert reg.get("p", 2).status == "rolled_back"  # type: ignore[union-attr]
+    with pytest.raises(LookupError):  # no toggling back to the version just rolled away from
+        reg.rollback("p", by="ops", reason="again")
+    reg.set_verdict("p", 3, "refused", {})
+    with pytest.raises(LookupError):
+        reg.rollback("p", to=3, by="ops", reason="refused one")
+    reg.set_verdict("p", 3, "blessed", {})
     assert reg.rollback("p", to=3, by="ops", reason="try 3") == (1, 3)
     history = reg.alias_history("p")
     assert [(h.alias, h.to_version) for h in history if h.alias == "champion"] == [
@@ -296,3 +303,13 @@ def test_cycles_and_approvals(store: Store) -> None:
     book.publish_state("p", pid=42, serving_url="http://x")
     assert book.daemon_state("p").pid == 42  # type: ignore[union-attr]
     assert book.policy_names() == ["p"]
+
+
+def test_audit_verify_detects_truncated_tail(store: Store) -> None:
+    log = AuditLog(store)
+    fill(log, 4)
+    with store.session() as s:
+        s.delete(s.get(AuditEventRow, 4))
+        s.commit()
+    report = log.verify()
+    assert not report.ok and "missing at the end" in report.problem

@@ -33,47 +33,57 @@ class LocalProcessCluster:
         proc.start()
         child_conn.close()
         stop_sent_at: float | None = None
+
+        def stopping() -> bool:
+            return stop_sent_at is not None or (should_stop is not None and should_stop())
+
         try:
             while True:
-                if should_stop is not None and stop_sent_at is None and should_stop():
+                if stop_sent_at is None and should_stop is not None and should_stop():
                     stop_sent_at = time.monotonic()
-                    with contextlib.suppress(BrokenPipeError, OSError):
+                    with contextlib.suppress(OSError):
                         parent_conn.send("stop")
                 if stop_sent_at is not None and time.monotonic() - stop_sent_at > self.stop_grace_s:
-                    proc.terminate()
+                    proc.kill()
                     proc.join(2)
-                    return TrialOutcome("interrupted", error="stopped: worker terminated")
-                if parent_conn.poll(0.2):
-                    try:
-                        msg = parent_conn.recv()
-                    except EOFError:
+                    return TrialOutcome("interrupted", error="stopped: worker killed after grace")
+                try:
+                    ready = parent_conn.poll(0.2) or (
+                        not proc.is_alive() and parent_conn.poll(0)  # result raced the exit
+                    )
+                    msg = parent_conn.recv() if ready else None
+                except (EOFError, OSError):
+                    break  # the worker is gone (crash, signal)
+                if msg is None:
+                    if not proc.is_alive():
                         break
-                    kind = msg[0]
-                    if kind == "progress":
-                        if on_progress is not None:
-                            on_progress(msg[1])
-                    elif kind == "done":
-                        _, result, reading, note, stop_reason = msg
-                        if stop_sent_at is not None or stop_reason in ("stopped", "parent died"):
-                            return TrialOutcome(
-                                "interrupted", result, reading, "stopped", energy_note=note
-                            )
-                        if result.stopped_reason == "nan" or not result.artefact_path:
-                            return TrialOutcome(
-                                "failed",
-                                result,
-                                reading,
-                                "training diverged (NaN loss)",
-                                energy_note=note,
-                            )
-                        return TrialOutcome("ok", result, reading, energy_note=note)
-                    elif kind == "error":
-                        proc.join(5)
-                        return TrialOutcome("failed", error=msg[1], exit_code=proc.exitcode)
-                elif not proc.is_alive():
-                    break
+                    continue
+                kind = msg[0]
+                if kind == "progress":
+                    if on_progress is not None:
+                        on_progress(msg[1])
+                elif kind == "done":
+                    _, result, reading, note, stop_reason = msg
+                    if stopping() or stop_reason in ("stopped", "parent died"):
+                        return TrialOutcome(
+                            "interrupted", result, reading, "stopped", energy_note=note
+                        )
+                    if result.stopped_reason == "nan" or not result.artefact_path:
+                        return TrialOutcome(
+                            "failed",
+                            result,
+                            reading,
+                            "training diverged (NaN loss)",
+                            energy_note=note,
+                        )
+                    return TrialOutcome("ok", result, reading, energy_note=note)
+                elif kind == "error":
+                    proc.join(5)
+                    if stopping():  # e.g. the signal reached the worker before we could ask
+                        return TrialOutcome("interrupted", error=msg[1], exit_code=proc.exitcode)
+                    return TrialOutcome("failed", error=msg[1], exit_code=proc.exitcode)
             proc.join(5)
-            if stop_sent_at is not None:
+            if stopping():
                 return TrialOutcome("interrupted", error="stopped", exit_code=proc.exitcode)
             return TrialOutcome(
                 "failed",
@@ -82,6 +92,6 @@ class LocalProcessCluster:
             )
         finally:
             if proc.is_alive():
-                proc.terminate()
+                proc.kill()
                 proc.join(2)
             parent_conn.close()

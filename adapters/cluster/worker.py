@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 import traceback
 from multiprocessing.connection import Connection
@@ -19,6 +20,10 @@ from adapters.cluster.base import TrialJob
 
 def worker_main(job: TrialJob, conn: Connection) -> None:
     """Entry point of the worker process; every exit path sends exactly one final message."""
+    # Signals are the daemon's business: it asks us to stop through the pipe. A terminal's
+    # Ctrl-C or a service manager's SIGTERM to the whole group must not kill the trial.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parent = os.getppid()
     try:
         import torch

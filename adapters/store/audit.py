@@ -15,11 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from adapters.store.db import Store, utcnow_iso
-from adapters.store.tables import AuditEventRow
+from adapters.store.tables import AuditEventRow, AuditHeadRow
 
 Outcome = Literal["taken", "refused", "deferred", "failed"]
 OUTCOMES: tuple[str, ...] = ("taken", "refused", "deferred", "failed")
@@ -127,6 +128,12 @@ class AuditLog:
                 last = s.exec(
                     select(AuditEventRow).order_by(col(AuditEventRow.seq).desc()).limit(1)
                 ).first()
+                head = s.exec(
+                    select(AuditHeadRow).where(AuditHeadRow.id == 1).with_for_update()
+                ).first()
+                if head is None:
+                    count = s.exec(select(func.count()).select_from(AuditEventRow)).one()
+                    head = AuditHeadRow(id=1, count=count, last_hash=last.hash if last else GENESIS)
                 row = AuditEventRow(
                     ts=utcnow_iso(),
                     cycle_id=cycle_id,
@@ -141,7 +148,10 @@ class AuditLog:
                     hash="",
                 )
                 row.hash = event_hash(row)
+                head.count += 1
+                head.last_hash = row.hash
                 s.add(row)
+                s.add(head)
                 try:
                     s.commit()
                 except IntegrityError:
@@ -186,6 +196,7 @@ class AuditLog:
         """Walk the chain in order; name the first event that was edited, removed or moved."""
         with self.store.session() as s:
             rows = list(s.exec(select(AuditEventRow).order_by(col(AuditEventRow.seq))))
+            head = s.get(AuditHeadRow, 1)
         prev = GENESIS
         prev_seq = 0
         for row in rows:
@@ -203,4 +214,13 @@ class AuditLog:
                 return ChainReport(False, len(rows), row.seq, problem)
             prev = row.hash
             prev_seq = row.seq
+        if head is not None and (head.count != len(rows) or head.last_hash != prev):
+            missing = head.count - len(rows)
+            return ChainReport(
+                False,
+                len(rows),
+                prev_seq + 1,
+                f"the chain ends at event {prev_seq} but its head records {head.count} events "
+                f"({missing} missing at the end: deleted after event {prev_seq}?)",
+            )
         return ChainReport(True, len(rows))

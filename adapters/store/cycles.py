@@ -204,11 +204,3 @@ class CycleBook:
             s.commit()
             s.refresh(row)
             return row
-
-    def mark_approval_resumed(self, approval_id: int) -> None:
-        with self.store.session() as s:
-            row = s.get(ApprovalRow, approval_id)
-            if row is not None:
-                row.status = "resumed"
-                s.add(row)
-                s.commit()

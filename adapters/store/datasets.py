@@ -51,15 +51,19 @@ class DataCatalog:
             ).all()
         return set(rows)
 
-    def file(self, sha256: str) -> DataFileRow | None:
+    def file(self, policy_name: str, sha256: str) -> DataFileRow | None:
         with self.store.session() as s:
-            return s.get(DataFileRow, sha256)
+            return s.get(DataFileRow, (policy_name, sha256))
 
-    def files(self, hashes: list[str] | tuple[str, ...]) -> list[DataFileRow]:
+    def files(self, policy_name: str, hashes: list[str] | tuple[str, ...]) -> list[DataFileRow]:
         if not hashes:
             return []
         with self.store.session() as s:
-            rows = s.exec(select(DataFileRow).where(col(DataFileRow.sha256).in_(hashes))).all()
+            rows = s.exec(
+                select(DataFileRow).where(
+                    DataFileRow.policy_name == policy_name, col(DataFileRow.sha256).in_(hashes)
+                )
+            ).all()
         by_hash = {r.sha256: r for r in rows}
         return [by_hash[h] for h in hashes if h in by_hash]
 
@@ -93,7 +97,7 @@ class DataCatalog:
         """Insert once by content hash; False when it was already known."""
         row.first_seen = row.first_seen or utcnow_iso()
         with self.store.session() as s:
-            if s.get(DataFileRow, row.sha256) is not None:
+            if s.get(DataFileRow, (row.policy_name, row.sha256)) is not None:
                 return False
             s.add(row)
             try:
@@ -144,14 +148,16 @@ class DataCatalog:
         )
         with self.store.session() as s:
             existing = s.get(DatasetVersionRow, version)
-            if existing is not None:
-                return DatasetVersion.from_row(existing)
-            s.add(row)
-            s.commit()
+            if existing is None:
+                s.add(row)
+            else:
+                row = existing
+            # the version and its files' assignment commit together (crash-safe)
             for h in new_file_hashes:
-                f = s.get(DataFileRow, h)
+                f = s.get(DataFileRow, (policy_name, h))
                 if f is not None and f.dataset_version is None:
                     f.dataset_version = version
                     s.add(f)
             s.commit()
+            s.refresh(row)
         return DatasetVersion.from_row(row)

@@ -8,6 +8,7 @@ killed at any instant leaves the store consistent.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlmodel import Session, SQLModel, create_engine
 
 from adapters.store import tables  # noqa: F401  (registers the tables)
@@ -50,7 +52,15 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
 
     def create_all(self) -> None:
-        SQLModel.metadata.create_all(self.engine)
+        """Create missing tables; tolerate another process (daemon, CLI) doing it at once."""
+        for attempt in range(5):
+            try:
+                SQLModel.metadata.create_all(self.engine)
+                return
+            except (OperationalError, IntegrityError, ProgrammingError):
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -74,13 +84,22 @@ class Store:
                 conn.close()
         else:
             from langgraph.checkpoint.postgres import PostgresSaver
-            from psycopg import Connection
             from psycopg.rows import dict_row
+            from psycopg_pool import ConnectionPool
 
             plain = make_url(self.url).set(drivername="postgresql")
             dsn = plain.render_as_string(hide_password=False)
-            with Connection.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
-                saver = PostgresSaver(conn)
+            # a pool that checks connections, so a dropped connection during a long trainer
+            # step does not fail the next checkpoint write
+            with ConnectionPool(
+                dsn,
+                min_size=1,
+                max_size=4,
+                kwargs={"autocommit": True, "row_factory": dict_row, "prepare_threshold": 0},
+                check=ConnectionPool.check_connection,
+                open=True,
+            ) as pool:
+                saver = PostgresSaver(pool)  # type: ignore[arg-type]
                 saver.setup()
                 yield saver
 

@@ -218,7 +218,7 @@ class ModelRegistry:
                 return
             if self._row(s, policy_name, version) is None:
                 raise KeyError(f"no model version {version} for {policy_name}")
-            old = s.get(AliasRow, (policy_name, CHAMPION))
+            old = self._locked_alias(s, policy_name, CHAMPION)
             old_version = old.version if old else None
             if old_version is not None and old_version != version:
                 self._move(s, policy_name, PREVIOUS, old_version, by, reason, None)
@@ -228,23 +228,62 @@ class ModelRegistry:
     def rollback(
         self, policy_name: str, *, to: int | None = None, by: str, reason: str
     ) -> tuple[int | None, int]:
-        """Put `to` (default: the previous champion) back in service; returns (from, to)."""
+        """Put an earlier champion back in service; returns (from, to).
+
+        Without `to`, the target is the most recent earlier champion still in good standing
+        (not refused, not rolled back), and the version rolled away from is marked
+        `rolled_back`, so rolling back twice goes further back instead of toggling.
+        """
         with self.store.session() as s:
-            champ = s.get(AliasRow, (policy_name, CHAMPION))
-            prev = s.get(AliasRow, (policy_name, PREVIOUS))
-            target = to if to is not None else (prev.version if prev else None)
-            if target is None:
-                raise LookupError("no previous champion to roll back to")
-            if self._row(s, policy_name, target) is None:
-                raise KeyError(f"no model version {target} for {policy_name}")
+            champ = self._locked_alias(s, policy_name, CHAMPION)
             current = champ.version if champ else None
-            if current == target:
-                return current, target
+            if to is None:
+                to = self._earlier_champion(s, policy_name, current)
+                if to is None:
+                    raise LookupError("no earlier blessed champion to roll back to")
+            target = self._row(s, policy_name, to)
+            if target is None:
+                raise KeyError(f"no model version {to} for {policy_name}")
+            if current == to:
+                raise LookupError(f"v{to} is already the champion")
+            if target.status == "refused":
+                raise LookupError(f"v{to} was refused by the evaluator; not putting it in service")
             if current is not None:
+                rolled = self._row(s, policy_name, current)
+                if rolled is not None:
+                    rolled.status = "rolled_back"
+                    s.add(rolled)
                 self._move(s, policy_name, PREVIOUS, current, by, reason, None)
-            self._move(s, policy_name, CHAMPION, target, by, reason, None)
+            if target.status == "rolled_back":
+                target.status = "blessed"  # an operator explicitly brings it back
+                s.add(target)
+            self._move(s, policy_name, CHAMPION, to, by, reason, None)
             s.commit()
-            return current, target
+            return current, to
+
+    def _earlier_champion(self, s: Session, policy_name: str, current: int | None) -> int | None:
+        moves = s.exec(
+            select(AliasMoveRow)
+            .where(AliasMoveRow.policy_name == policy_name, AliasMoveRow.alias == CHAMPION)
+            .order_by(col(AliasMoveRow.id).desc())
+        ).all()
+        for move in moves:
+            v = move.to_version
+            if v is None or v == current:
+                continue
+            row = self._row(s, policy_name, v)
+            if row is not None and row.status not in ("rolled_back", "refused"):
+                return v
+        return None
+
+    @staticmethod
+    def _locked_alias(s: Session, policy_name: str, alias: str) -> AliasRow | None:
+        """Read an alias row locked for update (PostgreSQL); SQLite serialises writers anyway."""
+        return s.exec(
+            select(AliasRow)
+            .where(AliasRow.policy_name == policy_name, AliasRow.alias == alias)
+            .with_for_update()
+        ).first()
 
     @staticmethod
     def _row(s: Session, policy_name: str, version: int) -> ModelVersionRow | None:

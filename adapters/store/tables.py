@@ -32,7 +32,7 @@ class AuditEventRow(SQLModel, table=True):
     cycle_id: str | None = Field(default=None, index=True, max_length=64)
     agent: str = Field(index=True, max_length=32)
     action: str = Field(max_length=64)
-    outcome: str = Field(max_length=16)
+    outcome: str = Field(max_length=32)
     reason: str = Field(sa_column=Column(Text, nullable=False))
     figures: str = Field(sa_column=_text())
     policy_version: str | None = Field(default=None, max_length=32)
@@ -41,16 +41,26 @@ class AuditEventRow(SQLModel, table=True):
     hash: str = Field(max_length=64)
 
 
+class AuditHeadRow(SQLModel, table=True):
+    """The chain's head (count and last hash), updated with every append in one transaction,
+    so that `verify` also notices events cut off the end of the chain."""
+
+    __tablename__ = "af_audit_head"
+    id: int = Field(default=1, primary_key=True)
+    count: int = 0
+    last_hash: str = Field(default="0" * 64, max_length=64)
+
+
 class DataFileRow(SQLModel, table=True):
     """A file seen by a data source, ingested or quarantined exactly once by content hash."""
 
     __tablename__ = "af_data_file"
+    policy_name: str = Field(primary_key=True, max_length=64)
     sha256: str = Field(primary_key=True, max_length=64)
-    policy_name: str = Field(index=True, max_length=64)
     source_path: str = Field(sa_column=Column(Text, nullable=False))
     label: str = ""
     size_bytes: int = 0
-    status: str = Field(max_length=16)  # ingested | quarantined
+    status: str = Field(max_length=32)  # ingested | quarantined
     reason: str = ""
     blob_path: str = ""
     first_seen: str = ""
@@ -78,7 +88,7 @@ class CycleRow(SQLModel, table=True):
     number: int
     policy_version: str = ""
     trigger: str = ""
-    status: str = Field(default="running", max_length=16)
+    status: str = Field(default="running", max_length=32)
     started_at: str = ""
     finished_at: str | None = None
     summary: str = Field(sa_column=_text())
@@ -93,7 +103,7 @@ class TrialRunRow(SQLModel, table=True):
     study_name: str = ""
     optuna_number: int | None = None
     params: str = Field(sa_column=_text())
-    status: str = Field(default="running", max_length=16)  # running|trained|complete|failed
+    status: str = Field(default="running", max_length=32)  # running|trained|complete|failed
     result: str = Field(sa_column=_text())
     error: str = ""
 
@@ -116,7 +126,7 @@ class ModelVersionRow(SQLModel, table=True):
     energy_method: str = ""
     valid_bpb: float | None = None
     evaluation: str = Field(sa_column=_text())
-    status: str = Field(default="candidate", max_length=16)  # candidate|blessed|refused
+    status: str = Field(default="candidate", max_length=32)  # candidate|blessed|refused
     created_at: str = ""
 
 
@@ -153,7 +163,7 @@ class LedgerRow(SQLModel, table=True):
     policy_name: str = Field(index=True, max_length=64)
     cycle_id: str | None = Field(default=None, index=True, max_length=64)
     day: str = Field(index=True, max_length=10)
-    kind: str = Field(max_length=16)  # train | eval | serve | llm
+    kind: str = Field(max_length=32)  # train | eval | serve | llm
     tokens: int = 0
     joules: float = 0.0
     method: str = ""  # measured | estimated
@@ -184,7 +194,7 @@ class ApprovalRow(SQLModel, table=True):
     policy_name: str = Field(index=True, max_length=64)
     cycle_id: str = Field(unique=True, max_length=64)
     version: int
-    status: str = Field(default="pending", max_length=16)  # pending|approved|rejected|resumed
+    status: str = Field(default="pending", max_length=32)  # pending|approved|rejected
     requested_at: str = ""
     decided_at: str | None = None
     decided_by: str = ""

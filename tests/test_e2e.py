@@ -293,15 +293,33 @@ def test_one_cycle_on_postgresql(tmp_path: Path, pg_url: str) -> None:
     store.dispose()
 
 
-def test_approval_survives_restart_then_resumes(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def e2e_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state' / 'aifactory.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def test_approval_survives_restart_then_resumes(tmp_path: Path, e2e_db: str) -> None:
     state = tmp_path / "state"
     pol = policy_file(tmp_path, **{"gates:": "approval: required\ngates:"})
-    url = f"sqlite:///{state / 'aifactory.db'}"
-    common = ["--policy", str(pol), "--state-dir", str(state), "--port", "0", "--tick-s", "0.3"]
+    url = e2e_db
+    common = [
+        "--policy",
+        str(pol),
+        "--state-dir",
+        str(state),
+        "--db",
+        url,
+        "--port",
+        "0",
+        "--tick-s",
+        "0.3",
+    ]
     log = tmp_path / "first.log"
     with daemon(*common, log=log) as proc:
         store = wait_for(
-            lambda: (state / "aifactory.db").exists() and open_store(url), 60, "database", log
+            lambda: (state / "trials").exists() and open_store(url), 60, "state directory", log
         )
         book = CycleBook(store)
         pending = wait_for(lambda: book.approvals("tiny", "pending"), 120, "approval", log)

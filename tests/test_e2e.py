@@ -410,3 +410,66 @@ def test_advisor_explains_cycle_through_litellm(tmp_path: Path) -> None:
 
     assert Ledger(store).totals("tiny", kind="llm").tokens > 0
     store.dispose()
+
+
+TINY_LR = "lr: {type: float, low: 0.003, high: 0.01, log: true}"
+
+
+def run_once(tmp_path: Path, pol: Path, env: dict[str, str] | None = None) -> Store:
+    state = tmp_path / "state"
+    res = cli(
+        "run", "--policy", str(pol), "--state-dir", str(state), "--once", "--no-serve", env=env
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return open_store(f"sqlite:///{state / 'aifactory.db'}")
+
+
+def test_crashing_trial_fails_that_trial_only(tmp_path: Path) -> None:
+    """An operator's own workload (`module:object`) whose trial dies hard at one setting."""
+    pol = policy_file(
+        tmp_path,
+        **{
+            "name: tiny": "name: tiny\nworkload: crashy_workloads:CrashOnLargeLr",
+            TINY_LR: "lr: {type: categorical, choices: [0.004, 0.009]}",
+            "trials_per_cycle: 2": "trials_per_cycle: 4",
+        },
+    )
+    store = run_once(tmp_path, pol, env={"PYTHONPATH": str(ROOT / "tests")})
+    trials = [e for e in AuditLog(store).events(agent="trainer") if e.action == "run_trial"]
+    outcomes = {e.outcome for e in trials}
+    assert outcomes == {"taken", "failed"}, [(e.outcome, e.reason) for e in trials]
+    assert any("exit code 9" in e.reason for e in trials if e.outcome == "failed")
+    assert ModelRegistry(store, tmp_path).alias("tiny", "champion") == 1
+    store.dispose()
+
+
+def test_nan_training_is_never_promoted(tmp_path: Path) -> None:
+    pol = policy_file(
+        tmp_path,
+        **{
+            TINY_LR: "lr: {type: categorical, choices: [10000.0]}",
+            "warmup_steps: 5": "warmup_steps: 0",
+        },
+    )
+    store = run_once(tmp_path, pol)
+    audit = AuditLog(store)
+    choose = [e for e in audit.events(agent="trainer") if e.action == "choose_candidate"]
+    assert choose[0].outcome == "refused" and "no trial produced a usable model" in choose[0].reason
+    assert ModelRegistry(store, tmp_path).versions("tiny") == []
+    assert ModelRegistry(store, tmp_path).alias("tiny", "champion") is None
+    store.dispose()
+
+
+def test_budget_below_one_trial_is_refused_before_training(tmp_path: Path) -> None:
+    pol = policy_file(
+        tmp_path,
+        **{"tokens_per_trial: 60000": "tokens_per_trial: 60000\n  training_tokens_per_day: 1000"},
+    )
+    store = run_once(tmp_path, pol)
+    refusal = [e for e in AuditLog(store).events(agent="energy")]
+    assert refusal[0].outcome == "refused"
+    assert "training_tokens_per_day=1000" in refusal[0].reason
+    assert refusal[0].figures["shortfall_tokens"] == 59_000
+    with store.session() as s:
+        assert s.exec(select(TrialRunRow)).all() == []
+    store.dispose()

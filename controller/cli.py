@@ -283,6 +283,7 @@ def _status(
             "serving_url": state.serving_url,
             "served_version": state.served_version,
             "energy": state.energy_source,
+            "telemetry": json.loads(state.telemetry or "{}"),
         },
         "pending_approvals": [
             {"id": a.id, "cycle": a.cycle_id, "version": a.version}
@@ -330,6 +331,14 @@ def _status(
             highlight=False,
             markup=False,
         )
+        t = d["telemetry"]
+        if t:
+            console.print(
+                f"  telemetry:   load {t['load_1m']} on {t['cpu_count']} cores, daemon CPU "
+                f"{t['daemon_cpu_pct']}%, host power {t['host_power_w']} W ({t['method']})",
+                highlight=False,
+                markup=False,
+            )
         console.print(
             f"  next cycle:  {d['next_cycle_at'] or 'on new data / not scheduled'}",
             highlight=False,

@@ -37,6 +37,7 @@ from adapters.store.datasets import DataCatalog
 from adapters.store.db import Store, utcnow_iso
 from adapters.store.ledger import Ledger
 from adapters.store.registry import ModelRegistry
+from adapters.telemetry import HostTelemetry
 from adapters.workload.protocol import load_workload
 from controller.cycle import CycleInterrupted, FactoryContext, ProductionCycle
 from controller.ingest import Ingestor
@@ -202,7 +203,7 @@ class Daemon:
                     completed = ctx.book.completed_count(ctx.name)
                     if not self._awaiting() and ctx.ingestor.pending(ctx.source, completed):
                         self.requests.put(("cycle", "new data"))
-            self._publish()
+            self._publish(telemetry=self.telemetry.sample().as_dict())
         except Exception as exc:  # the tick must never take the daemon down
             self._say(f"[daemon] tick error: {type(exc).__name__}: {exc}")
 
@@ -283,7 +284,7 @@ class Daemon:
         self._say(f"[policy] now using {policy.name}@{policy.version}")
         self._schedule_cycles()
 
-    def _publish(self, stopped: bool = False) -> None:
+    def _publish(self, stopped: bool = False, telemetry: dict[str, Any] | None = None) -> None:
         job = self.scheduler.get_job("cycle") if getattr(self, "scheduler", None) else None
         nxt = job.next_run_time if job is not None and not stopped else None
         self.ctx.book.publish_state(
@@ -299,6 +300,7 @@ class Daemon:
             ),
             policy_version=self.ctx.policy.version,
             policy_path=str(self.settings.policy),
+            **({"telemetry": json.dumps(telemetry)} if telemetry else {}),
         )
 
     def _schedule_cycles(self) -> None:
@@ -508,6 +510,7 @@ class Daemon:
             self._say(f"[policy] {exc}")
             return 2
         self.ctx = ctx = self._build(policy)
+        self.telemetry = HostTelemetry(policy.energy.watts_per_core)
         self._policy_mtime = s.policy.stat().st_mtime
         ctx.book.save_policy(policy, str(s.policy))
         meter, energy_note = probe_energy_meter(

@@ -128,6 +128,11 @@ def test_daemon_serves_champion_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert answer["usage"]["completion_tokens"] == 12
         assert answer["model"] == f"tiny:v{champion}"
 
+        status = cli("status", "--db", url, "--policy", str(pol))
+        assert status.returncode == 0
+        assert f"serving v{champion} at {base}/v1" in status.stdout
+        assert "telemetry:" in status.stdout and "(estimated)" in status.stdout
+
         # an operator rollback reaches the live server within a tick, with no restart
         assert champion == 2
         rb = cli("rollback", "--reason", "suspicious", "--db", url, "--policy", str(pol))

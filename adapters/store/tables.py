@@ -184,6 +184,7 @@ class DaemonStateRow(SQLModel, table=True):
     policy_path: str = ""
     policy_version: str = ""
     energy_source: str = ""
+    telemetry: str = Field(default="{}", sa_column=Column(Text, nullable=True))
 
 
 class ApprovalRow(SQLModel, table=True):

@@ -6,6 +6,7 @@ dispatches each trial to the cluster adapter.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -49,28 +50,102 @@ def warm_start_params(
 class TrialSummary:
     key: str
     number: int | None
-    status: str  # complete | failed
+    status: str  # complete | failed | pruned
     valid_bpb: float | None
     tokens: int
     joules: float
     params: dict[str, Any]
     artefact_path: str
+    seconds: float | None = None
+    energy_cost: float | None = None  # the second objective: J/token or Zeus cost per token
+
+    @property
+    def usable(self) -> bool:
+        return (
+            self.status == "complete"
+            and self.valid_bpb is not None
+            and math.isfinite(self.valid_bpb)
+            and bool(self.artefact_path)
+        )
 
 
-def choose_candidate(trials: list[TrialSummary]) -> tuple[TrialSummary | None, Action]:
-    """The best finished trial with a finite score; NaN or failed trials never qualify."""
-    usable = [
-        t
-        for t in trials
-        if t.status == "complete"
-        and t.valid_bpb is not None
-        and math.isfinite(t.valid_bpb)
-        and t.artefact_path
-    ]
-    figures = {
+def energy_cost(
+    policy: Policy, *, tokens: int, joules: float, seconds: float, max_power_w: float
+) -> float | None:
+    """The energy objective of a trial, per training token (None without tokens)."""
+    if tokens <= 0:
+        return None
+    obj = policy.tuning.objectives
+    if obj.kind == "zeus_cost":
+        p_max = obj.max_power_w or max_power_w
+        return (obj.eta * joules + (1.0 - obj.eta) * p_max * seconds) / tokens
+    return joules / tokens
+
+
+def pareto_front(trials: list[TrialSummary]) -> list[TrialSummary]:
+    """Usable trials that no other usable trial beats on both quality and energy cost."""
+    pts = [t for t in trials if t.usable and t.energy_cost is not None]
+    front = []
+    for t in pts:
+        dominated = any(
+            (o.valid_bpb or math.inf) <= (t.valid_bpb or math.inf)
+            and (o.energy_cost or math.inf) <= (t.energy_cost or math.inf)
+            and (
+                (o.valid_bpb or math.inf) < (t.valid_bpb or math.inf)
+                or (o.energy_cost or math.inf) < (t.energy_cost or math.inf)
+            )
+            for o in pts
+        )
+        if not dominated:
+            front.append(t)
+    return sorted(front, key=lambda t: t.valid_bpb or math.inf)
+
+
+Curve = list[tuple[int, float]]  # (tokens, training loss) points of one trial
+
+
+def loss_at(curve: Curve, tokens: int) -> float | None:
+    """Linear interpolation of a loss curve at `tokens` (None outside the curve)."""
+    if not curve or tokens < curve[0][0] or tokens > curve[-1][0]:
+        return None
+    for (t0, l0), (t1, l1) in itertools.pairwise(curve):
+        if t0 <= tokens <= t1:
+            return l0 if t1 == t0 else l0 + (l1 - l0) * (tokens - t0) / (t1 - t0)
+    return curve[-1][1]
+
+
+def should_prune(
+    tokens: int, loss: float, max_tokens: int, earlier: list[Curve], policy: Policy
+) -> tuple[bool, float | None]:
+    """Prune when the loss is worse than the median of earlier trials at the same token count
+    by more than the margin. Returns (prune, the median it was compared with)."""
+    rule = policy.tuning.pruning
+    if not rule.enabled or tokens < rule.warmup_fraction * max_tokens:
+        return False, None
+    if not math.isfinite(loss):
+        return True, None
+    values = sorted(v for c in earlier if (v := loss_at(c, tokens)) is not None)
+    if len(values) < rule.startup_trials:
+        return False, None
+    mid = len(values) // 2
+    median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    return loss > median * (1.0 + rule.margin_pct / 100.0), median
+
+
+def choose_candidate(
+    trials: list[TrialSummary], policy: Policy | None = None
+) -> tuple[TrialSummary | None, Action]:
+    """Pick the candidate by the policy's rule; NaN, failed or pruned trials never qualify.
+
+    best_quality: the lowest validation bits/byte. least_energy_within: the lowest energy
+    cost among trials within `quality_tolerance_pct` of the best quality.
+    """
+    usable = [t for t in trials if t.usable]
+    figures: dict[str, Any] = {
         "trials": len(trials),
         "usable": len(usable),
-        "failed": sum(1 for t in trials if t.status != "complete"),
+        "failed": sum(1 for t in trials if t.status == "failed"),
+        "pruned": sum(1 for t in trials if t.status == "pruned"),
         "scores": {t.key.rsplit(":", 1)[-1]: t.valid_bpb for t in trials},
     }
     if not usable:
@@ -78,6 +153,32 @@ def choose_candidate(trials: list[TrialSummary]) -> tuple[TrialSummary | None, A
             "trainer", "choose_candidate", "refused", "no trial produced a usable model", figures
         )
     best = min(usable, key=lambda t: t.valid_bpb or math.inf)
+    rule = policy.tuning.selection if policy is not None else None
+    if rule is not None and rule.rule == "least_energy_within":
+        limit = (best.valid_bpb or math.inf) * (1.0 + rule.quality_tolerance_pct / 100.0)
+        near = [t for t in usable if (t.valid_bpb or math.inf) <= limit and t.energy_cost]
+        if near:
+            frugal = min(near, key=lambda t: t.energy_cost or math.inf)
+            figures |= {
+                "rule": "least_energy_within",
+                "tolerance_pct": rule.quality_tolerance_pct,
+                "best_quality_trial": best.number,
+                "energy_costs": {t.key.rsplit(":", 1)[-1]: t.energy_cost for t in usable},
+            }
+            saving = (
+                100.0 * (1 - (frugal.energy_cost or 0) / best.energy_cost)
+                if best.energy_cost
+                else 0.0
+            )
+            return frugal, Action(
+                "trainer",
+                "choose_candidate",
+                "taken",
+                f"trial {frugal.number}: least energy ({frugal.energy_cost:.3g} per token) within "
+                f"{rule.quality_tolerance_pct:g}% of the best quality ({frugal.valid_bpb:.4f} vs "
+                f"{best.valid_bpb:.4f} bits/byte); {saving:.0f}% less than the best-quality trial",
+                figures | {"chosen": frugal.number, "params": frugal.params},
+            )
     return best, Action(
         "trainer",
         "choose_candidate",

@@ -42,12 +42,20 @@ from agents.advisor import decide_advice
 from agents.data import DataObservation, decide_data
 from agents.deployer import decide_deploy
 from agents.drift import js_divergence
-from agents.energy import EnergyObservation, decide_energy
+from agents.energy import EnergyObservation, decide_energy, hour_of_day_utc
 from agents.evaluator import Scores, judge
-from agents.trainer import TrialSummary, choose_candidate, distributions, warm_start_params
+from agents.trainer import (
+    TrialSummary,
+    choose_candidate,
+    distributions,
+    energy_cost,
+    pareto_front,
+    should_prune,
+    warm_start_params,
+)
 from controller.ingest import Ingestor
 from controller.progress import ProgressReporter
-from policies.model import Policy
+from policies.model import PLACEMENT_PARAMS, Policy
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -68,6 +76,9 @@ class CycleState(TypedDict, total=False):
     allowance: dict[str, Any] | None
     trials: list[dict[str, Any]]
     new_files: list[str]
+    champion_new_bpb: float | None
+    new_since: float | None
+    defer_for_h: float | None
     candidate_version: int | None
     blessed: bool
     approved: bool | None
@@ -97,6 +108,9 @@ class FactoryContext:
     stop_event: threading.Event = field(default_factory=threading.Event)
     on_champion_changed: Callable[[], None] = lambda: None
     advisor: Advisor | None = None
+    max_power_w: float = 0.0  # P_max for the Zeus-style cost (device maximum or host estimate)
+    set_power_limit: Callable[[float, str], str] = lambda watts, key: "no GPU: knob ignored"
+    power_knob_problem: str | None = "no GPU adapter"  # None: power limits may be set
 
     @property
     def name(self) -> str:
@@ -209,10 +223,13 @@ class ProductionCycle:
         for i, action in enumerate(decision.actions):
             ctx.record(action, cid, f"data:{action.action}:{i}")
         ctx.reporter.info(f"[data] {decision.actions[-1].reason}")
+        first_seen = [f.first_seen for f in ctx.catalog.files(ctx.name, new) if f.first_seen]
         return {
             "dataset_version": obs.dataset_version,
             "retrain": decision.retrain,
             "new_files": new,
+            "champion_new_bpb": obs.champion_new_bpb,
+            "new_since": _iso_to_unix(min(first_seen)) if first_seen else None,
         }
 
     def _last_trained_dataset(self) -> DatasetVersion | None:
@@ -297,30 +314,53 @@ class ProductionCycle:
         day_tokens = ctx.ledger.totals(ctx.name, day=today_utc(), kind="train").tokens
         day_joules = ctx.ledger.totals(ctx.name, day=today_utc()).joules  # every kind costs
         history = ctx.ledger.totals(ctx.name, kind="train")
+        new_since = state.get("new_since")
+        now = time.time()
         obs = EnergyObservation(
             day_tokens=day_tokens,
             day_joules=day_joules,
             joules_per_token=history.joules / history.tokens if history.tokens else None,
             energy_method=history.method,
+            hour_utc=hour_of_day_utc(now),
+            champion_new_bpb=state.get("champion_new_bpb"),
+            deferred_h=max(0.0, (now - new_since) / 3600.0) if new_since else 0.0,
         )
         decision = decide_energy(obs, ctx.policy)
         for i, action in enumerate(decision.actions):
             ctx.record(action, cid, f"energy:{action.action}:{i}")
         ctx.reporter.info(f"[energy] {decision.actions[-1].reason}")
         a = decision.allowance
-        return {"allowance": None if a is None else a.__dict__.copy()}
+        return {
+            "allowance": None if a is None else a.__dict__.copy(),
+            "defer_for_h": decision.defer_for_h,
+        }
 
     # trainer ------------------------------------------------------------------------
 
     def _study(self, cycle_number: int) -> optuna.Study:
-        """The policy's study, owned by the daemon (ask/tell); trial workers never write it."""
-        storage = optuna.storages.RDBStorage(self.ctx.store.url)
+        """The policy's study, owned by the daemon (ask/tell); trial workers never write it.
+
+        One study per policy and objective kind (a study's directions cannot change); it
+        opens in optuna-dashboard with the same database URL.
+        """
+        tuning = self.ctx.policy.tuning
+        kind = tuning.objectives.kind
+        # a different but reproducible stream per cycle, so cycles do not repeat samples
+        seed = tuning.seed + cycle_number
+        sampler: optuna.samplers.BaseSampler = (
+            optuna.samplers.RandomSampler(seed=seed)
+            if tuning.sampler == "random"
+            else optuna.samplers.TPESampler(seed=seed)
+        )
+        # pruning is decided by agents.trainer.should_prune on token-aligned loss curves
+        # (progress arrives at irregular token counts, which step-indexed pruners cannot compare)
+        pruner = optuna.pruners.NopPruner()
         return optuna.create_study(
-            study_name=f"aifactory-{self.ctx.name}",
-            storage=storage,
-            direction="minimize",
-            # a different but reproducible stream per cycle, so cycles do not repeat samples
-            sampler=optuna.samplers.TPESampler(seed=self.ctx.policy.tuning.seed + cycle_number),
+            study_name=study_name(self.ctx.policy),
+            storage=optuna.storages.RDBStorage(self.ctx.store.url),
+            directions=["minimize"] if kind == "quality" else ["minimize", "minimize"],
+            sampler=sampler,
+            pruner=pruner,
             load_if_exists=True,
         )
 
@@ -342,6 +382,20 @@ class ProductionCycle:
         study = self._study(cycle.number if cycle else 0)
         self._fail_orphans(study, cid)
         dists = distributions(ctx.policy)
+        if "power_limit_w" in dists and ctx.power_knob_problem:
+            del dists["power_limit_w"]  # plan without the knob; never fail the cycle for it
+            ctx.record(
+                Action(
+                    "energy",
+                    "tune_power_limit",
+                    "refused",
+                    f"power_limit_w is in the search space but not permitted here "
+                    f"({ctx.power_knob_problem}); trials run at the current limit",
+                    {"problem": ctx.power_knob_problem},
+                ),
+                cid,
+                "energy:tune_power_limit",
+            )
         champion = ctx.champion()
         warm = warm_start_params(champion.params if champion else None, ctx.policy)
         if warm is not None and champion is not None:
@@ -400,11 +454,29 @@ class ProductionCycle:
                     budget_t,
                     joules_left - spent_j,
                     cid,
+                    _curves(ctx.book.trials(cid)),
                 )
             if row.status in ("trained", "crashed"):
                 row = self._settle(study, row, i, n_trials, dists)
             summaries.append(_summary(row))
-        best, action = choose_candidate(summaries)
+        front = pareto_front(summaries)
+        if front:
+            ctx.book.save_pareto(cid, summaries, {t.key for t in front})
+        best, action = choose_candidate(summaries, ctx.policy)
+        if ctx.policy.tuning.objectives.kind != "quality":
+            action = Action(
+                action.agent,
+                action.action,
+                action.outcome,
+                action.reason,
+                action.figures
+                | {
+                    "pareto_front": [
+                        {"trial": t.number, "bpb": t.valid_bpb, "energy_cost": t.energy_cost}
+                        for t in front
+                    ]
+                },
+            )
         ctx.record(action, cid, "trainer:choose_candidate")
         if best is None:
             return {"trials": [s.__dict__ for s in summaries], "candidate_version": None}
@@ -454,12 +526,14 @@ class ProductionCycle:
         max_tokens: int,
         max_joules: float,
         cid: str,
+        earlier_curves: list[list[tuple[int, float]]],
     ) -> TrialRunRow:
         """Train one trial; returns its row saved as `trained` or `crashed` (not yet settled).
 
         A row left `running` by a crash is re-run with the same Optuna trial and parameters.
         """
         ctx = self.ctx
+        trial: optuna.Trial | None = None  # resumed trials are not pruned (no live handle)
         if row is None:
             trial = study.ask(fixed_distributions=dists)
             trial.set_user_attr("trial_key", key)
@@ -476,17 +550,23 @@ class ProductionCycle:
             )
             ctx.book.put_trial(row)
         params = json.loads(row.params)
+        # placement knobs are applied by the controller; the rest goes to the workload
+        workload_params = {k: v for k, v in params.items() if k not in PLACEMENT_PARAMS}
+        placement: dict[str, Any] = {"device": str(params.get("device", "auto"))}
+        if "power_limit_w" in params:
+            placement["power_limit"] = ctx.set_power_limit(float(params["power_limit_w"]), key)
         job = TrialJob(
             key=key,
             workload=ctx.workload_spec,
             request=TrainRequest(
-                params=params,
+                params=workload_params,
                 train_files=train_files,
                 valid_files=valid_files,
                 max_tokens=max_tokens,
                 out_path=str(ctx.trials_dir / cid / f"trial-{i:03d}.pt"),
                 seed=ctx.policy.tuning.seed + (row.optuna_number or 0),
                 threads=ctx.threads,
+                device=placement["device"],
             ),
             watts_per_core=ctx.policy.energy.watts_per_core,
             prefer_gpu=ctx.policy.energy.prefer_gpu,
@@ -494,11 +574,27 @@ class ProductionCycle:
         )
         label = _label(i, row, params, dists, ctx.policy.tuning.trials_per_cycle)
         ctx.reporter.trial_started(label, max_tokens)
+        curve: list[tuple[int, float]] = []
+        prune: dict[str, Any] = {"now": False, "median": None}
+
+        def on_progress(p: Any) -> None:
+            ctx.reporter.trial_progress(p)
+            curve.append((int(p.tokens), float(p.loss)))
+            if trial is not None and ctx.policy.tuning.objectives.kind == "quality":
+                trial.report(p.loss, p.tokens)  # intermediate values for optuna-dashboard
+            if not prune["now"]:
+                prune["now"], prune["median"] = should_prune(
+                    p.tokens, p.loss, max_tokens, earlier_curves, ctx.policy
+                )
+
         outcome = ctx.cluster.run(
-            job, on_progress=ctx.reporter.trial_progress, should_stop=ctx.stop_event.is_set
+            job,
+            on_progress=on_progress,
+            should_stop=lambda: ctx.stop_event.is_set() or bool(prune["now"]),
         )
         res, energy = outcome.result, outcome.energy
-        if outcome.status == "interrupted":
+        pruned = bool(prune["now"]) and not ctx.stop_event.is_set()
+        if outcome.status == "interrupted" and not pruned:
             if energy is not None:  # the abandoned attempt still cost energy: book it
                 ctx.ledger.record(
                     key=f"{key}:interrupted:{utcnow_iso()}",
@@ -511,20 +607,35 @@ class ProductionCycle:
                 )
             ctx.reporter.trial_finished(f"{label}: interrupted (resumes on restart)")
             raise CycleInterrupted(key)
+        tokens = res.tokens if res else 0
+        joules = energy.joules if energy else 0.0
+        seconds = res.seconds if res else 0.0
         result = {
-            "tokens": res.tokens if res else 0,
-            "joules": energy.joules if energy else 0.0,
+            "tokens": tokens,
+            "joules": joules,
             "energy_method": energy.method if energy else "estimated",
             "energy_source": energy.source if energy else "unknown (worker died)",
             "valid_bpb": res.valid_bpb if res else None,
-            "seconds": res.seconds if res else None,
+            "seconds": seconds,
             "device": res.device if res else "",
-            "stopped_reason": res.stopped_reason if res else "",
+            "precision": res.precision if res else "",
+            "stopped_reason": "pruned" if pruned else (res.stopped_reason if res else ""),
             "n_params": res.n_params if res else 0,
-            "artefact_path": res.artefact_path if res else "",
+            "artefact_path": "" if pruned else (res.artefact_path if res else ""),
+            "energy_cost": energy_cost(
+                ctx.policy,
+                tokens=tokens,
+                joules=joules,
+                seconds=seconds or 0.0,
+                max_power_w=ctx.max_power_w,
+            ),
+            "pruned": pruned,
+            "pruned_against_median_loss": prune["median"] if pruned else None,
+            "placement": placement,
+            "curve": curve[:: max(1, len(curve) // 40)],
         }
         row.result = json.dumps(result, sort_keys=True, default=str)
-        row.status = "trained" if outcome.status == "ok" else "crashed"
+        row.status = "trained" if outcome.status == "ok" or pruned else "crashed"
         row.error = outcome.error[:2000]
         ctx.book.put_trial(row)
         return row
@@ -548,17 +659,48 @@ class ProductionCycle:
             method=method,
         )
         bpb = r.get("valid_bpb")
-        ok = row.status == "trained" and bpb is not None and math.isfinite(bpb)
+        cost = r.get("energy_cost")
+        multi = ctx.policy.tuning.objectives.kind != "quality"
+        pruned = bool(r.get("pruned"))
+        ok = (
+            row.status == "trained"
+            and not pruned
+            and bpb is not None
+            and math.isfinite(bpb)
+            and (not multi or cost is not None)
+        )
         if row.optuna_number is not None:
+            trial_state = optuna.trial.TrialState
             if ok:
-                study.tell(row.optuna_number, bpb, skip_if_finished=True)
+                values = [bpb, cost] if multi else bpb
+                study.tell(row.optuna_number, values, skip_if_finished=True)
             else:
                 study.tell(
-                    row.optuna_number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True
+                    row.optuna_number,
+                    state=trial_state.PRUNED if pruned else trial_state.FAIL,
+                    skip_if_finished=True,
                 )
         figures = {k: v for k, v in r.items() if k != "artefact_path"} | {"params": params}
         label = _label(i, row, params, dists, n)
         first_error = row.error.splitlines()[0] if row.error else "unknown error"
+        if pruned:
+            ctx.record(
+                Action(
+                    "trainer",
+                    "prune_trial",
+                    "taken",
+                    f"trial {row.optuna_number} pruned after {tokens:,} tokens: its training "
+                    f"loss was more than {ctx.policy.tuning.pruning.margin_pct:g}% worse than the "
+                    "median of earlier trials at the same token count",
+                    figures,
+                ),
+                cid,
+                f"trainer:trial:{i:03d}",
+            )
+            ctx.reporter.trial_finished(f"{label}: pruned after {tokens:,} tokens")
+            row.status = "pruned"
+            ctx.book.put_trial(row)
+            return row
         if ok:
             tpj = f", {tokens / joules:,.0f} tokens/J {method}" if joules else ""
             ctx.record(
@@ -855,6 +997,27 @@ class ProductionCycle:
         return "deployer"
 
 
+def _iso_to_unix(text: str) -> float:
+    from datetime import UTC, datetime
+
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def _curves(rows: list[TrialRunRow]) -> list[list[tuple[int, float]]]:
+    """Loss curves of the cycle's finished, unpruned trials (what pruning compares against)."""
+    out = []
+    for r in rows:
+        result = json.loads(r.result or "{}")
+        if r.status == "complete" and not result.get("pruned") and result.get("curve"):
+            out.append([(int(t), float(v)) for t, v in result["curve"]])
+    return out
+
+
+def study_name(policy: Policy) -> str:
+    kind = policy.tuning.objectives.kind
+    return f"aifactory-{policy.name}" + ("" if kind == "quality" else f"-{kind}")
+
+
 def _summary(row: TrialRunRow) -> TrialSummary:
     r = json.loads(row.result or "{}")
     return TrialSummary(
@@ -866,6 +1029,8 @@ def _summary(row: TrialRunRow) -> TrialSummary:
         joules=float(r.get("joules") or 0.0),
         params=json.loads(row.params),
         artefact_path=r.get("artefact_path") or "",
+        seconds=r.get("seconds"),
+        energy_cost=r.get("energy_cost"),
     )
 
 

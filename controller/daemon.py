@@ -16,11 +16,12 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from langgraph.types import Command
 from rich.console import Console
@@ -303,6 +304,19 @@ class Daemon:
             **({"telemetry": json.dumps(telemetry)} if telemetry else {}),
         )
 
+    def _schedule_retry_after(self, hours: float) -> None:
+        """A deferred retraining comes back when its energy window opens."""
+        if not getattr(self, "scheduler", None):
+            return
+        when = datetime.now(UTC) + timedelta(hours=hours)
+        self.scheduler.add_job(
+            lambda: self.requests.put(("cycle", "energy window")),
+            DateTrigger(run_date=when),
+            id="energy-window",
+            replace_existing=True,
+        )
+        self._say(f"[energy] retraining deferred to {when.isoformat(timespec='minutes')}")
+
     def _schedule_cycles(self) -> None:
         if not getattr(self, "scheduler", None):
             return
@@ -468,6 +482,10 @@ class Daemon:
             "energy_method": train.method if train.tokens else evals.method,
             "stage_s": stage_s,
         }
+        defer_h = state.get("defer_for_h")
+        if defer_h:
+            summary["deferred_for_h"] = round(defer_h, 3)
+            self._schedule_retry_after(defer_h)
         ctx.book.finish(cycle_id, "completed", summary)
         ctx.audit.append(
             agent="controller",
@@ -603,6 +621,10 @@ class Daemon:
             )
             self.print_summary()
             ctx.store.dispose()
+        failed = [r.cycle_id for r in self.runs if r.status == "failed"]
+        if cycles is not None and failed:
+            self._say(f"[daemon] failed cycle(s): {', '.join(failed)} (see `aifactory audit`)")
+            return 1
         return 0
 
     def _drain_duplicates(self) -> None:

@@ -71,6 +71,8 @@ class BudgetPolicy(_Strict):
     energy_kwh_per_day: float = Field(default=5.0, gt=0)
     agent_llm_tokens_per_day: int = Field(default=50_000, ge=0)
     tokens_per_trial: int = Field(default=600_000, gt=0)
+    training_tokens_per_cycle: int | None = Field(default=None, gt=0)
+    energy_kwh_per_cycle: float | None = Field(default=None, gt=0)
 
 
 class FloatParam(_Strict):
@@ -110,8 +112,52 @@ class CategoricalParam(_Strict):
 ParamSpec = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
 
 
+PLACEMENT_PARAMS = ("device", "power_limit_w")
+"""Tunables the controller applies itself (through adapters) instead of passing to the workload."""
+
+
+class ObjectivePolicy(_Strict):
+    """What a trial is scored on.
+
+    quality: validation bits/byte only. quality_and_energy: two objectives, bits/byte and
+    joules per training token (Pareto front). zeus_cost: bits/byte and the Zeus-style cost per
+    token, (eta*E + (1-eta)*P_max*T) / tokens, trading energy against time.
+    """
+
+    kind: Literal["quality", "quality_and_energy", "zeus_cost"] = "quality"
+    eta: float = Field(default=0.5, ge=0, le=1)
+    max_power_w: float | None = Field(
+        default=None, gt=0, description="P_max for zeus_cost; default: the device's maximum."
+    )
+
+
+class SelectionPolicy(_Strict):
+    """Which trial becomes the candidate."""
+
+    rule: Literal["best_quality", "least_energy_within"] = "best_quality"
+    quality_tolerance_pct: float = Field(
+        default=1.0, ge=0, description="least_energy_within: allowed loss against the best, %."
+    )
+
+
+class PruningPolicy(_Strict):
+    """Stop hopeless trials early: a trial whose training loss is worse, by more than
+    `margin_pct`, than the median of earlier trials of the cycle at the same token count."""
+
+    enabled: bool = False
+    startup_trials: int = Field(default=2, ge=1, description="Earlier trials needed to compare.")
+    warmup_fraction: float = Field(
+        default=0.2, ge=0, lt=1, description="Never prune before this share of the budget."
+    )
+    margin_pct: float = Field(default=10.0, ge=0)
+
+
 class TuningPolicy(_Strict):
     trials_per_cycle: int = Field(default=3, gt=0, le=1000)
+    sampler: Literal["tpe", "random"] = "tpe"
+    objectives: ObjectivePolicy = Field(default_factory=ObjectivePolicy)
+    selection: SelectionPolicy = Field(default_factory=SelectionPolicy)
+    pruning: PruningPolicy = Field(default_factory=PruningPolicy)
     seed: int = 0
     search_space: dict[str, ParamSpec] = Field(
         default_factory=lambda: {
@@ -129,6 +175,8 @@ class TuningPolicy(_Strict):
         both = sorted(set(self.search_space) & set(self.fixed))
         if both:
             raise ValueError(f"parameters both tuned and fixed: {', '.join(both)}")
+        if self.pruning.enabled and self.objectives.kind != "quality":
+            raise ValueError("pruning works with the single 'quality' objective only")
         return self
 
 
@@ -155,6 +203,11 @@ class DriftPolicy(_Strict):
 class TriggerPolicy(_Strict):
     schedule: SchedulePolicy = Field(default_factory=SchedulePolicy)
     drift: DriftPolicy = Field(default_factory=DriftPolicy)
+    quality_floor_bpb: float | None = Field(
+        default=None,
+        gt=0,
+        description="Champion bits/byte on new data above this: retrain now, never deferred.",
+    )
     retrain_on_new_data: bool = Field(
         default=False, description="Retrain on any new data, drifted or not."
     )
@@ -172,9 +225,40 @@ class GatePolicy(_Strict):
     )
 
 
+class EnergyWindow(_Strict):
+    """A daily window of electricity price and/or carbon intensity (UTC hours, end exclusive)."""
+
+    start_hour: int = Field(ge=0, le=23)
+    end_hour: int = Field(ge=1, le=24)
+    price_per_kwh: float | None = Field(default=None, ge=0)
+    carbon_g_per_kwh: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _valid(self) -> EnergyWindow:
+        if self.end_hour <= self.start_hour:
+            raise ValueError("end_hour must be after start_hour (split windows that wrap midnight)")
+        if self.price_per_kwh is None and self.carbon_g_per_kwh is None:
+            raise ValueError("give price_per_kwh and/or carbon_g_per_kwh")
+        return self
+
+
 class EnergyPolicy(_Strict):
     watts_per_core: float = Field(default=15.0, gt=0, description="Host estimate: W per busy core.")
     prefer_gpu: bool = True
+    gpu: Literal["auto", "nvml", "simulated", "none"] = Field(
+        default="auto", description="GPU adapter: NVML when present, or a simulated H200."
+    )
+    allow_power_limits: bool = Field(
+        default=False, description="May the controller set GPU power limits (restored on exit)?"
+    )
+    facility_power_cap_w: float | None = Field(
+        default=None, gt=0, description="Sum of GPU power limits across concurrent jobs."
+    )
+    windows: list[EnergyWindow] = Field(default_factory=list)
+    prefer_windows_by: Literal["price", "carbon"] = "price"
+    max_defer_h: float = Field(
+        default=12.0, ge=0, description="Longest a deferrable retraining waits for a window."
+    )
     prior_joules_per_token: float = Field(
         default=0.001,
         gt=0,

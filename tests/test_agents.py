@@ -239,3 +239,146 @@ def test_advice_within_agent_token_budget() -> None:
     no = decide_advice(used_today=900, budget=1000, prompt_tokens_estimate=200, max_tokens=100)
     assert no.outcome == "deferred" and no.figures["tokens_needed"] == 300
     assert "shortfall 200" in no.reason
+
+
+# energy windows, cycle budgets, quality floor -------------------------------------------
+
+WINDOWS = (
+    "energy:\n  windows:\n"
+    "    - {start_hour: 0, end_hour: 6, price_per_kwh: 0.08}\n"
+    "    - {start_hour: 6, end_hour: 18, price_per_kwh: 0.30}\n"
+    "    - {start_hour: 18, end_hour: 24, price_per_kwh: 0.20}\n"
+)
+
+
+def wobs(hour: float, bpb: float | None = None, deferred: float = 0.0) -> EnergyObservation:
+    return EnergyObservation(
+        0, 0.0, 1e-3, "estimated", hour_utc=hour, champion_new_bpb=bpb, deferred_h=deferred
+    )
+
+
+def test_deferrable_training_waits_for_cheapest_window() -> None:
+    d = decide_energy(wobs(14.0), policy(WINDOWS))
+    assert d.allowance is None and d.defer_for_h == pytest.approx(10.0)
+    assert d.actions[0].outcome == "deferred" and "00-06 UTC window" in d.actions[0].reason
+
+
+def test_in_cheapest_window_goes_now() -> None:
+    d = decide_energy(wobs(2.0), policy(WINDOWS))
+    assert d.allowance is not None and d.defer_for_h is None
+    assert "in the 00-06 UTC window" in d.actions[-1].reason
+
+
+def test_horizon_limits_the_wait() -> None:
+    p = policy(WINDOWS + "  max_defer_h: 5\n")
+    d = decide_energy(wobs(14.0), p)  # 00-06 is 10 h away; 18-24 (0.20) is 4 h away
+    assert d.defer_for_h == pytest.approx(4.0)
+    d = decide_energy(wobs(14.0, deferred=5.0), p)  # waited long enough already
+    assert d.allowance is not None
+
+
+def test_quality_floor_overrides_the_wait() -> None:
+    p = policy(WINDOWS + "triggers: {quality_floor_bpb: 3.0}\n")
+    d = decide_energy(wobs(14.0, bpb=3.4), p)
+    assert d.allowance is not None
+    assert d.actions[0].action == "wait_for_window" and "quality floor" in d.actions[0].reason
+    assert decide_energy(wobs(14.0, bpb=2.9), p).allowance is None  # quality fine: wait
+
+
+def test_carbon_windows() -> None:
+    p = policy(
+        "energy:\n  prefer_windows_by: carbon\n  max_defer_h: 16\n  windows:\n"
+        "    - {start_hour: 10, end_hour: 16, carbon_g_per_kwh: 90}\n"
+        "    - {start_hour: 16, end_hour: 24, carbon_g_per_kwh: 400}\n"
+    )
+    d = decide_energy(wobs(20.0), p)
+    assert d.defer_for_h == pytest.approx(14.0)
+    assert "carbon 90" in d.actions[0].reason
+
+
+def test_cycle_budgets() -> None:
+    p = policy(
+        "budgets: {tokens_per_trial: 1000, training_tokens_per_cycle: 2500}\n"
+        "tuning: {trials_per_cycle: 5}"
+    )
+    d = decide_energy(eobs(), p)
+    assert d.allowance is not None and d.allowance.trials == 2
+    assert d.allowance.tokens_left == 2500
+    refused = decide_energy(
+        eobs(), policy("budgets: {tokens_per_trial: 1000, training_tokens_per_cycle: 500}")
+    )
+    assert refused.actions[0].outcome == "refused"
+    assert refused.actions[0].figures["budget"] == "training_tokens_per_cycle"
+
+
+def test_window_policy_validation() -> None:
+    from policies import PolicyError
+
+    with pytest.raises(PolicyError):
+        policy("energy:\n  windows:\n    - {start_hour: 20, end_hour: 4, price_per_kwh: 1}\n")
+    with pytest.raises(PolicyError):
+        policy("energy:\n  windows:\n    - {start_hour: 1, end_hour: 4}\n")
+
+
+# trainer: energy objective, Pareto front, selection, pruning ------------------------------
+
+
+def test_energy_cost_kinds() -> None:
+    from agents.trainer import energy_cost
+
+    q = policy("tuning: {objectives: {kind: quality_and_energy}}")
+    assert energy_cost(q, tokens=1000, joules=50, seconds=2, max_power_w=700) == 0.05
+    z = policy("tuning: {objectives: {kind: zeus_cost, eta: 0.5, max_power_w: 400}}")
+    assert energy_cost(z, tokens=1000, joules=50, seconds=2, max_power_w=700) == pytest.approx(
+        (0.5 * 50 + 0.5 * 400 * 2) / 1000
+    )
+    assert energy_cost(q, tokens=0, joules=5, seconds=1, max_power_w=1) is None
+
+
+def tse(n: int, bpb: float, cost: float, status: str = "complete") -> TrialSummary:
+    return TrialSummary(f"c:trial:{n}", n, status, bpb, 10, 1.0, {"n": n}, "a.pt", 1.0, cost)
+
+
+def test_pareto_front_and_least_energy_selection() -> None:
+    from agents.trainer import pareto_front
+
+    trials = [
+        tse(0, 3.00, 0.9),
+        tse(1, 3.02, 0.5),
+        tse(2, 3.10, 0.6),
+        tse(3, 3.50, 0.2),
+        tse(4, 2.90, 5.0, status="failed"),
+    ]
+    assert [t.number for t in pareto_front(trials)] == [0, 1, 3]
+    p = policy("tuning: {selection: {rule: least_energy_within, quality_tolerance_pct: 1.0}}")
+    best, action = choose_candidate(trials, p)
+    assert best is not None and best.number == 1  # within 1% of 3.00, half the energy
+    assert "44% less" in action.reason
+    best, _ = choose_candidate(trials, policy())  # best_quality
+    assert best is not None and best.number == 0
+
+
+def test_should_prune_against_median_curve() -> None:
+    from agents.trainer import loss_at, should_prune
+
+    curve = [(0, 5.0), (100, 3.0), (200, 2.0)]
+    assert loss_at(curve, 150) == pytest.approx(2.5)
+    assert loss_at(curve, 300) is None
+    p = policy(
+        "tuning: {pruning: {enabled: true, startup_trials: 2, warmup_fraction: 0.25, "
+        "margin_pct: 10}}"
+    )
+    earlier = [curve, [(0, 5.0), (100, 3.2), (200, 2.2)]]
+    assert should_prune(150, 3.2, 200, earlier, p) == (True, pytest.approx(2.6))
+    assert should_prune(150, 2.7, 200, earlier, p)[0] is False  # within the margin
+    assert should_prune(40, 9.0, 200, earlier, p)[0] is False  # still warming up
+    assert should_prune(150, 9.0, 200, earlier[:1], p)[0] is False  # too few to compare
+    assert should_prune(150, float("nan"), 200, earlier, p)[0] is True
+    assert should_prune(150, 9.0, 200, earlier, policy())[0] is False  # disabled
+
+
+def test_pruning_needs_single_objective() -> None:
+    from policies import PolicyError
+
+    with pytest.raises(PolicyError, match="single"):
+        policy("tuning: {objectives: {kind: zeus_cost}, pruning: {enabled: true}}")

@@ -478,3 +478,52 @@ def test_budget_below_one_trial_is_refused_before_training(tmp_path: Path) -> No
     with store.session() as s:
         assert s.exec(select(TrialRunRow)).all() == []
     store.dispose()
+
+
+def test_energy_objective_pareto_front_and_selection(tmp_path: Path) -> None:
+    """Two objectives (bits/byte, J/token); the candidate is the least energy within 50%."""
+    pol = policy_file(
+        tmp_path,
+        **{
+            TINY_LR: "lr: {type: float, low: 0.003, high: 0.01, log: true}\n"
+            "    batch_size: {type: categorical, choices: [4, 32]}",
+            "batch_size: 16, ": "",
+            "trials_per_cycle: 2": "trials_per_cycle: 4\n  objectives: {kind: quality_and_energy}"
+            "\n  selection: {rule: least_energy_within, quality_tolerance_pct: 50}",
+        },
+    )
+    store = run_once(tmp_path, pol)
+    import optuna
+
+    study = optuna.load_study(study_name="aifactory-tiny-quality_and_energy", storage=store.url)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 4 and all(len(t.values) == 2 for t in done)
+    points = CycleBook(store).pareto("tiny-c0001")
+    assert len(points) == 4 and any(p.on_front for p in points)
+    choose = next(
+        e for e in AuditLog(store).events(agent="trainer") if e.action == "choose_candidate"
+    )
+    assert "least energy" in choose.reason and choose.figures["pareto_front"]
+    chosen = choose.figures["chosen"]
+    front_numbers = {p.optuna_number for p in points if p.on_front}
+    assert chosen in front_numbers
+    store.dispose()
+
+
+def test_hopeless_trial_is_pruned(tmp_path: Path) -> None:
+    pol = policy_file(
+        tmp_path,
+        **{
+            TINY_LR: "lr: {type: categorical, choices: [0.008, 0.00001]}",
+            "trials_per_cycle: 2": "trials_per_cycle: 4\n  seed: 9\n  sampler: random\n"
+            "  pruning: {enabled: true, startup_trials: 1, warmup_fraction: 0.1, margin_pct: 30}",
+            "tokens_per_trial: 60000": "tokens_per_trial: 400000",
+        },
+    )
+    store = run_once(tmp_path, pol)
+    events = AuditLog(store).events(agent="trainer")
+    pruned = [e for e in events if e.action == "prune_trial"]
+    assert pruned, [(e.action, e.reason) for e in events]
+    assert all(e.figures["params"]["lr"] == 0.00001 for e in pruned)
+    assert ModelRegistry(store, tmp_path).get("tiny", 1).params["lr"] == 0.008  # type: ignore[union-attr]
+    store.dispose()

@@ -15,6 +15,7 @@ from adapters.store.tables import (
     ApprovalRow,
     CycleRow,
     DaemonStateRow,
+    ParetoPointRow,
     PolicyVersionRow,
     TrialRunRow,
 )
@@ -204,3 +205,32 @@ class CycleBook:
             s.commit()
             s.refresh(row)
             return row
+
+    # pareto fronts -----------------------------------------------------------------------
+
+    def save_pareto(self, cycle_id: str, trials: list[Any], front_keys: set[str]) -> None:
+        """Store every usable trial of the cycle with its place on the front (idempotent)."""
+        with self.store.session() as s:
+            for t in trials:
+                if not getattr(t, "usable", False):
+                    continue
+                row = s.exec(
+                    select(ParetoPointRow).where(ParetoPointRow.trial_key == t.key)
+                ).first() or ParetoPointRow(cycle_id=cycle_id, trial_key=t.key, params="{}")
+                row.optuna_number = t.number
+                row.valid_bpb = t.valid_bpb
+                row.energy_cost = t.energy_cost
+                row.on_front = t.key in front_keys
+                row.params = canonical(t.params)
+                s.add(row)
+            s.commit()
+
+    def pareto(self, cycle_id: str) -> list[ParetoPointRow]:
+        with self.store.session() as s:
+            return list(
+                s.exec(
+                    select(ParetoPointRow)
+                    .where(ParetoPointRow.cycle_id == cycle_id)
+                    .order_by(col(ParetoPointRow.valid_bpb))
+                ).all()
+            )

@@ -200,3 +200,18 @@ class ApprovalRow(SQLModel, table=True):
     decided_at: str | None = None
     decided_by: str = ""
     reason: str = ""
+
+
+class ParetoPointRow(SQLModel, table=True):
+    """Each cycle's trials on the quality/energy plane; `on_front` marks the Pareto front."""
+
+    __tablename__ = "af_pareto_point"
+    id: int | None = Field(default=None, primary_key=True)
+    cycle_id: str = Field(index=True, max_length=64)
+    trial_key: str = Field(unique=True, max_length=200)
+    optuna_number: int | None = None
+    valid_bpb: float | None = None
+    energy_cost: float | None = None
+    on_front: bool = False
+    params: str = Field(sa_column=_text())
+from adapters.store.gpu_settings import GpuSettingRow  # noqa: E402, F401  (registers af_gpu_setting)

@@ -229,6 +229,40 @@ def _no(outcome: str, reason: str, figures: dict[str, object]) -> EnergyDecision
     return EnergyDecision(None, (action,))
 
 
+@dataclass(frozen=True)
+class PowerRequest:
+    job: str
+    requested_w: float
+    min_w: float
+    max_w: float
+
+
+def allocate_power_limits(cap_w: float, requests: list[PowerRequest]) -> dict[str, float] | None:
+    """Power limits for concurrent jobs whose sum stays under the facility cap.
+
+    Water-filling: every job first gets its device minimum; what is left is shared out
+    equally, no job above what it asked for (clamped to its device's range). None when
+    even the minimums do not fit under the cap.
+    """
+    want = {r.job: min(max(r.requested_w, r.min_w), r.max_w) for r in requests}
+    limits = {r.job: r.min_w for r in requests}
+    left = cap_w - sum(limits.values())
+    if left < -1e-9:
+        return None
+    open_jobs = [r.job for r in requests if want[r.job] > limits[r.job]]
+    while left > 1e-9 and open_jobs:
+        share = left / len(open_jobs)
+        still_open = []
+        for job in open_jobs:
+            give = min(share, want[job] - limits[job])
+            limits[job] += give
+            left -= give
+            if want[job] - limits[job] > 1e-9:
+                still_open.append(job)
+        open_jobs = still_open
+    return limits
+
+
 def hour_of_day_utc(unix_s: float) -> float:
     return (unix_s % 86400.0) / 3600.0
 
@@ -237,7 +271,9 @@ __all__ = [
     "J_PER_KWH",
     "EnergyDecision",
     "EnergyObservation",
+    "PowerRequest",
     "TrainingAllowance",
+    "allocate_power_limits",
     "cheapest_start",
     "current_window",
     "decide_energy",

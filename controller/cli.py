@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("version", nargs="?", type=int)
     models.add_argument("--json", action="store_true")
 
+    report = sub.add_parser("report", help="tokens, joules and tokens/J per cycle, day or model")
+    _common(report)
+    report.add_argument("--by", choices=["cycle", "day", "model"], default="cycle")
+    report.add_argument("--json", action="store_true")
+    report.add_argument("--csv", type=Path, help="write CSV to this file ('-' for stdout)")
+
     rollback = sub.add_parser("rollback", help="restore the previous champion (or --to V)")
     _common(rollback)
     rollback.add_argument("--to", type=int)
@@ -156,6 +162,8 @@ def _offline(args: argparse.Namespace, settings: Settings, console: Console) -> 
             return _status(args, name, store, book, registry, console)
         if args.command == "models":
             return _models(args, name, registry, console)
+        if args.command == "report":
+            return _report(args, name, store, registry, console)
         if args.command == "rollback":
             return _rollback(args, name, registry, audit, console)
         if args.command in ("approve", "reject"):
@@ -399,6 +407,42 @@ def _models(args: argparse.Namespace, name: str, registry: Any, console: Console
             m.created_at[:19],
         )
         table.add_row(*(Text(c) for c in cells))
+    console.print(table)
+    return 0
+
+
+def _report(
+    args: argparse.Namespace, name: str, store: Any, registry: Any, console: Console
+) -> int:
+    from adapters.store.ledger import Ledger
+    from controller.report import build_report, to_csv
+
+    cycle_models = {m.cycle_id: m.version for m in registry.versions(name)}
+    rows = build_report(Ledger(store).rows(name), args.by, cycle_models)
+    if args.csv is not None:
+        text = to_csv(rows)
+        if str(args.csv) == "-":
+            sys.stdout.write(text)
+        else:
+            args.csv.write_text(text)
+            console.print(f"wrote {len(rows)} rows to {args.csv}", highlight=False, markup=False)
+        return 0
+    if args.json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+        return 0
+    table = Table(title=f"ledger by {args.by}: {name}")
+    for col in ("", "trained", "evaluated", "served", "joules", "tokens/J (training)"):
+        table.add_column(col, justify="right" if col else "left")
+    for r in rows:
+        tpj = r.train_tokens_per_joule
+        table.add_row(
+            Text(r.key),
+            f"{r.train_tokens:,}",
+            f"{r.eval_tokens:,}",
+            f"{r.serve_tokens:,}",
+            f"{r.joules:,.0f} ({r.energy_label})" if r.joules else "-",
+            f"{tpj:,.0f} ({r.energy_label})" if tpj else "-",
+        )
     console.print(table)
     return 0
 

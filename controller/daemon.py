@@ -9,6 +9,7 @@ the interrupted cycle stays checkpointed and resumes at the next start.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import queue
@@ -30,16 +31,20 @@ from rich.table import Table
 from adapters.cluster.local import LocalProcessCluster
 from adapters.data_sources import make_source
 from adapters.energy import probe_energy_meter
+from adapters.gpu.guard import GpuSettingsGuard
+from adapters.gpu.probe import probe_gpus
 from adapters.llm import make_advisor
 from adapters.serving import ServedModel, ServingError, ServingServer
 from adapters.store.audit import AuditLog
 from adapters.store.cycles import CycleBook
 from adapters.store.datasets import DataCatalog
 from adapters.store.db import Store, utcnow_iso
+from adapters.store.gpu_settings import SqlSettingsJournal
 from adapters.store.ledger import Ledger
 from adapters.store.registry import ModelRegistry
 from adapters.telemetry import HostTelemetry
 from adapters.workload.protocol import load_workload
+from agents.energy import PowerRequest, allocate_power_limits
 from controller.cycle import CycleInterrupted, FactoryContext, ProductionCycle
 from controller.ingest import Ingestor
 from controller.progress import ProgressReporter
@@ -78,6 +83,7 @@ class Daemon:
         self._staged: Policy | None = None
         self._attempts: dict[str, int] = {}
         self._signal_name: str | None = None
+        self._served: dict[int, int] = {}
         self.max_attempts = 3
 
     def _say(self, message: str) -> None:
@@ -132,6 +138,106 @@ class Daemon:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, handler)
             signal.signal(signal.SIGTERM, handler)
+
+    # GPU ------------------------------------------------------------------------------
+
+    def _setup_gpu(self, policy: Policy) -> None:
+        """Probe the GPU adapter; restore any setting a crashed run left changed."""
+        ctx = self.ctx
+        cores = os.cpu_count() or 1
+        ctx.max_power_w = cores * policy.energy.watts_per_core
+        self.gpu: Any = None
+        self.guard: GpuSettingsGuard | None = None
+        nvml = (
+            importlib.import_module(self.settings.nvml_module)
+            if self.settings.nvml_module
+            else None
+        )
+        prefer = policy.energy.gpu if policy.energy.prefer_gpu else "none"
+        self.gpu, self.gpu_note = probe_gpus(prefer, nvml=nvml)
+        if self.gpu is None:
+            ctx.power_knob_problem = self.gpu_note
+            return
+        devices = self.gpu.devices()
+        ctx.max_power_w = sum(d.power_limit_max_w for d in devices)
+        if hasattr(self.gpu, "set_power_limit_w"):
+            self.guard = GpuSettingsGuard(self.gpu, SqlSettingsJournal(ctx.store), devices)
+            self._restore_gpu_settings("at start (a previous run did not restore it)")
+        if not policy.energy.allow_power_limits:
+            ctx.power_knob_problem = "the policy does not allow it (energy.allow_power_limits)"
+        elif self.guard is None:
+            ctx.power_knob_problem = f"{self.gpu_note}: read-only"
+        else:
+            ctx.power_knob_problem = None
+            ctx.set_power_limit = self._set_power_limit
+
+    def _restore_gpu_settings(self, when: str) -> None:
+        if self.guard is None:
+            return
+        for result in self.guard.restore_all():
+            self.ctx.audit.append(
+                agent="energy",
+                action="restore_gpu_setting",
+                outcome="taken" if result.status in ("applied", "unchanged") else "failed",
+                reason=f"GPU {result.index} {result.knob} back to {result.requested:g} {when}: "
+                f"{result.status}",
+                figures={
+                    "index": result.index,
+                    "knob": result.knob,
+                    "previous": result.previous,
+                    "restored": result.requested,
+                },
+                policy_version=self.ctx.policy.version,
+            )
+
+    def _set_power_limit(self, watts: float, key: str) -> str:
+        """Apply a trial's power limit (within the facility cap), recorded before it is set."""
+        ctx, guard = self.ctx, self.guard
+        assert guard is not None
+        device = self.gpu.devices()[0]
+        requested = watts
+        cap = ctx.policy.energy.facility_power_cap_w
+        if cap is not None:
+            limits = allocate_power_limits(
+                cap,
+                [PowerRequest(key, watts, device.power_limit_min_w, device.power_limit_max_w)],
+            )
+            if limits is None:
+                status = f"refused: facility cap {cap:g} W is below the device minimum"
+                ctx.audit.append(
+                    agent="energy",
+                    action="set_power_limit",
+                    outcome="refused",
+                    reason=status,
+                    figures={"requested_w": watts, "cap_w": cap},
+                    key=f"{key}:power",
+                    policy_version=ctx.policy.version,
+                )
+                return status
+            watts = limits[key]
+        result = guard.apply_power_limit_w(device.index, watts, reason=key)
+        ok = result.status in ("applied", "unchanged")
+        status = f"{result.status}: {watts:g} W" + (
+            f" (asked {requested:g} W, facility cap {cap:g} W)" if watts != requested else ""
+        )
+        ctx.audit.append(
+            agent="energy",
+            action="set_power_limit",
+            outcome="taken" if ok else "refused",
+            reason=f"GPU {device.index} power limit {status}"
+            + ("" if ok else f"; planning without this knob ({result.message})"),
+            figures={
+                "index": device.index,
+                "requested_w": requested,
+                "applied_w": watts,
+                "previous_w": result.previous,
+                "status": result.status,
+                "cap_w": cap,
+            },
+            key=f"{key}:power",
+            policy_version=ctx.policy.version,
+        )
+        return status
 
     # serving --------------------------------------------------------------------------
 
@@ -204,12 +310,40 @@ class Daemon:
                     completed = ctx.book.completed_count(ctx.name)
                     if not self._awaiting() and ctx.ingestor.pending(ctx.source, completed):
                         self.requests.put(("cycle", "new data"))
-            self._publish(telemetry=self.telemetry.sample().as_dict())
+            self._book_served_tokens()
+            sample = self.telemetry.sample().as_dict()
+            if self.gpu is not None:
+                gpus = self.gpu.sample()
+                sample |= {
+                    "gpu_power_w": round(sum(g.power_w for g in gpus), 1),
+                    "gpu_util_pct": round(sum(g.util_gpu_pct for g in gpus) / len(gpus), 1),
+                    "gpu_method": gpus[0].method if gpus else "",
+                }
+            self._publish(telemetry=sample)
         except Exception as exc:  # the tick must never take the daemon down
             self._say(f"[daemon] tick error: {type(exc).__name__}: {exc}")
 
     def _awaiting(self) -> bool:
         return any(r.status == "awaiting_approval" for r in self.ctx.book.recent(self.ctx.name, 5))
+
+    def _book_served_tokens(self) -> None:
+        """Tokens served since the last tick go on the ledger, per model version."""
+        if self.server is None:
+            return
+        for version, m in self.server.metrics().items():
+            total = int(m.get("prompt_tokens", 0) + m.get("completion_tokens", 0))
+            delta = total - self._served.get(version, 0)
+            if delta > 0:
+                self.ctx.ledger.record(
+                    key=f"serve:{os.getpid()}:{version}:{total}",
+                    policy_name=self.ctx.name,
+                    kind="serve",
+                    tokens=delta,
+                    joules=0.0,
+                    method="unmetered",
+                    model_version=version,
+                )
+                self._served[version] = total
 
     def _check_policy_file(self) -> None:
         """Validate an edited policy file; stage a good one, refuse a bad one (audited).
@@ -529,6 +663,7 @@ class Daemon:
             return 2
         self.ctx = ctx = self._build(policy)
         self.telemetry = HostTelemetry(policy.energy.watts_per_core)
+        self._setup_gpu(policy)
         self._policy_mtime = s.policy.stat().st_mtime
         ctx.book.save_policy(policy, str(s.policy))
         meter, energy_note = probe_energy_meter(
@@ -545,13 +680,15 @@ class Daemon:
                 "db": _redact(ctx.store.url),
                 "state_dir": str(s.state_dir),
                 "energy": energy_note,
+                "gpu": self.gpu_note,
+                "power_knob": ctx.power_knob_problem or "permitted",
                 "cluster": ctx.cluster.description,
             },
             policy_version=policy.version,
         )
         self._say(
             f"[daemon] policy {policy.name}@{policy.version}; store {_redact(ctx.store.url)}; "
-            f"energy: {energy_note}"
+            f"energy: {energy_note}; GPU: {self.gpu_note}"
         )
         self._install_signals()
         if s.serve:
@@ -609,8 +746,12 @@ class Daemon:
             self.scheduler.shutdown(wait=False)
             with contextlib.suppress(Exception):
                 self._publish(stopped=True)
+            with contextlib.suppress(Exception):
+                self._book_served_tokens()
             if self.server is not None:
                 self.server.stop()
+            with contextlib.suppress(Exception):
+                self._restore_gpu_settings("on exit")
             ctx.audit.append(
                 agent="controller",
                 action="stop_daemon",

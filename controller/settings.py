@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     tick_s: float = Field(default=2.0, gt=0, description="Watch tick between cycles.")
     threads: int = Field(default=2, gt=0, description="Torch threads per trial/evaluation.")
     log_level: str = "WARNING"
+    nvml_module: str | None = Field(
+        default=None,
+        description="Import name of a pynvml-compatible module to use instead of pynvml "
+        "(an NVML shim, or a fake NVML in tests).",
+    )
 
     @property
     def resolved_db_url(self) -> str:

@@ -382,3 +382,20 @@ def test_pruning_needs_single_objective() -> None:
 
     with pytest.raises(PolicyError, match="single"):
         policy("tuning: {objectives: {kind: zeus_cost}, pruning: {enabled: true}}")
+
+
+def test_power_allocation_under_facility_cap() -> None:
+    from agents.energy import PowerRequest, allocate_power_limits
+
+    reqs = [
+        PowerRequest("a", 700, 200, 700),
+        PowerRequest("b", 300, 200, 700),
+        PowerRequest("c", 700, 200, 700),
+    ]
+    limits = allocate_power_limits(1200, reqs)
+    assert limits is not None and sum(limits.values()) == pytest.approx(1200)
+    assert limits["b"] == pytest.approx(300)  # never above what it asked for
+    assert limits["a"] == pytest.approx(450) and limits["c"] == pytest.approx(450)
+    assert allocate_power_limits(500, reqs) is None  # minimums alone exceed the cap
+    roomy = allocate_power_limits(5000, reqs)
+    assert roomy == {"a": 700, "b": 300, "c": 700}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_POLICY
+from sqlmodel import select
 
 from adapters.store.audit import AuditLog
 from adapters.store.cycles import CycleBook
@@ -582,3 +583,73 @@ def test_rollback_to_current_champion_is_refused(env: Env) -> None:
 def test_audit_limit_must_be_positive(env: Env) -> None:
     with pytest.raises(SystemExit):
         env.cli("audit", "--limit", "0")
+
+
+def test_report_by_cycle_day_model_csv_json(env: Env, tmp_path: Path) -> None:
+    assert env.register(1) == 1
+    with env.store.session() as s:
+        from adapters.store.tables import ModelVersionRow
+
+        row = s.exec(select(ModelVersionRow)).first()
+        assert row is not None
+        row.cycle_id = "tiny-c0001"
+        s.add(row)
+        s.commit()
+    led = Ledger(env.store)
+    led.record(
+        key="t0",
+        policy_name=POLICY,
+        kind="train",
+        tokens=1000,
+        joules=10,
+        method="estimated",
+        cycle_id="tiny-c0001",
+        day="2026-01-01",
+    )
+    led.record(
+        key="t1",
+        policy_name=POLICY,
+        kind="train",
+        tokens=3000,
+        joules=10,
+        method="measured",
+        cycle_id="tiny-c0001",
+        day="2026-01-02",
+    )
+    led.record(
+        key="e0",
+        policy_name=POLICY,
+        kind="eval",
+        tokens=500,
+        joules=5,
+        method="estimated",
+        cycle_id="tiny-c0001",
+        day="2026-01-02",
+    )
+    led.record(
+        key="s0",
+        policy_name=POLICY,
+        kind="serve",
+        tokens=42,
+        joules=0,
+        method="unmetered",
+        model_version=1,
+        day="2026-01-02",
+    )
+    rc, out = env.cli("report", "--by", "cycle", "--json")
+    rows = {r["key"]: r for r in json.loads(out)}
+    c1 = rows["tiny-c0001"]
+    assert (c1["train_tokens"], c1["eval_tokens"], c1["joules"]) == (4000, 500, 25)
+    assert c1["train_tokens_per_joule"] == 200 and c1["energy"] == "measured+estimated"
+    assert rows["(serving)"]["serve_tokens"] == 42
+    rc, out = env.cli("report", "--by", "model", "--json")
+    v1 = {r["key"]: r for r in json.loads(out)}["v1"]
+    assert v1["train_tokens"] == 4000 and v1["serve_tokens"] == 42
+    rc, out = env.cli("report", "--by", "day", "--json")
+    assert [r["key"] for r in json.loads(out)] == ["2026-01-01", "2026-01-02"]
+    target = tmp_path / "ledger.csv"
+    assert env.cli("report", "--csv", str(target))[0] == 0
+    lines = target.read_text().splitlines()
+    assert lines[0].startswith("key,train_tokens") and len(lines) == 3
+    rc, out = env.cli("report")
+    assert rc == 0 and "tiny-c0001" in out and "measured+estimated" in out

@@ -128,6 +128,26 @@ def test_daemon_serves_champion_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert answer["usage"]["completion_tokens"] == 12
         assert answer["model"] == f"tiny:v{champion}"
 
+        wait_for(
+            lambda: any(
+                r["serve_tokens"]
+                for r in json.loads(
+                    cli(
+                        "report", "--by", "model", "--json", "--db", url, "--policy", str(pol)
+                    ).stdout
+                )
+            ),
+            20,
+            "served tokens on the ledger",
+            log,
+        )
+        report = json.loads(
+            cli("report", "--by", "cycle", "--json", "--db", url, "--policy", str(pol)).stdout
+        )
+        by_cycle = {r["key"]: r for r in report}
+        assert by_cycle["tiny-c0001"]["train_tokens"] > 0
+        assert by_cycle["tiny-c0001"]["energy"] == "estimated"
+        assert by_cycle["tiny-c0001"]["train_tokens_per_joule"] > 0
         status = cli("status", "--db", url, "--policy", str(pol))
         assert status.returncode == 0
         assert f"serving v{champion} at {base}/v1" in status.stdout
@@ -526,4 +546,104 @@ def test_hopeless_trial_is_pruned(tmp_path: Path) -> None:
     assert pruned, [(e.action, e.reason) for e in events]
     assert all(e.figures["params"]["lr"] == 0.00001 for e in pruned)
     assert ModelRegistry(store, tmp_path).get("tiny", 1).params["lr"] == 0.008  # type: ignore[union-attr]
+    store.dispose()
+
+
+def test_power_limit_restored_after_kill9(tmp_path: Path) -> None:
+    """The daemon sets a (fake) GPU's power limit for a trial, is killed with -9, and the
+    next start restores the original limit before doing anything else."""
+    state = tmp_path / "state"
+    fake_state = tmp_path / "fake_gpu.json"
+    env = {
+        "PYTHONPATH": str(ROOT / "tests"),
+        "AIFACTORY_NVML_MODULE": "fake_nvml_module",
+        "AIFACTORY_FAKE_NVML_STATE": str(fake_state),
+    }
+    pol = policy_file(
+        tmp_path,
+        **{
+            TINY_LR: TINY_LR + "\n    power_limit_w: {type: categorical, choices: [300]}",
+            "gates:": "energy: {gpu: nvml, allow_power_limits: true}\ngates:",
+            "tokens_per_trial: 60000": "tokens_per_trial: 2000000",
+        },
+    )
+    url = f"sqlite:///{state / 'aifactory.db'}"
+    log = tmp_path / "first.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "controller.cli",
+                "run",
+                "--policy",
+                str(pol),
+                "--state-dir",
+                str(state),
+                "--no-serve",
+                "--once",
+            ],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+        )
+        try:
+            wait_for(
+                lambda: (
+                    fake_state.exists()
+                    and json.loads(fake_state.read_text())["limit_mw"] == 300_000
+                ),
+                120,
+                "the power limit to be set",
+                log,
+            )
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert json.loads(fake_state.read_text())["limit_mw"] == 300_000  # left changed by the kill
+    # restart: the original limit comes back at once; stop it again (cleanly) soon after
+    log2 = tmp_path / "second.log"
+    with open(log2, "wb") as out:
+        proc2 = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "controller.cli",
+                "run",
+                "--policy",
+                str(pol),
+                "--state-dir",
+                str(state),
+                "--no-serve",
+                "--once",
+            ],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+        )
+        try:
+            store = open_store(url)
+            restored = wait_for(
+                lambda: [
+                    e
+                    for e in AuditLog(store).events(agent="energy")
+                    if e.action == "restore_gpu_setting"
+                ],
+                60,
+                "the restore at start",
+                log2,
+            )
+            assert "at start" in restored[0].reason and restored[0].figures["restored"] == 700
+            proc2.send_signal(signal.SIGTERM)
+            assert proc2.wait(60) == 0
+        finally:
+            if proc2.poll() is None:
+                proc2.kill()
+    state_after = json.loads(fake_state.read_text())
+    assert state_after["limit_mw"] == 700_000  # restored on exit too
+    assert 300_000 in state_after["writes"] and state_after["writes"][-1] == 700_000
     store.dispose()

@@ -54,6 +54,7 @@ class Ledger:
         method: str,
         cycle_id: str | None = None,
         day: str | None = None,
+        model_version: int | None = None,
     ) -> bool:
         """Record once; returns False when this key was already on the books."""
         row = LedgerRow(
@@ -66,6 +67,7 @@ class Ledger:
             joules=joules,
             method=method,
             created_at=utcnow_iso(),
+            model_version=model_version,
         )
         with self.store.session() as s:
             if s.get(LedgerRow, key) is not None:
@@ -77,6 +79,16 @@ class Ledger:
                 s.rollback()
                 return False
         return True
+
+    def rows(self, policy_name: str) -> list[LedgerRow]:
+        with self.store.session() as s:
+            return list(
+                s.exec(
+                    select(LedgerRow)
+                    .where(LedgerRow.policy_name == policy_name)
+                    .order_by(LedgerRow.created_at)
+                ).all()
+            )
 
     def totals(
         self,

@@ -166,7 +166,8 @@ class LedgerRow(SQLModel, table=True):
     kind: str = Field(max_length=32)  # train | eval | serve | llm
     tokens: int = 0
     joules: float = 0.0
-    method: str = ""  # measured | estimated
+    method: str = ""  # measured | estimated | unmetered
+    model_version: int | None = None  # serving rows: which version answered
     created_at: str = ""
 
 
@@ -214,4 +215,6 @@ class ParetoPointRow(SQLModel, table=True):
     energy_cost: float | None = None
     on_front: bool = False
     params: str = Field(sa_column=_text())
+
+
 from adapters.store.gpu_settings import GpuSettingRow  # noqa: E402, F401  (registers af_gpu_setting)

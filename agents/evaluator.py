@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from agents.actions import Action
 from policies.model import Policy
 
@@ -18,6 +20,7 @@ from policies.model import Policy
 class Scores:
     recent_bpb: float
     reference_bpb: float
+    recent_chunks: tuple[float, ...] = ()  # per-chunk-group bits/byte, for the paired bootstrap
 
     @property
     def finite(self) -> bool:
@@ -28,6 +31,31 @@ class Scores:
 class Verdict:
     blessed: bool
     action: Action
+
+
+def paired_bootstrap(
+    champion: tuple[float, ...],
+    candidate: tuple[float, ...],
+    *,
+    confidence: float,
+    resamples: int,
+    seed: int,
+) -> tuple[float, float] | None:
+    """(lower confidence bound, mean) of the candidate's improvement, in % of the champion's
+    bits/byte, resampling the same evaluation chunks for both models. None when the chunks
+    do not pair up (different chunking) or are too few."""
+    n = len(champion)
+    if n < 4 or len(candidate) != n:
+        return None
+    champ = np.asarray(champion, dtype=float)
+    gain = champ - np.asarray(candidate, dtype=float)
+    if not np.all(np.isfinite(gain)):
+        return None
+    base = float(champ.mean())
+    rng = np.random.default_rng(seed)
+    means = gain[rng.integers(0, n, size=(resamples, n))].mean(axis=1)
+    lower = float(np.quantile(means, 1.0 - confidence))
+    return 100.0 * lower / base, 100.0 * float(gain.mean()) / base
 
 
 def judge(
@@ -74,6 +102,26 @@ def judge(
             failures.append(
                 f"improvement on recent data {gain:.2f}% < required {g.min_improvement_pct:.2f}%"
             )
+        elif g.bootstrap.enabled:
+            boot = paired_bootstrap(
+                champion.recent_chunks,
+                candidate.recent_chunks,
+                confidence=g.bootstrap.confidence,
+                resamples=g.bootstrap.resamples,
+                seed=g.bootstrap.seed,
+            )
+            if boot is None:
+                figures["bootstrap"] = "skipped: evaluation chunks do not pair up"
+            else:
+                lower, _mean = boot
+                figures["improvement_lower_bound_pct"] = round(lower, 4)
+                figures["bootstrap_confidence"] = g.bootstrap.confidence
+                if lower < g.min_improvement_pct:
+                    failures.append(
+                        f"the {g.bootstrap.confidence:.0%} lower bound of the improvement "
+                        f"({lower:.2f}%, paired bootstrap over {len(candidate.recent_chunks)} "
+                        f"chunk groups) < required {g.min_improvement_pct:.2f}%"
+                    )
         if regression > g.max_reference_regression_pct:
             failures.append(
                 f"reference data regresses {regression:.2f}% > allowed "
@@ -91,8 +139,14 @@ def judge(
     else:
         reason = (
             f"beats champion on recent data by {figures['improvement_pct']:.2f}% "
-            f"({candidate.recent_bpb:.4f} vs {champion.recent_bpb:.4f} bits/byte), "
-            f"reference change {figures['reference_regression_pct']:+.2f}%"
+            f"({candidate.recent_bpb:.4f} vs {champion.recent_bpb:.4f} bits/byte"
+            + (
+                f"; {figures['bootstrap_confidence']:.0%} lower bound "
+                f"{figures['improvement_lower_bound_pct']:.2f}%"
+                if "improvement_lower_bound_pct" in figures
+                else ""
+            )
+            + f"), reference change {figures['reference_regression_pct']:+.2f}%"
         )
     return Verdict(True, Action("evaluator", "bless", "taken", reason, figures))
 

@@ -374,7 +374,22 @@ def _models(args: argparse.Namespace, name: str, registry: Any, console: Console
         if m is None:
             console.print(f"no model version {args.version}")
             return 1
-        data = dict(m.__dict__) | {"aliases": by_version.get(m.version, [])}
+        history = [
+            {
+                "alias": h.alias,
+                "from": h.from_version,
+                "to": h.to_version,
+                "at": h.at,
+                "by": h.by,
+                "reason": h.reason,
+            }
+            for h in registry.alias_history(name)
+            if m.version in (h.from_version, h.to_version)
+        ]
+        data = dict(m.__dict__) | {
+            "aliases": by_version.get(m.version, []),
+            "alias_history": history,
+        }
         print(json.dumps(data, indent=2, default=str))
         return 0
     versions = registry.versions(name)

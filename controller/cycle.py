@@ -161,6 +161,14 @@ class ProductionCycle:
     def _trains(self, hashes: tuple[str, ...] | list[str]) -> list[str]:
         return [str(self.ctx.ingestor.blob_paths(h)[0]) for h in hashes]
 
+    def _evaluate(self, artefact: str, files: list[str]) -> Any:
+        return self.ctx.workload.evaluate(
+            artefact,
+            files,
+            max_bytes=self.ctx.policy.data.eval_max_bytes,
+            threads=self.ctx.threads,
+        )
+
     def _score(self, artefact: str, files: list[str]) -> tuple[float, int]:
         res = self.ctx.workload.evaluate(
             artefact,
@@ -415,6 +423,22 @@ class ProductionCycle:
                     "trainer:warm_start",
                 )
                 study.enqueue_trial(warm)
+        baseline = ctx.policy.tuning.baseline
+        if warm is None and baseline and not _finished_trials(study):
+            base_key = f"{cid}:trainer:baseline"
+            if not ctx.audit.has_key(base_key):
+                ctx.record(
+                    Action(
+                        "trainer",
+                        "baseline",
+                        "taken",
+                        "cold study: the first trial is the operator's baseline configuration",
+                        {"params": baseline},
+                    ),
+                    cid,
+                    "trainer:baseline",
+                )
+                study.enqueue_trial(dict(baseline))
         train_files = self._trains(dataset.file_hashes)
         valid_files = self._holdouts(dataset.file_hashes)
         tokens_left = int(allowance.get("tokens_left", 0))
@@ -492,6 +516,13 @@ class ProductionCycle:
             joules=sum(s.joules for s in summaries),
             energy_method=_trial_method(ctx.book.trials(cid)),
             valid_bpb=best.valid_bpb,
+        )
+        ctx.registry.set_challenger(
+            ctx.name,
+            model.version,
+            by="trainer-agent",
+            reason=f"candidate of {cid}",
+            key=f"{cid}:challenger",
         )
         ctx.record(
             Action(
@@ -619,7 +650,10 @@ class ProductionCycle:
             "seconds": seconds,
             "device": res.device if res else "",
             "precision": res.precision if res else "",
-            "stopped_reason": "pruned" if pruned else (res.stopped_reason if res else ""),
+            "stopped_reason": "pruned"
+            if pruned
+            else (outcome.stop_reason or (res.stopped_reason if res else "")),
+            "max_joules": round(max_joules, 3),
             "n_params": res.n_params if res else 0,
             "artefact_path": "" if pruned else (res.artefact_path if res else ""),
             "energy_cost": energy_cost(
@@ -764,10 +798,10 @@ class ProductionCycle:
             nonlocal tokens
             try:
                 path = ctx.registry.verified_path(model)
-                r, t1 = self._score(path, recent)
-                f, t2 = self._score(path, reference)
-                tokens += t1 + t2
-                return Scores(recent_bpb=r, reference_bpb=f)
+                r = self._evaluate(path, recent)
+                f = self._evaluate(path, reference)
+                tokens += r.tokens + f.tokens
+                return Scores(r.bpb, f.bpb, tuple(r.chunk_bpb))
             except Exception as exc:
                 problems[model.version] = f"{type(exc).__name__}: {exc}"
                 ctx.reporter.info(f"[evaluator] v{model.version} could not be scored: {exc}")
@@ -1001,6 +1035,11 @@ def _iso_to_unix(text: str) -> float:
     from datetime import UTC, datetime
 
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def _finished_trials(study: optuna.Study) -> bool:
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return bool(study.get_trials(deepcopy=False, states=done))
 
 
 def _curves(rows: list[TrialRunRow]) -> list[list[tuple[int, float]]]:

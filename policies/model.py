@@ -169,12 +169,20 @@ class TuningPolicy(_Strict):
         default_factory=lambda: {"d_model": 128, "n_layers": 2, "n_heads": 4, "context": 128}
     )
     warm_start: bool = True
+    baseline: dict[str, int | float | str | bool] | None = Field(
+        default=None,
+        description="The operator's known-good configuration: the first trial of a cold study.",
+    )
 
     @model_validator(mode="after")
     def _disjoint(self) -> TuningPolicy:
         both = sorted(set(self.search_space) & set(self.fixed))
         if both:
             raise ValueError(f"parameters both tuned and fixed: {', '.join(both)}")
+        if self.baseline is not None:
+            unknown = sorted(set(self.baseline) - set(self.search_space))
+            if unknown:
+                raise ValueError(f"baseline names parameters not in the search space: {unknown}")
         if self.pruning.enabled and self.objectives.kind != "quality":
             raise ValueError("pruning works with the single 'quality' objective only")
         return self
@@ -223,6 +231,17 @@ class GatePolicy(_Strict):
     max_reference_regression_pct: float = Field(
         default=5.0, ge=0, description="Allowed loss of quality on reference data, %."
     )
+    bootstrap: BootstrapGate = Field(default_factory=lambda: BootstrapGate())
+
+
+class BootstrapGate(_Strict):
+    """Paired bootstrap over evaluation chunks: promote only when the lower confidence bound
+    of the improvement on recent data clears `min_improvement_pct`."""
+
+    enabled: bool = True
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    resamples: int = Field(default=2000, ge=100, le=100_000)
+    seed: int = 0
 
 
 class EnergyWindow(_Strict):
@@ -245,8 +264,10 @@ class EnergyWindow(_Strict):
 class EnergyPolicy(_Strict):
     watts_per_core: float = Field(default=15.0, gt=0, description="Host estimate: W per busy core.")
     prefer_gpu: bool = True
-    gpu: Literal["auto", "nvml", "simulated", "none"] = Field(
-        default="auto", description="GPU adapter: NVML when present, or a simulated H200."
+    gpu: Literal["auto", "nvml", "simulated", "replay", "none"] = Field(
+        default="auto",
+        description="GPU adapter: NVML when present; a simulated H200 or a replayed H200 "
+        "trace (labelled so) for planning and tests.",
     )
     allow_power_limits: bool = Field(
         default=False, description="May the controller set GPU power limits (restored on exit)?"

@@ -399,3 +399,25 @@ def test_power_allocation_under_facility_cap() -> None:
     assert allocate_power_limits(500, reqs) is None  # minimums alone exceed the cap
     roomy = allocate_power_limits(5000, reqs)
     assert roomy == {"a": 700, "b": 300, "c": 700}
+
+
+def test_paired_bootstrap_gate() -> None:
+    import random
+
+    from agents.evaluator import paired_bootstrap
+
+    rng = random.Random(0)
+    champ = tuple(3.0 + rng.gauss(0, 0.3) for _ in range(64))
+    clear = tuple(c - 0.15 + rng.gauss(0, 0.02) for c in champ)  # ~5% better on every chunk
+    # 0.5% better on average, but +-0.3 bits/byte either way chunk by chunk
+    noisy = tuple(c - 0.015 + (0.3 if i % 2 else -0.3) for i, c in enumerate(champ))
+    lower, mean = paired_bootstrap(champ, clear, confidence=0.95, resamples=2000, seed=0) or (0, 0)
+    assert 4.0 < lower < mean < 6.0
+    p = policy("gates: {max_bpb: 9, min_improvement_pct: 0.2}")
+    ok = judge(Scores(2.85, 2.4, clear), Scores(3.0, 2.4, champ), p)
+    assert ok.blessed and "lower bound" in ok.action.reason
+    mean_noisy = 100 * (sum(champ) - sum(noisy)) / sum(champ)
+    assert mean_noisy > 0.2  # the mean alone would pass ...
+    weak = judge(Scores(3.0 - 0.015, 2.4, noisy), Scores(3.0, 2.4, champ), p)
+    assert not weak.blessed and "lower bound" in weak.action.reason  # ... the bound does not
+    assert paired_bootstrap(champ[:10], clear, confidence=0.9, resamples=200, seed=0) is None

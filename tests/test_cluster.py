@@ -94,4 +94,5 @@ def test_energy_share_stops_a_trial(tmp_path: Path, text_files: tuple) -> None:
     out = LocalProcessCluster().run(j)
     assert out.status == "ok", out.error
     assert out.result is not None and out.result.stopped_reason == "stopped"
+    assert out.stop_reason == "energy share spent"
     assert out.energy is not None and 15.0 <= out.energy.joules < 15.0 + 2 * 10.0 * 1.5

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -61,6 +62,38 @@ def daemon(*args: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
                 proc.wait(10)
 
 
+class LoadClient(threading.Thread):
+    """Sends completions in a loop and counts what failed (status or transport)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.ok = 0
+        self.failures: list[str] = []
+        self.models: set[str] = set()
+        self._stop_flag = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not self._stop_flag.is_set():
+                try:
+                    r = client.post(
+                        self.url, json={"model": "tiny", "prompt": "def ", "max_tokens": 4}
+                    )
+                    if r.status_code == 200:
+                        self.ok += 1
+                        self.models.add(r.json()["model"])
+                    else:
+                        self.failures.append(f"{r.status_code}: {r.text[:200]}")
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop_flag.set()
+        self.join(10)
+
+
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, log: Path | None = None) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -103,6 +136,16 @@ def test_daemon_serves_champion_and_stops_on_sigterm(tmp_path: Path) -> None:
         def two_cycles_done() -> bool:
             return book.completed_count("tiny") >= 2
 
+        # from the first champion on, a client keeps asking: promotion of v2 and the
+        # rollback below must not fail a single request
+        first = wait_for(
+            lambda: (s := book.daemon_state("tiny")) and s.served_version and s,
+            120,
+            "first champion served",
+            log,
+        )
+        load = LoadClient(f"{first.serving_url}/v1/completions")
+        load.start()
         wait_for(two_cycles_done, 180, "two completed cycles", log)
         served = wait_for(
             lambda: (s := book.daemon_state("tiny")) and s.served_version and s,
@@ -169,6 +212,9 @@ def test_daemon_serves_champion_and_stops_on_sigterm(tmp_path: Path) -> None:
             timeout=30,
         ).json()
         assert again["model"] == "tiny:v1"
+        load.stop()
+        assert load.failures == [], load.failures[:5]
+        assert load.ok > 10 and {"tiny:v1", "tiny:v2"} <= load.models
 
         # the second cycle was triggered by the new era, with the drift figures audited
         log_ = AuditLog(store)
@@ -646,4 +692,16 @@ def test_power_limit_restored_after_kill9(tmp_path: Path) -> None:
     state_after = json.loads(fake_state.read_text())
     assert state_after["limit_mw"] == 700_000  # restored on exit too
     assert 300_000 in state_after["writes"] and state_after["writes"][-1] == 700_000
+    store.dispose()
+
+
+def test_cold_study_starts_from_the_baseline(tmp_path: Path) -> None:
+    pol = policy_file(
+        tmp_path, **{"trials_per_cycle: 2": "trials_per_cycle: 2\n  baseline: {lr: 0.005}"}
+    )
+    store = run_once(tmp_path, pol)
+    events = AuditLog(store).events(agent="trainer")
+    assert any(e.action == "baseline" for e in events)
+    first = next(e for e in events if e.action == "run_trial")
+    assert first.figures["params"]["lr"] == 0.005
     store.dispose()

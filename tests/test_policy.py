@@ -14,7 +14,9 @@ ROOT = Path(__file__).parent.parent
 
 
 def test_shipped_policies_are_valid() -> None:
-    for path in [ROOT / "configs" / "default.yaml", ROOT / "tests" / "configs" / "tiny.yaml"]:
+    paths = [*sorted((ROOT / "configs").glob("*.yaml")), ROOT / "tests" / "configs" / "tiny.yaml"]
+    assert len(paths) >= 3
+    for path in paths:
         assert load_policy(path).name
 
 
@@ -93,3 +95,8 @@ def test_cli_schema(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["policy", "schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert "budgets" in schema["properties"]
+
+
+def test_baseline_must_be_in_search_space() -> None:
+    with pytest.raises(PolicyError, match="baseline"):
+        parse_policy("name: x\ntuning:\n  baseline: {momentum: 0.9}\n")

@@ -313,3 +313,14 @@ def test_audit_verify_detects_truncated_tail(store: Store) -> None:
         s.commit()
     report = log.verify()
     assert not report.ok and "missing at the end" in report.problem
+
+
+def test_challenger_alias_and_history(store: Store, tmp_path: Path) -> None:
+    reg = ModelRegistry(store, tmp_path / "models")
+    register(reg, tmp_path, "c1:candidate", b"one")
+    reg.set_challenger("p", 1, by="trainer-agent", reason="candidate of c1", key="c1:challenger")
+    reg.set_challenger("p", 1, by="trainer-agent", reason="candidate of c1", key="c1:challenger")
+    reg.promote("p", 1, by="deployer-agent", reason="blessed", key="c1:promote")
+    assert reg.aliases("p") == {"challenger": 1, "champion": 1}
+    moves = [(h.alias, h.to_version, h.by) for h in reg.alias_history("p")]
+    assert moves == [("challenger", 1, "trainer-agent"), ("champion", 1, "deployer-agent")]

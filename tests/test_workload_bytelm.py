@@ -313,3 +313,19 @@ def test_load_workload_custom(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 def test_load_workload_errors(spec: str) -> None:
     with pytest.raises(ValueError, match="workload spec"):
         load_workload(spec)
+
+
+def test_stops_when_target_reached(corpus: dict[str, list[str]], tmp_path: Path) -> None:
+    params = dict(TINY, target_bpb=7.0, check_every_tokens=2_000)
+    res = ByteLMWorkload().train(
+        _request(corpus, tmp_path / "t.pt", params=params, max_tokens=10 * MAX_TOKENS)
+    )
+    assert res.stopped_reason == "target" and res.tokens < 10 * MAX_TOKENS
+    assert Path(res.artefact_path).exists()
+    never = dict(TINY, target_bpb=0.01, check_every_tokens=5_000)
+    res = ByteLMWorkload().train(_request(corpus, tmp_path / "n.pt", params=never))
+    assert res.stopped_reason == "budget"
+    with pytest.raises(ValueError, match="check_every_tokens"):
+        ByteLMWorkload().train(
+            _request(corpus, tmp_path / "x.pt", params=dict(TINY, target_bpb=3.0))
+        )

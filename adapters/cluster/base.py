@@ -34,6 +34,7 @@ class TrialOutcome:
     error: str = ""
     exit_code: int | None = None
     energy_note: str = ""
+    stop_reason: str = ""  # why the worker stopped early, e.g. "energy share spent"
 
 
 class Cluster(Protocol):

@@ -76,7 +76,9 @@ class LocalProcessCluster:
                             "training diverged (NaN loss)",
                             energy_note=note,
                         )
-                    return TrialOutcome("ok", result, reading, energy_note=note)
+                    return TrialOutcome(
+                        "ok", result, reading, energy_note=note, stop_reason=stop_reason or ""
+                    )
                 elif kind == "error":
                     proc.join(5)
                     if stopping():  # e.g. the signal reached the worker before we could ask

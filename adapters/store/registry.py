@@ -25,6 +25,7 @@ from adapters.store.tables import AliasMoveRow, AliasRow, ModelVersionRow
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
+CHALLENGER = "challenger"
 
 
 class ArtefactCorruptError(RuntimeError):
@@ -223,6 +224,16 @@ class ModelRegistry:
             if old_version is not None and old_version != version:
                 self._move(s, policy_name, PREVIOUS, old_version, by, reason, None)
             self._move(s, policy_name, CHAMPION, version, by, reason, key)
+            s.commit()
+
+    def set_challenger(
+        self, policy_name: str, version: int, *, by: str, reason: str, key: str
+    ) -> None:
+        """The candidate under evaluation (or awaiting approval), recorded in alias history."""
+        with self.store.session() as s:
+            if s.exec(select(AliasMoveRow).where(AliasMoveRow.idem_key == key)).first():
+                return
+            self._move(s, policy_name, CHALLENGER, version, by, reason, key)
             s.commit()
 
     def rollback(

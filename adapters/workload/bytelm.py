@@ -37,7 +37,17 @@ _MAX_CHUNK_GROUPS = 64
 _EVAL_BATCH = 64
 _FILE_SEPARATOR = b"\n\n"
 
-_INT_PARAMS = ("d_model", "n_layers", "n_heads", "context", "batch_size", "warmup_steps")
+_CHECK_BYTES = 32_768  # held-out bytes scored by the early-stop check (cheap, fixed)
+
+_INT_PARAMS = (
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "context",
+    "batch_size",
+    "warmup_steps",
+    "check_every_tokens",
+)
 _PRECISIONS = ("fp32", "bf16")
 _SCHEDULES = ("cosine", "linear")
 
@@ -58,6 +68,10 @@ class ByteLMConfig:
     precision: str = "fp32"
     dropout: float = 0.0
     schedule: str = "cosine"
+    # optional early stop: every `check_every_tokens`, score a slice of the held-out text and
+    # stop ("target") once it reaches `target_bpb`; 0 turns it off
+    target_bpb: float = 0.0
+    check_every_tokens: int = 0
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> ByteLMConfig:
@@ -72,7 +86,7 @@ class ByteLMConfig:
         for key, value in params.items():
             if key in (*_INT_PARAMS, "grad_accum"):
                 values[key] = _as_int(key, value)
-            elif key in ("lr", "weight_decay", "dropout"):
+            elif key in ("lr", "weight_decay", "dropout", "target_bpb"):
                 values[key] = _as_float(key, value)
             else:
                 values[key] = str(value)
@@ -82,6 +96,10 @@ class ByteLMConfig:
 
     def _check(self) -> None:
         """Reject values that would crash (or silently misbehave) deep inside training."""
+        if self.target_bpb < 0 or self.check_every_tokens < 0:
+            raise ValueError("target_bpb and check_every_tokens must not be negative")
+        if self.target_bpb > 0 and self.check_every_tokens < 1:
+            raise ValueError("target_bpb needs check_every_tokens >= 1")
         for key in ("d_model", "n_layers", "n_heads", "context", "batch_size", "grad_accum"):
             if getattr(self, key) < 1:
                 raise ValueError(f"bytelm param {key!r} must be >= 1, got {getattr(self, key)}")
@@ -510,6 +528,8 @@ class ByteLMWorkload:
         high = train_data.numel() - cfg.context  # exclusive upper bound of window starts
 
         tokens = steps = 0
+        next_check = cfg.check_every_tokens
+        check_data = valid_data[:_CHECK_BYTES]
         last_loss = float("nan")
         window_sum, window_n = 0.0, 0
         reason = "budget"
@@ -567,6 +587,11 @@ class ByteLMWorkload:
             last_loss = step_loss
             window_sum += step_loss
             window_n += 1
+            if cfg.target_bpb > 0 and tokens >= next_check:
+                next_check += cfg.check_every_tokens
+                if _score(model, check_data, device).bpb <= cfg.target_bpb:
+                    reason = "target"
+                    break
             now = time.perf_counter()
             if now - last_report >= _PROGRESS_INTERVAL_S:
                 report(now, window_sum / window_n)

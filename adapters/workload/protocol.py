@@ -63,7 +63,7 @@ class TrainProgress:
 class TrainResult:
     """What a finished (or stopped) training run produced.
 
-    ``stopped_reason`` is one of ``"budget"``, ``"time"``, ``"stopped"`` or ``"nan"``;
+    ``stopped_reason`` is one of ``"budget"``, ``"time"``, ``"stopped"``, ``"target"`` or ``"nan"``;
     on ``"nan"`` nothing is saved and ``artefact_path`` is ``""``.
     """
 

@@ -148,11 +148,11 @@ def to_target(trials: list[dict[str, Any]]) -> dict[str, Any]:
     for i, t in enumerate(trials, start=1):
         spent += t["joules"]
         if t["reached"]:
-            return {"reached": True, "joules": spent, "trials": i, "method": t["method"]}
+            return {"reached": True, "joules": spent, "trials_to_target": i, "method": t["method"]}
     return {
         "reached": False,
         "joules": spent,
-        "trials": len(trials) + 1,
+        "trials_to_target": len(trials) + 1,
         "method": trials[0]["method"] if trials else "estimated",
     }
 
@@ -169,6 +169,7 @@ def main() -> int:
         "--out", type=Path, default=ROOT / "bench" / "results" / "energy_to_target.json"
     )
     ap.add_argument("--skip-warm", action="store_true")
+    ap.add_argument("--arms", default="default,random,controller", help="comma-separated")
     ap.add_argument("--warm-target", type=float, help="target on eras 0+1 (default: target+0.1)")
     args = ap.parse_args()
     common = {"target": args.target, "check_every": args.check_every}
@@ -200,13 +201,21 @@ def main() -> int:
                 space=SPACE,
                 tokens_per_trial=args.tokens_per_trial,
                 pruning=True,
+                baseline=True,
             ),
         }
+        wanted = args.arms.split(",")
         for name, spec in specs.items():
+            if name not in wanted:
+                continue
             print(f"[bench] running ({name}) ...", flush=True)
             run_once(base / name, policy_yaml(**spec, **common), args.threads)  # type: ignore[arg-type]
             trials = trials_of(base / name, 1)
-            arms[name] = {"trials": trials, **to_target(trials)}
+            arms[name] = {
+                "trials": trials,
+                "search_joules": sum(t["joules"] for t in trials),
+                **to_target(trials),
+            }
         warm: dict[str, Any] = {}
         warm_target = args.warm_target or args.target + 0.1
         if not args.skip_warm:
@@ -224,8 +233,8 @@ def main() -> int:
                 "warm": {"trials": warm_trials, **to_target(warm_trials)},
                 "cold": {"trials": cold_trials, **to_target(cold_trials)},
             }
-    method = arms["controller"]["method"]
-    a, b, c = (arms[k]["joules"] for k in ("default", "random", "controller"))
+    method = next(iter(arms.values()))["method"]
+    a, b, c = (arms.get(k, {}).get("joules") for k in ("default", "random", "controller"))
     result = {
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}",
@@ -233,8 +242,8 @@ def main() -> int:
         "target_bpb": args.target,
         "energy": method,
         "arms": arms,
-        "ratio_default_over_controller": a / c if c else None,
-        "ratio_random_over_controller": b / c if c else None,
+        "ratio_default_over_controller": a / c if a and c else None,
+        "ratio_random_over_controller": b / c if b and c else None,
         "warm_start": warm,
         "warm_target_bpb": None if args.skip_warm else args.warm_target or args.target + 0.1,
         "seconds": round(time.time() - started, 1),
@@ -245,15 +254,19 @@ def main() -> int:
     print(f"{'arm':<12}{'reached':>9}{'trials':>8}{'joules':>12}")
     for name, arm in arms.items():
         print(f"{name:<12}{arm['reached']!s:>9}{arm['trials_to_target']:>8}{arm['joules']:>12,.0f}")
-    print(f"(a)/(c) default / controller: {result['ratio_default_over_controller']:.2f}x")
-    print(f"(b)/(c) random / controller:  {result['ratio_random_over_controller']:.2f}x")
+    for label, key in (
+        ("(a)/(c) default / controller", "ratio_default_over_controller"),
+        ("(b)/(c) random / controller ", "ratio_random_over_controller"),
+    ):
+        if result[key] is not None:
+            print(f"{label}: {result[key]:.2f}x")
     if warm:
         w, k = warm["warm"], warm["cold"]
         print(f"\nWarm start, trials to reach {warm_target} bits/byte on eras 0+1:")
         print(
-            f"cold study: {k['trials']}{'' if k['reached'] else ' (not reached)'}   "
-            f"warm-started: {w['trials']}{'' if w['reached'] else ' (not reached)'}   "
-            f"ratio cold/warm: {k['trials'] / w['trials']:.2f}x"
+            f"cold study: {k['trials_to_target']}{'' if k['reached'] else ' (not reached)'}   "
+            f"warm-started: {w['trials_to_target']}{'' if w['reached'] else ' (not reached)'}   "
+            f"ratio cold/warm: {k['trials_to_target'] / w['trials_to_target']:.2f}x"
         )
     print(f"\nJSON: {args.out}  ({result['seconds']:.0f} s)")
     return 0

@@ -169,6 +169,18 @@ class ProductionCycle:
             threads=self.ctx.threads,
         )
 
+    def _book_eval(self, key: str, cid: str, tokens: int, reading: Any) -> None:
+        """Evaluation work goes on the ledger too: it counts against the day's energy."""
+        self.ctx.ledger.record(
+            key=key,
+            policy_name=self.ctx.name,
+            cycle_id=cid,
+            kind="eval",
+            tokens=tokens,
+            joules=reading.joules,
+            method=reading.method,
+        )
+
     def _score(self, artefact: str, files: list[str]) -> tuple[float, int]:
         res = self.ctx.workload.evaluate(
             artefact,
@@ -294,15 +306,7 @@ class ProductionCycle:
             ctx.reporter.info(f"[data] champion could not be scored: {exc}")
             new_bpb = ref_bpb = None
         reading = meter.end(window)
-        ctx.ledger.record(
-            key=f"{cid}:drift-eval",
-            policy_name=ctx.name,
-            cycle_id=cid,
-            kind="eval",
-            tokens=tokens,
-            joules=reading.joules,
-            method=reading.method,
-        )
+        self._book_eval(f"{cid}:drift-eval", cid, tokens, reading)
         return DataObservation(
             new_files=obs.new_files,
             new_bytes=obs.new_bytes,
@@ -814,15 +818,7 @@ class ProductionCycle:
             champion_problem = problems.get(champion.version, "its scores are not finite")
         smoke = self._smoke_test(candidate) if cand is not None else "not scored"
         reading = meter.end(window)
-        ctx.ledger.record(
-            key=f"{cid}:eval",
-            policy_name=ctx.name,
-            cycle_id=cid,
-            kind="eval",
-            tokens=tokens,
-            joules=reading.joules,
-            method=reading.method,
-        )
+        self._book_eval(f"{cid}:eval", cid, tokens, reading)
         verdict = judge(cand, champ, ctx.policy, champion_problem=champion_problem)
         action, blessed = verdict.action, verdict.blessed
         if blessed and smoke:

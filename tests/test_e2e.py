@@ -46,13 +46,16 @@ def cli(
 
 
 @contextmanager
-def daemon(*args: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def daemon(
+    *args: str, log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "controller.cli", "run", *args],
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
         try:
             yield proc
@@ -614,81 +617,39 @@ def test_power_limit_restored_after_kill9(tmp_path: Path) -> None:
         },
     )
     url = f"sqlite:///{state / 'aifactory.db'}"
+    args = ("--policy", str(pol), "--state-dir", str(state), "--no-serve", "--once")
+
+    def limit_mw() -> int:
+        return int(json.loads(fake_state.read_text())["limit_mw"])
+
     log = tmp_path / "first.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "controller.cli",
-                "run",
-                "--policy",
-                str(pol),
-                "--state-dir",
-                str(state),
-                "--no-serve",
-                "--once",
-            ],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
+    with daemon(*args, log=log, env=env) as proc:
+        wait_for(
+            lambda: fake_state.exists() and limit_mw() == 300_000,
+            120,
+            "the power limit to be set",
+            log,
         )
-        try:
-            wait_for(
-                lambda: (
-                    fake_state.exists()
-                    and json.loads(fake_state.read_text())["limit_mw"] == 300_000
-                ),
-                120,
-                "the power limit to be set",
-                log,
-            )
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    assert json.loads(fake_state.read_text())["limit_mw"] == 300_000  # left changed by the kill
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    assert limit_mw() == 300_000  # left changed by the kill
     # restart: the original limit comes back at once; stop it again (cleanly) soon after
     log2 = tmp_path / "second.log"
-    with open(log2, "wb") as out:
-        proc2 = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "controller.cli",
-                "run",
-                "--policy",
-                str(pol),
-                "--state-dir",
-                str(state),
-                "--no-serve",
-                "--once",
+    with daemon(*args, log=log2, env=env) as proc2:
+        store = open_store(url)
+        restored = wait_for(
+            lambda: [
+                e
+                for e in AuditLog(store).events(agent="energy")
+                if e.action == "restore_gpu_setting"
             ],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
+            60,
+            "the restore at start",
+            log2,
         )
-        try:
-            store = open_store(url)
-            restored = wait_for(
-                lambda: [
-                    e
-                    for e in AuditLog(store).events(agent="energy")
-                    if e.action == "restore_gpu_setting"
-                ],
-                60,
-                "the restore at start",
-                log2,
-            )
-            assert "at start" in restored[0].reason and restored[0].figures["restored"] == 700
-            proc2.send_signal(signal.SIGTERM)
-            assert proc2.wait(60) == 0
-        finally:
-            if proc2.poll() is None:
-                proc2.kill()
+        assert "at start" in restored[0].reason and restored[0].figures["restored"] == 700
+        proc2.send_signal(signal.SIGTERM)
+        assert proc2.wait(60) == 0
     state_after = json.loads(fake_state.read_text())
     assert state_after["limit_mw"] == 700_000  # restored on exit too
     assert 300_000 in state_after["writes"] and state_after["writes"][-1] == 700_000

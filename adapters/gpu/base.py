@@ -61,7 +61,7 @@ THROTTLE_REASON_BITS: tuple[tuple[int, str], ...] = (
 
 
 def bundled_data_path(name: str) -> Path:
-    """A file of measured H200 facts shipped in ``adapters/gpu/data`` (never ../shared)."""
+    """A file of measured H200 facts shipped in ``adapters/gpu/data``."""
     return Path(__file__).with_name("data") / name
 
 

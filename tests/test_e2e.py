@@ -172,6 +172,17 @@ def test_daemon_serves_champion_and_stops_on_sigterm(tmp_path: Path) -> None:
             timeout=30,
         ).json()
         assert answer["usage"]["completion_tokens"] == 12
+        # the real model streams as it samples (OpenAI client, server-sent events)
+        import openai
+
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused")
+        chunks = list(
+            client.completions.create(
+                model="tiny", prompt="import ", max_tokens=12, temperature=0, stream=True
+            )
+        )
+        streamed = "".join(c.choices[0].text for c in chunks if c.choices)
+        assert streamed == answer["choices"][0]["text"] and len(chunks) > 2
         assert answer["model"] == f"tiny:v{champion}"
 
         wait_for(

@@ -329,3 +329,15 @@ def test_stops_when_target_reached(corpus: dict[str, list[str]], tmp_path: Path)
         ByteLMWorkload().train(
             _request(corpus, tmp_path / "x.pt", params=dict(TINY, target_bpb=3.0))
         )
+
+
+def test_stream_yields_pieces_then_the_same_completion(
+    corpus: dict[str, list[str]], tmp_path: Path
+) -> None:
+    res = ByteLMWorkload().train(_request(corpus, tmp_path / "s.pt"))
+    gen = ByteLMWorkload().load(res.artefact_path)
+    items = list(gen.stream("def ", 24, temperature=0.8, seed=3))
+    *pieces, final = items
+    assert all(isinstance(p, str) and p for p in pieces)
+    assert final == gen.generate("def ", 24, temperature=0.8, seed=3)
+    assert "".join(pieces) == final.text and final.completion_tokens == 24

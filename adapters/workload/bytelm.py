@@ -8,6 +8,7 @@ train it on a CPU in tests and on a GPU in production with the same code.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import math
 import os
@@ -419,6 +420,18 @@ class ByteLMGenerator:
         self, prompt: str, max_tokens: int, temperature: float = 1.0, seed: int | None = None
     ) -> Completion:
         """Sample ``max_tokens`` bytes after the prompt (greedy when ``temperature <= 0``)."""
+        for item in self.stream(prompt, max_tokens, temperature=temperature, seed=seed):
+            if isinstance(item, Completion):
+                return item
+        raise RuntimeError("stream ended without its completion")  # pragma: no cover
+
+    def stream(
+        self, prompt: str, max_tokens: int, temperature: float = 1.0, seed: int | None = None
+    ) -> Iterator[str | Completion]:
+        """Yield text as it is sampled (whole UTF-8 characters only), then the Completion.
+
+        The serving layer sends each piece to a streaming client as soon as it exists.
+        """
         if max_tokens < 0:
             raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
         prompt_bytes = prompt.encode("utf-8")
@@ -430,7 +443,9 @@ class ByteLMGenerator:
         # An empty prompt starts from a paragraph break, the same boundary seen in training.
         history = list(prompt_bytes[-self._context :]) or [_FILE_SEPARATOR[0]]
         window = torch.tensor([history], dtype=torch.long)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         out = bytearray()
+        text: list[str] = []
         with torch.inference_mode():
             for _ in range(max_tokens):
                 logits = self._model(window, last_only=True)[0, -1].float()
@@ -440,10 +455,18 @@ class ByteLMGenerator:
                     probs = torch.softmax(logits / temperature, dim=-1)
                     nxt = int(torch.multinomial(probs, 1, generator=rng))
                 out.append(nxt)
+                piece = decoder.decode(bytes([nxt]))
+                if piece:
+                    text.append(piece)
+                    yield piece
                 step = torch.tensor([[nxt]], dtype=torch.long)
                 window = torch.cat((window, step), dim=1)[:, -self._context :]
-        return Completion(
-            text=out.decode("utf-8", errors="replace"),
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            text.append(tail)
+            yield tail
+        yield Completion(
+            text="".join(text),
             prompt_tokens=len(prompt_bytes),
             completion_tokens=len(out),
             finish_reason="length",

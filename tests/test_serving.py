@@ -513,6 +513,15 @@ def test_stream_failures_are_reported_and_counted(server: ServingServer) -> None
             list(stream)
     finally:
         oai.close()
+    # the server finishes its side of a stream (count, close) just after the client has
+    # read the last event: give it a moment rather than race it
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and not (
+        server.metrics().get(2, {}).get("failures") == 1
+        and server.current is not None
+        and server.current.generator.closed.is_set()  # type: ignore[attr-defined]
+    ):
+        time.sleep(0.02)
     metrics = server.metrics()
     for version in (1, 2):
         assert metrics[version]["requests"] == 1

@@ -860,7 +860,3 @@ def _redact(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return url
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)

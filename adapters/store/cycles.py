@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sqlalchemy import func
@@ -139,10 +138,6 @@ class CycleBook:
         with self.store.session() as s:
             s.merge(row)
             s.commit()
-
-    @staticmethod
-    def trial_result(row: TrialRunRow) -> dict[str, Any]:
-        return json.loads(row.result or "{}")
 
     # daemon state -----------------------------------------------------------------------
 

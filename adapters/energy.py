@@ -30,13 +30,13 @@ re-run the window or to re-probe.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
+
+from adapters.gpu.base import GpuError, GpuUnavailableError
 
 __all__ = [
     "EnergyCounterResetError",
@@ -81,18 +81,6 @@ class EnergyMeter(Protocol):
 
 class EnergyMeterError(Exception):
     """Base for energy-meter failures, so callers can catch them in one place."""
-
-
-class GpuUnavailableError(EnergyMeterError):
-    """NVML missing, no driver, no device, or no energy counter.
-
-    ``reason`` is a short tag (usually the pynvml error class name) used in the
-    human one-liner that :func:`probe_energy_meter` returns.
-    """
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 class EnergyCounterResetError(EnergyMeterError):
@@ -176,13 +164,6 @@ def _error_name(err: BaseException) -> str:
     return type(err).__name__
 
 
-def _as_text(value: object) -> str:
-    """pynvml returns bytes in old releases and str in new ones."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
-
-
 class NvmlEnergyMeter:
     """Measured energy: summed NVML energy counters of the chosen GPUs, read at window edges.
 
@@ -199,15 +180,9 @@ class NvmlEnergyMeter:
     def __init__(
         self, device_indices: Sequence[int] | None = None, nvml: Any | None = None
     ) -> None:
-        self._nvml = nvml if nvml is not None else self._import_pynvml()
-        self._error_cls: type[BaseException] = self._nvml.NVMLError
-        self._closed = True
-        try:
-            self._nvml.nvmlInit()
-        except self._error_cls as err:
-            raise GpuUnavailableError(
-                f"NVML could not initialise: {err}", _error_name(err)
-            ) from err
+        from adapters.gpu.nvml import NvmlGpu  # the one place that talks to NVML
+
+        self._gpu = NvmlGpu(nvml=nvml)  # GpuUnavailableError, chained to the vendor error
         self._closed = False
         try:
             self._setup(device_indices)
@@ -215,23 +190,9 @@ class NvmlEnergyMeter:
             self.close()
             raise
 
-    @staticmethod
-    def _import_pynvml() -> Any:
-        """Import lazily so this module loads on machines with no NVIDIA stack at all."""
-        try:
-            return importlib.import_module("pynvml")
-        except ImportError as err:
-            raise GpuUnavailableError(
-                "pynvml (nvidia-ml-py) is not installed", "pynvml not installed"
-            ) from err
-
     def _setup(self, device_indices: Sequence[int] | None) -> None:
         """Resolve devices and prove the energy counter is readable on each."""
-        nvml = self._nvml
-        try:
-            count = int(nvml.nvmlDeviceGetCount())
-        except self._error_cls as err:
-            raise GpuUnavailableError(f"NVML device count failed: {err}", _error_name(err)) from err
+        count = self._gpu.device_count
         if count <= 0:
             raise GpuUnavailableError("NVML reports no GPU devices", "no devices")
         if device_indices is None:
@@ -248,37 +209,31 @@ class NvmlEnergyMeter:
                     f"GPU indices {missing} not present ({count} device(s) visible)",
                     f"no device {missing[0]}",
                 )
-        handles: list[Any] = []
         uuids: list[str] = []
         for index in indices:
             try:
-                handle = nvml.nvmlDeviceGetHandleByIndex(index)
-                uuid = _as_text(nvml.nvmlDeviceGetUUID(handle))
-                nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
-            except self._error_cls as err:
-                raise GpuUnavailableError(
-                    f"GPU {index}: energy counter unavailable: {err}",
-                    f"GPU {index} energy counter: {_error_name(err)}",
-                ) from err
-            handles.append(handle)
-            uuids.append(uuid)
+                uuids.append(self._gpu.uuid(index))
+                self._gpu.energy_j(index)
+            except GpuError as err:
+                raise _unavailable(f"GPU {index}: energy counter unavailable", index, err) from (
+                    err.__cause__ or err
+                )
         self.device_indices: tuple[int, ...] = tuple(indices)
         self.uuids: tuple[str, ...] = tuple(uuids)
-        self._handles = tuple(handles)
         self.source = "nvml:" + ",".join(uuids)
 
     def _read_counters(self) -> tuple[int, ...]:
-        """One counter read per device; vendor errors become GpuUnavailableError."""
+        """One counter read per device, in millijoules; failures become GpuUnavailableError."""
         if self._closed:
             raise RuntimeError("NvmlEnergyMeter is closed")
         values: list[int] = []
-        for index, handle in zip(self.device_indices, self._handles, strict=True):
+        for index in self.device_indices:
             try:
-                values.append(int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(handle)))
-            except self._error_cls as err:
-                raise GpuUnavailableError(
-                    f"GPU {index}: energy counter read failed: {err}", _error_name(err)
-                ) from err
+                values.append(round(self._gpu.energy_j(index) * 1000.0))
+            except GpuError as err:
+                raise _unavailable(f"GPU {index}: energy counter read failed", index, err) from (
+                    err.__cause__ or err
+                )
         return tuple(values)
 
     def begin(self) -> object:
@@ -317,18 +272,19 @@ class NvmlEnergyMeter:
 
     def close(self) -> None:
         """Shut NVML down exactly once; later calls do nothing."""
-        if self._closed:
-            return
         self._closed = True
-        # Shutdown failures leave nothing for the caller to fix; the handle is gone either way.
-        with contextlib.suppress(self._error_cls):
-            self._nvml.nvmlShutdown()
+        self._gpu.close()
 
     def __enter__(self) -> NvmlEnergyMeter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _unavailable(what: str, index: int, err: GpuError) -> GpuUnavailableError:
+    vendor = err.__cause__ or err
+    return GpuUnavailableError(f"{what}: {err}", f"GPU {index} {type(vendor).__name__}")
 
 
 def probe_energy_meter(

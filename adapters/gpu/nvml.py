@@ -139,6 +139,18 @@ class NvmlGpu:
 
     # --- observe ---------------------------------------------------------------------------
 
+    @property
+    def device_count(self) -> int:
+        return len(self._handles)
+
+    def uuid(self, index: int) -> str:
+        """One device's UUID, without the rest of its identity (cheap, no power queries)."""
+        handle = self._handle(index)
+        try:
+            return _as_text(self._nvml.nvmlDeviceGetUUID(handle))
+        except self._error as err:
+            raise self._fail(index, "uuid", err) from err
+
     def devices(self) -> list[GpuInfo]:
         """Identity, memory and power-limit range of every device (read once, then cached)."""
         if self._devices is None:

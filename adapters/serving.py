@@ -46,8 +46,10 @@ is sent as a final ``data: {"error": {...}}`` event (which the official clients 
 from __future__ import annotations
 
 import errno
+import hashlib
 import itertools
 import json
+import random
 import socket
 import threading
 import time
@@ -75,6 +77,9 @@ _OWNER = "aifactory"
 #: Piece size, in characters, when a finished text is streamed by a generator without ``stream``.
 _STREAM_PIECE_CHARS = 16
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_WINDOW_MAX_LATENCIES = 50_000
+_WINDOW_MAX_PROMPTS = 512
+_SAMPLED_PROMPT_CHARS = 2048
 
 
 class ServingError(RuntimeError):
@@ -113,11 +118,39 @@ class _VersionStats:
 
 
 @dataclass(frozen=True)
-class _Slot:
-    """What is served right now, plus when it went live (reported as ``created``)."""
+class _Routing:
+    """What is served right now: the champion, optionally a challenger taking ``weight``
+    (0..1) of the requests that name the model without a version, and the share of
+    prompts kept for online scoring. Replaced whole, never mutated, so a request that read
+    it once sees one consistent split."""
 
     model: ServedModel
+    challenger: ServedModel | None = None
+    weight: float = 0.0
+    sample_rate: float = 0.0
     created: int = field(default_factory=lambda: int(time.time()))
+
+    def served(self) -> list[ServedModel]:
+        return [self.model] + ([self.challenger] if self.challenger is not None else [])
+
+
+@dataclass
+class LiveWindow:
+    """Per-version live figures since the previous :meth:`ServingServer.take_window`, and the
+    prompts sampled for scoring by both models (the canary's online loss)."""
+
+    requests: dict[int, int] = field(default_factory=dict)
+    failures: dict[int, int] = field(default_factory=dict)
+    latencies_ms: dict[int, list[float]] = field(default_factory=dict)
+    prompts: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    def add(self, version: int, failed: bool, latency_s: float) -> None:
+        self.requests[version] = self.requests.get(version, 0) + 1
+        self.failures[version] = self.failures.get(version, 0) + int(failed)
+        lat = self.latencies_ms.setdefault(version, [])
+        if len(lat) < _WINDOW_MAX_LATENCIES:
+            lat.append(1000.0 * latency_s)
 
 
 class _StreamOptions(BaseModel):
@@ -137,6 +170,7 @@ class _CompletionRequest(BaseModel):
     n: int = 1
     stream: bool = False
     stream_options: _StreamOptions | None = None
+    user: str | None = None  # during a canary, requests with the same user stay on one model
 
 
 class _ContentPart(BaseModel):
@@ -167,6 +201,7 @@ class _ChatRequest(BaseModel):
     n: int = 1
     stream: bool = False
     stream_options: _StreamOptions | None = None
+    user: str | None = None  # during a canary, requests with the same user stay on one model
 
 
 @dataclass(frozen=True)
@@ -178,6 +213,7 @@ class _Job:
     max_tokens: int
     temperature: float
     seed: int | None
+    sample_rate: float = 0.0
 
 
 class _ApiError(Exception):
@@ -324,7 +360,9 @@ class ServingServer:
         self._requested_port = port
         self._bound_port: int | None = None
         self._max_tokens_limit = max_tokens_limit
-        self._slot: _Slot | None = None
+        self._slot: _Routing | None = None
+        self._window = LiveWindow()
+        self._rng = random.Random()
         self._swap_lock = threading.Lock()
         self._stats: dict[int, _VersionStats] = {}
         self._stats_lock = threading.Lock()
@@ -337,21 +375,56 @@ class ServingServer:
     # ------------------------------------------------------------------ model management
 
     def swap(self, model: ServedModel | None) -> ServedModel | None:
-        """Atomically replace the served model (``None`` stops serving); return the previous one.
+        """Atomically replace the served model (``None`` stops serving) and drop any
+        challenger; return the previous champion.
 
         Requests already running keep the model they captured at their start.
         """
-        new_slot = _Slot(model) if model is not None else None
+        new_slot = _Routing(model) if model is not None else None
         with self._swap_lock:
             previous = self._slot
             self._slot = new_slot
         return previous.model if previous is not None else None
 
+    def route(
+        self,
+        champion: ServedModel,
+        challenger: ServedModel | None,
+        weight_pct: float,
+        sample_rate: float = 0.0,
+    ) -> None:
+        """Split traffic: ``weight_pct`` % of the requests that do not pin a version go to the
+        challenger (canary). Atomic like :meth:`swap`; pinned requests (``model: name:vN``)
+        reach either version while both are served."""
+        if not 0.0 <= weight_pct <= 100.0:
+            raise ValueError(f"weight_pct must be within 0..100, got {weight_pct}")
+        with self._swap_lock:
+            self._slot = _Routing(
+                champion,
+                challenger,
+                weight_pct / 100.0 if challenger is not None else 0.0,
+                sample_rate if challenger is not None else 0.0,
+            )
+
     @property
     def current(self) -> ServedModel | None:
-        """The model new requests will be answered by."""
+        """The champion: what requests get when no challenger takes them."""
         slot = self._slot
         return slot.model if slot is not None else None
+
+    @property
+    def challenger(self) -> tuple[ServedModel, float] | None:
+        """The canary and its share of traffic in % (None without a rollout)."""
+        slot = self._slot
+        if slot is None or slot.challenger is None:
+            return None
+        return slot.challenger, 100.0 * slot.weight
+
+    def take_window(self) -> LiveWindow:
+        """Return the live figures gathered since the last call and start a new window."""
+        with self._stats_lock:
+            window, self._window = self._window, LiveWindow()
+        return window
 
     def metrics(self) -> dict[int, dict[str, float]]:
         """Snapshot of per-version counters, kept across swaps so retired versions stay visible."""
@@ -359,9 +432,19 @@ class ServingServer:
             return {version: stats.as_dict() for version, stats in self._stats.items()}
 
     def _record(
-        self, version: int, completion: Completion | None, latency_s: float, streamed: bool = False
+        self, job: _Job, completion: Completion | None, latency_s: float, streamed: bool = False
     ) -> None:
+        version = job.served.version
         with self._stats_lock:
+            self._window.add(version, completion is None, latency_s)
+            if (
+                completion is not None
+                and job.sample_rate > 0
+                and len(self._window.prompts) < _WINDOW_MAX_PROMPTS
+                and len(job.prompt) >= 8
+                and self._rng.random() < job.sample_rate
+            ):
+                self._window.prompts.append(job.prompt[-_SAMPLED_PROMPT_CHARS:])
             stats = self._stats.setdefault(version, _VersionStats())
             stats.requests += 1
             stats.streamed_requests += int(streamed)
@@ -499,22 +582,25 @@ class ServingServer:
 
         @app.get("/healthz")
         def healthz() -> dict[str, Any]:
-            served = self.current
-            return {"status": "ok", "model": served.model_id if served is not None else None}
+            slot = self._slot
+            body: dict[str, Any] = {
+                "status": "ok",
+                "model": slot.model.model_id if slot is not None else None,
+            }
+            if slot is not None and slot.challenger is not None:
+                body["canary"] = {
+                    "model": slot.challenger.model_id,
+                    "weight_pct": round(100.0 * slot.weight, 3),
+                }
+            return body
 
         @app.get("/v1/models")
         def list_models() -> dict[str, Any]:
             slot = self._slot
-            data = []
-            if slot is not None:
-                data.append(
-                    {
-                        "id": slot.model.model_id,
-                        "object": "model",
-                        "created": slot.created,
-                        "owned_by": _OWNER,
-                    }
-                )
+            data = [
+                {"id": m.model_id, "object": "model", "created": slot.created, "owned_by": _OWNER}
+                for m in (slot.served() if slot is not None else [])
+            ]
             return {"object": "list", "data": data}
 
         # Plain ``def`` endpoints: FastAPI runs them in its thread pool, so generation never
@@ -533,32 +619,55 @@ class ServingServer:
 
     def _job(
         self,
-        slot: _Slot | None,
+        slot: _Routing | None,
         model: str,
         prompt: str,
         max_tokens: int,
         temperature: float,
         seed: int | None,
+        user: str | None = None,
     ) -> _Job:
-        """Bind a validated request to the captured model: 503 if none, 404 if misnamed."""
+        """Bind a validated request to a captured model: 503 if none, 404 if misnamed.
+
+        A request naming a version gets that version; one naming the model alone gets the
+        challenger with the canary's probability (the same answer for the same ``user``)."""
         if slot is None:
             raise _ApiError(503, "No model is being served yet", "server_error", "model_not_loaded")
-        served = slot.model
-        if model not in (served.model_id, served.model_id.split(":", 1)[0]):
+        served: ServedModel | None = None
+        for candidate in slot.served():
+            if model == candidate.model_id:
+                served = candidate
+        if served is None and model == slot.model.model_id.split(":", 1)[0]:
+            served = slot.model
+            if slot.challenger is not None and slot.weight > 0:
+                draw = _user_draw(user) if user else self._rng.random()
+                if draw < slot.weight:
+                    served = slot.challenger
+        if served is None:
+            names = ", ".join(f"'{m.model_id}'" for m in slot.served())
             raise _ApiError(
                 404,
-                f"The model '{model}' does not exist; this server serves '{served.model_id}'",
+                f"The model '{model}' does not exist; this server serves {names}",
                 "invalid_request_error",
                 "model_not_found",
             )
-        return _Job(served, prompt, min(max_tokens, self._max_tokens_limit), temperature, seed)
+        return _Job(
+            served,
+            prompt,
+            min(max_tokens, self._max_tokens_limit),
+            temperature,
+            seed,
+            slot.sample_rate,
+        )
 
     def _complete(self, body: _CompletionRequest) -> dict[str, Any] | StreamingResponse:
         """Answer one completion request on the model captured at its start."""
         slot = self._slot  # read exactly once: this is what makes swap() safe mid-request
         _check_n(body.n)
         prompt = self._single_prompt(body.prompt)
-        job = self._job(slot, body.model, prompt, body.max_tokens, body.temperature, body.seed)
+        job = self._job(
+            slot, body.model, prompt, body.max_tokens, body.temperature, body.seed, body.user
+        )
         if body.stream:
             return self._stream(job, chat=False, options=body.stream_options)
         result = self._generate(job)
@@ -584,7 +693,7 @@ class ServingServer:
         _check_n(body.n)
         prompt = _render_chat(body.messages)
         limit = body.max_completion_tokens or body.max_tokens or self._max_tokens_limit
-        job = self._job(slot, body.model, prompt, limit, body.temperature, body.seed)
+        job = self._job(slot, body.model, prompt, limit, body.temperature, body.seed, body.user)
         if body.stream:
             return self._stream(job, chat=True, options=body.stream_options)
         result = self._generate(job)
@@ -612,9 +721,9 @@ class ServingServer:
                 job.prompt, job.max_tokens, temperature=job.temperature, seed=job.seed
             )
         except Exception as exc:
-            self._record(job.served.version, None, time.perf_counter() - started)
+            self._record(job, None, time.perf_counter() - started)
             raise _generation_failed(exc) from exc
-        self._record(job.served.version, result, time.perf_counter() - started)
+        self._record(job, result, time.perf_counter() - started)
         return result
 
     def _stream(self, job: _Job, chat: bool, options: _StreamOptions | None) -> StreamingResponse:
@@ -645,7 +754,7 @@ class ServingServer:
                 ]
                 items = iter([*pieces, result])
         except Exception as exc:
-            self._record(job.served.version, None, time.perf_counter() - started, streamed=True)
+            self._record(job, None, time.perf_counter() - started, streamed=True)
             if callable(closer):
                 closer()
             raise _generation_failed(exc) from exc
@@ -716,10 +825,10 @@ class ServingServer:
         finally:
             latency = time.perf_counter() - started
             if failed:
-                self._record(job.served.version, None, latency, streamed=True)
+                self._record(job, None, latency, streamed=True)
             else:
                 result = final or self._counted(job, "".join(texts))
-                self._record(job.served.version, result, latency, streamed=True)
+                self._record(job, result, latency, streamed=True)
             if callable(closer):
                 closer()  # stops a native stream early if the client went away
 
@@ -745,6 +854,12 @@ class ServingServer:
                 )
             return prompt[0]
         return prompt
+
+
+def _user_draw(user: str) -> float:
+    """A stable number in [0, 1) per user, so one user's requests stay on one model."""
+    digest = hashlib.blake2b(user.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
 
 
 def _generation_failed(exc: BaseException) -> _ApiError:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from agents.actions import Action
-from policies.model import Policy
+from agents.stats import bootstrap_mean_bounds
+from policies.model import MetricGate, Policy
 
 
 @dataclass(frozen=True)
@@ -21,10 +22,64 @@ class Scores:
     recent_bpb: float
     reference_bpb: float
     recent_chunks: tuple[float, ...] = ()  # per-chunk-group bits/byte, for the paired bootstrap
+    latency_ms_per_token: float | None = None  # measured in the serving runtime
+    tokens_per_joule: float | None = None  # generation; measured or estimated, see figures
 
     @property
     def finite(self) -> bool:
         return math.isfinite(self.recent_bpb) and math.isfinite(self.reference_bpb)
+
+    def metric(self, name: str) -> float | None:
+        value = getattr(self, name, None)
+        return float(value) if value is not None else None
+
+
+_LOWER_IS_BETTER = {"recent_bpb", "reference_bpb", "latency_ms_per_token"}
+
+
+def check_metric_gates(
+    candidate: Scores, champion: Scores | None, gates: dict[str, MetricGate]
+) -> tuple[list[str], dict[str, object]]:
+    """Each declared bound on each metric: (failures, figures). A metric the candidate lacks
+    fails its gate (a gate that cannot be checked must not pass silently); change bounds are
+    skipped without a champion value and say so."""
+    failures: list[str] = []
+    figures: dict[str, object] = {}
+    for name, gate in sorted(gates.items()):
+        value = candidate.metric(name)
+        if value is None or not math.isfinite(value):
+            failures.append(f"{name}: candidate has no measured value")
+            continue
+        figures[f"candidate_{name}"] = round(value, 6)
+        if gate.max is not None and value > gate.max:
+            failures.append(f"{name} {value:.4g} > max {gate.max:.4g}")
+        if gate.min is not None and value < gate.min:
+            failures.append(f"{name} {value:.4g} < min {gate.min:.4g}")
+        base = champion.metric(name) if champion is not None else None
+        changes = (
+            gate.max_increase,
+            gate.max_increase_pct,
+            gate.max_decrease,
+            gate.max_decrease_pct,
+        )
+        if all(c is None for c in changes):
+            continue
+        if base is None or not math.isfinite(base) or base == 0:
+            figures[f"{name}_change"] = "skipped: no champion value"
+            continue
+        delta = value - base
+        pct = 100.0 * delta / abs(base)
+        figures |= {f"champion_{name}": round(base, 6), f"{name}_change_pct": round(pct, 3)}
+        worse = "rises" if name in _LOWER_IS_BETTER else "changes"
+        if gate.max_increase is not None and delta > gate.max_increase:
+            failures.append(f"{name} {worse} by {delta:.4g} > allowed {gate.max_increase:.4g}")
+        if gate.max_increase_pct is not None and pct > gate.max_increase_pct:
+            failures.append(f"{name} {pct:+.2f}% > allowed +{gate.max_increase_pct:.2f}%")
+        if gate.max_decrease is not None and -delta > gate.max_decrease:
+            failures.append(f"{name} falls by {-delta:.4g} > allowed {gate.max_decrease:.4g}")
+        if gate.max_decrease_pct is not None and -pct > gate.max_decrease_pct:
+            failures.append(f"{name} {pct:+.2f}% > allowed -{gate.max_decrease_pct:.2f}%")
+    return failures, figures
 
 
 @dataclass(frozen=True)
@@ -52,9 +107,9 @@ def paired_bootstrap(
     if not np.all(np.isfinite(gain)):
         return None
     base = float(champ.mean())
-    rng = np.random.default_rng(seed)
-    means = gain[rng.integers(0, n, size=(resamples, n))].mean(axis=1)
-    lower = float(np.quantile(means, 1.0 - confidence))
+    lower, _upper = bootstrap_mean_bounds(
+        gain.tolist(), confidence=confidence, resamples=resamples, seed=seed
+    )
     return 100.0 * lower / base, 100.0 * float(gain.mean()) / base
 
 
@@ -127,6 +182,14 @@ def judge(
                 f"reference data regresses {regression:.2f}% > allowed "
                 f"{g.max_reference_regression_pct:.2f}%"
             )
+    metric_failures, metric_figures = check_metric_gates(candidate, champion, dict(g.metrics))
+    failures += metric_failures
+    figures |= metric_figures
+    for name in ("latency_ms_per_token", "tokens_per_joule"):
+        if f"candidate_{name}" not in figures and candidate.metric(name) is not None:
+            figures[f"candidate_{name}"] = round(candidate.metric(name) or 0.0, 6)
+        if champion is not None and champion.metric(name) is not None:
+            figures.setdefault(f"champion_{name}", round(champion.metric(name) or 0.0, 6))
     if failures:
         return _refuse("; ".join(failures), figures)
     if champion_problem is not None:

@@ -100,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--to", type=int)
     rollback.add_argument("--reason", default="operator rollback")
 
+    rollout = sub.add_parser(
+        "rollout", help="show the canary rollout, or `rollout continue|abort --reason ...`"
+    )
+    _common(rollout)
+    rollout.add_argument("action", nargs="?", choices=("show", "continue", "abort"), default="show")
+    rollout.add_argument("--reason", default="")
+    rollout.add_argument("--by", default=None, help="who decides (default: current user)")
+    rollout.add_argument("--json", action="store_true")
+
     for verb in ("approve", "reject"):
         p = sub.add_parser(verb, help=f"{verb} a promotion waiting for a person")
         _common(p)
@@ -168,6 +177,8 @@ def _offline(args: argparse.Namespace, settings: Settings, console: Console) -> 
             return _rollback(args, name, registry, audit, console)
         if args.command in ("approve", "reject"):
             return _decide(args, book, audit, console)
+        if args.command == "rollout":
+            return _rollout(args, name, store, audit, console)
     finally:
         store.dispose()
     return 1
@@ -297,6 +308,7 @@ def _status(
             {"id": a.id, "cycle": a.cycle_id, "version": a.version}
             for a in book.approvals(name, "pending")
         ],
+        "rollout": _active_rollout(store, name),
     }
     if args.json:
         print(json.dumps(out, indent=2, default=str))
@@ -309,6 +321,14 @@ def _status(
         highlight=False,
         markup=False,
     )
+    ro = out["rollout"]
+    if ro:
+        console.print(
+            f"  canary:      v{ro['challenger']} at {ro['weight_pct']:g}% (step {ro['step']}), "
+            f"{ro['status']}" + (f": {ro['reason']}" if ro["status"] == "paused" else ""),
+            highlight=False,
+            markup=False,
+        )
     lc = out["last_cycle"]
     console.print(
         f"  last cycle:  {lc['id'] + ' ' + lc['status'] if lc else 'none'}",
@@ -498,6 +518,23 @@ def _rollback(
     return 0
 
 
+def _active_rollout(store: Any, name: str) -> dict[str, Any] | None:
+    from adapters.store.rollouts import RolloutBook
+
+    row = RolloutBook(store).active(name)
+    if row is None:
+        return None
+    steps = json.loads(row.steps)
+    return {
+        "cycle": row.cycle_id,
+        "challenger": row.challenger_version,
+        "weight_pct": row.weight_pct,
+        "step": f"{row.step + 1}/{len(steps)}",
+        "status": row.status,
+        "reason": row.reason,
+    }
+
+
 def _decide(args: argparse.Namespace, book: Any, audit: Any, console: Console) -> int:
     who = args.by or getpass.getuser()
     approved = args.command == "approve"
@@ -516,6 +553,62 @@ def _decide(args: argparse.Namespace, book: Any, audit: Any, console: Console) -
     )
     console.print(
         f"approval {row.id} {row.status}; the daemon resumes {row.cycle_id} within one tick",
+        highlight=False,
+        markup=False,
+    )
+    return 0
+
+
+def _rollout(args: argparse.Namespace, name: str, store: Any, audit: Any, console: Console) -> int:
+    from adapters.store.rollouts import RolloutBook
+
+    book = RolloutBook(store)
+    if args.action == "show":
+        rows = book.recent(name, 10)
+        if args.json:
+            print(json.dumps([r.model_dump() for r in rows], indent=2, default=str))
+            return 0
+        if not rows:
+            console.print(f"{name}: no rollouts yet", highlight=False, markup=False)
+            return 0
+        table = Table(title=f"{name}: canary rollouts")
+        for col_name in ("cycle", "challenger", "champion", "steps", "step", "weight", "status"):
+            table.add_column(col_name)
+        table.add_column("reason", overflow="fold")
+        for r in rows:
+            steps = json.loads(r.steps)
+            table.add_row(
+                r.cycle_id,
+                f"v{r.challenger_version}",
+                f"v{r.champion_version}" if r.champion_version else "-",
+                ", ".join(f"{w:g}%" for w in steps),
+                f"{r.step + 1}/{len(steps)}",
+                f"{r.weight_pct:g}%",
+                r.status + (f" ({r.decision} asked)" if r.decision else ""),
+                Text(r.reason),
+            )
+        console.print(table)
+        return 0
+    who = args.by or getpass.getuser()
+    if not args.reason:
+        console.print("give --reason: it goes into the audit log", highlight=False, markup=False)
+        return 2
+    try:
+        row = book.decide(name, args.action, who, args.reason)
+    except (LookupError, ValueError) as exc:
+        console.print(exc.args[0] if exc.args else str(exc), highlight=False, markup=False)
+        return 1
+    audit.append(
+        agent="operator",
+        action=f"rollout_{args.action}",
+        outcome="taken",
+        reason=f"{who}: {args.action} the rollout of v{row.challenger_version}: {args.reason}",
+        figures={"version": row.challenger_version, "step": row.step, "by": who},
+        cycle_id=row.cycle_id,
+    )
+    console.print(
+        f"rollout of v{row.challenger_version}: {args.action} recorded; the daemon acts on it "
+        "within one tick",
         highlight=False,
         markup=False,
     )

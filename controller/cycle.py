@@ -11,13 +11,15 @@ step that was in flight) finds its earlier effects instead of repeating them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import statistics
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -35,6 +37,7 @@ from adapters.store.datasets import DataCatalog, DatasetVersion
 from adapters.store.db import Store, utcnow_iso
 from adapters.store.ledger import Ledger, today_utc
 from adapters.store.registry import CHAMPION, ModelRegistry, ModelVersion
+from adapters.store.rollouts import RolloutBook
 from adapters.store.tables import TrialRunRow
 from adapters.workload.protocol import TrainRequest, Workload
 from agents.actions import Action
@@ -55,9 +58,16 @@ from agents.trainer import (
 )
 from controller.ingest import Ingestor
 from controller.progress import ProgressReporter
+from controller.rollout import LiveTraffic, RolloutStage
 from policies.model import PLACEMENT_PARAMS, Policy
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# The evaluator's serving measurement: greedy generations from fixed prompts, alternating
+# candidate and champion; short enough to add about a second per cycle on a small model.
+_SERVING_PROMPTS = ("def ", "import ", "class ", "    return ")
+_SERVING_TOKENS = 32
+_SERVING_ROUNDS = 5
 
 
 class CycleInterrupted(Exception):
@@ -83,6 +93,10 @@ class CycleState(TypedDict, total=False):
     blessed: bool
     approved: bool | None
     promoted: bool
+    rollout: str | None  # running | paused | promoted | rolled_back | aborted
+    canary_step: int
+    canary_extensions: int
+    canary_champion: dict[str, Any]
     stage_s: Annotated[dict[str, float], _merge]
 
 
@@ -111,6 +125,8 @@ class FactoryContext:
     max_power_w: float = 0.0  # P_max for the Zeus-style cost (device maximum or host estimate)
     set_power_limit: Callable[[float, str], str] = lambda watts, key: "no GPU: knob ignored"
     power_knob_problem: str | None = "no GPU adapter"  # None: power limits may be set
+    rollouts: RolloutBook | None = None
+    traffic: LiveTraffic | None = None  # the serving endpoint's live figures (canary)
 
     @property
     def name(self) -> str:
@@ -132,13 +148,18 @@ class FactoryContext:
         v = self.registry.alias(self.name, CHAMPION)
         return self.registry.get(self.name, v) if v is not None else None
 
+    def champion_version(self) -> int | None:
+        return self.registry.alias(self.name, CHAMPION)
+
 
 def _timed(name: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
     def wrap(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
         def node(self: ProductionCycle, state: CycleState) -> dict[str, Any]:
             started = time.perf_counter()
             out = fn(self, state)
-            out["stage_s"] = {name: round(time.perf_counter() - started, 3)}
+            # a node that runs more than once in a cycle (canary steps) adds up its time
+            before = (state.get("stage_s") or {}).get(name, 0.0)
+            out["stage_s"] = {name: round(before + time.perf_counter() - started, 3)}
             return out
 
         node.__name__ = fn.__name__
@@ -152,6 +173,7 @@ class ProductionCycle:
 
     def __init__(self, ctx: FactoryContext) -> None:
         self.ctx = ctx
+        self.rollout = RolloutStage(ctx, CycleInterrupted)
 
     # data ---------------------------------------------------------------------------
 
@@ -816,8 +838,16 @@ class ProductionCycle:
         champion_problem = None
         if champion is not None and (champ is None or not champ.finite):
             champion_problem = problems.get(champion.version, "its scores are not finite")
-        smoke = self._smoke_test(candidate) if cand is not None else "not scored"
         reading = meter.end(window)
+        smoke = "not scored"
+        serving_method = None
+        if cand is not None:
+            served = self._measure_serving(candidate, champion if champ is not None else None)
+            smoke = served.get("problem", "")
+            serving_method = served.get("method")
+            cand = replace(cand, **served.get(candidate.version, {}))
+            if champ is not None and champion is not None:
+                champ = replace(champ, **served.get(champion.version, {}))
         self._book_eval(f"{cid}:eval", cid, tokens, reading)
         verdict = judge(cand, champ, ctx.policy, champion_problem=champion_problem)
         action, blessed = verdict.action, verdict.blessed
@@ -839,6 +869,8 @@ class ProductionCycle:
             "eval_joules": round(reading.joules, 3),
             "energy_method": reading.method,
         }
+        if serving_method:
+            figures["serving_energy_method"] = serving_method
         action = Action(action.agent, action.action, action.outcome, action.reason, figures)
         ctx.record(action, cid, "evaluator:bless")
         ctx.registry.set_verdict(
@@ -850,16 +882,66 @@ class ProductionCycle:
         )
         return {"blessed": blessed}
 
-    def _smoke_test(self, model: ModelVersion) -> str:
-        """Load the candidate the way serving will and ask it something; '' when it answers."""
+    def _measure_serving(
+        self, candidate: ModelVersion, champion: ModelVersion | None
+    ) -> dict[Any, Any]:
+        """Load the candidate the way serving will and ask it test requests (the
+        load-and-query check), then time generation of candidate and champion in alternating
+        rounds so both see the same machine load: {version: {latency_ms_per_token,
+        tokens_per_joule}}, plus "problem" ('' when the candidate answered) and "method"."""
+        ctx = self.ctx
+        out: dict[Any, Any] = {"problem": ""}
+        gens: dict[int, Any] = {}
         try:
-            gen = self.ctx.workload.load(self.ctx.registry.verified_path(model), threads=1)
-            out = gen.generate("def ", max_tokens=8, temperature=0.0, seed=0)
-            if out.completion_tokens <= 0:
-                return "empty completion"
+            gens[candidate.version] = ctx.workload.load(
+                ctx.registry.verified_path(candidate), threads=1
+            )
+            first = gens[candidate.version].generate("def ", max_tokens=8, temperature=0.0, seed=0)
+            if first.completion_tokens <= 0:
+                return {"problem": "empty completion"}
         except Exception as exc:
-            return f"{type(exc).__name__}: {exc}"
-        return ""
+            return {"problem": f"{type(exc).__name__}: {exc}"}
+        if champion is not None:
+            with contextlib.suppress(Exception):  # a broken champion is judged elsewhere
+                gens[champion.version] = ctx.workload.load(
+                    ctx.registry.verified_path(champion), threads=1
+                )
+        meter = HostCpuEnergyMeter(ctx.policy.energy.watts_per_core)
+        per_token: dict[int, list[float]] = {v: [] for v in gens}
+        spent: dict[int, list[float]] = {v: [0.0, 0.0] for v in gens}  # tokens, joules
+        for round_ in range(_SERVING_ROUNDS):
+            for version, gen in gens.items():
+                window = meter.begin()
+                try:
+                    done = gen.generate(
+                        _SERVING_PROMPTS[round_ % len(_SERVING_PROMPTS)],
+                        max_tokens=_SERVING_TOKENS,
+                        temperature=0.0,
+                        seed=round_,
+                    )
+                except Exception as exc:
+                    if version == candidate.version:
+                        return {"problem": f"{type(exc).__name__}: {exc}"}
+                    continue
+                reading = meter.end(window)
+                tokens = max(1, done.completion_tokens)
+                per_token[version].append(1000.0 * reading.seconds / tokens)
+                spent[version][0] += tokens
+                spent[version][1] += reading.joules
+        for version, times in per_token.items():
+            if not times:
+                continue
+            tokens, joules = spent[version]
+            out[version] = {
+                "latency_ms_per_token": statistics.median(times),
+                "tokens_per_joule": tokens / joules if joules > 0 else None,
+            }
+        out["method"] = meter.method
+        for gen in gens.values():
+            close = getattr(gen, "close", None)
+            if callable(close):
+                close()
+        return out
 
     # approval and deployer ------------------------------------------------------------
 
@@ -909,6 +991,16 @@ class ProductionCycle:
             state.get("approved"),
         )
         promoted = False
+        if decision.step == "promote" and candidate is not None and champion is not None:
+            spec = ctx.policy.rollout
+            if spec is not None and ctx.traffic is not None and ctx.rollouts is not None:
+                return self.rollout.begin(cid, candidate, champion.version, decision.action.reason)
+            if spec is not None:
+                reason = "serving is off: no live traffic to run a canary on"
+                decision = replace(
+                    decision,
+                    action=replace(decision.action, reason=f"{decision.action.reason} ({reason})"),
+                )
         if decision.step == "promote" and candidate is not None:
             ctx.registry.promote(
                 ctx.name,
@@ -922,6 +1014,13 @@ class ProductionCycle:
         ctx.record(decision.action, cid, "deployer:promote")
         ctx.reporter.info(f"[deployer] {decision.action.reason}")
         return {"promoted": promoted}
+
+    @_timed("canary")
+    def canary(self, state: CycleState) -> dict[str, Any]:
+        return self.rollout.canary(state)
+
+    def canary_review(self, state: CycleState) -> dict[str, Any]:
+        return self.rollout.canary_review(state)
 
     # report -------------------------------------------------------------------------
 
@@ -1000,6 +1099,8 @@ class ProductionCycle:
         g.add_node("evaluator", self.evaluator)
         g.add_node("approval", self.approval)
         g.add_node("deployer", self.deployer)
+        g.add_node("canary", self.canary)
+        g.add_node("canary_review", self.canary_review)
         g.add_node("report", self.report)
         g.add_edge(START, "data")
         g.add_conditional_edges(
@@ -1017,7 +1118,11 @@ class ProductionCycle:
         )
         g.add_conditional_edges("evaluator", self._after_eval, ["approval", "deployer"])
         g.add_edge("approval", "deployer")
-        g.add_edge("deployer", "report")
+        g.add_conditional_edges("deployer", _after_rollout_step, ["canary", "report"])
+        g.add_conditional_edges(
+            "canary", _after_rollout_step, ["canary", "canary_review", "report"]
+        )
+        g.add_conditional_edges("canary_review", _after_rollout_step, ["canary", "report"])
         g.add_edge("report", END)
         return g.compile(checkpointer=checkpointer)
 
@@ -1025,6 +1130,15 @@ class ProductionCycle:
         if state.get("blessed") and self.ctx.policy.approval == "required":
             return "approval"
         return "deployer"
+
+
+def _after_rollout_step(state: CycleState) -> str:
+    rollout = state.get("rollout")
+    if rollout == "running":
+        return "canary"
+    if rollout == "paused":
+        return "canary_review"
+    return "report"
 
 
 def _iso_to_unix(text: str) -> float:

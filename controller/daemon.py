@@ -42,6 +42,7 @@ from adapters.store.db import Store, utcnow_iso
 from adapters.store.gpu_settings import SqlSettingsJournal
 from adapters.store.ledger import Ledger
 from adapters.store.registry import ModelRegistry
+from adapters.store.rollouts import RolloutBook
 from adapters.telemetry import HostTelemetry
 from adapters.workload.protocol import load_workload
 from agents.energy import PowerRequest, allocate_power_limits
@@ -53,6 +54,8 @@ from policies.loader import PolicyError, load_policy
 from policies.model import Policy
 
 BACKOFF_S = (1.0, 2.0, 3.0, 5.0, 8.0)
+#: LangGraph counts every node run; a canary loops over its steps (and their extensions).
+RECURSION_LIMIT = 1000
 
 
 @dataclass
@@ -124,6 +127,7 @@ class Daemon:
             stop_event=self.stop_event,
             on_champion_changed=self.sync_serving,
             advisor=make_advisor(policy.advisor),
+            rollouts=RolloutBook(store),
         )
 
     def _install_signals(self) -> None:
@@ -242,14 +246,18 @@ class Daemon:
     # serving --------------------------------------------------------------------------
 
     def sync_serving(self) -> None:
-        """Make the server serve what the registry's champion alias says (reconcile)."""
+        """Make the server serve what the registry's champion alias and the active rollout
+        say (reconcile): the champion, and during a canary the challenger at its weight."""
         if self.server is None:
             return
         ctx = self.ctx
         with self._serve_lock:
             champion = ctx.champion()
             current = self.server.current
-            if champion is None or (current is not None and current.version == champion.version):
+            if champion is None:
+                return
+            if current is not None and current.version == champion.version:
+                self._sync_canary(current)
                 return
             try:
                 path = ctx.registry.verified_path(champion)
@@ -287,6 +295,48 @@ class Daemon:
                 policy_version=ctx.policy.version,
             )
             self._say(f"[deployer] serving {ctx.name}:v{champion.version} at {self.server.url}/v1")
+            new = self.server.current
+            if new is not None:
+                self._sync_canary(new)
+
+    def _sync_canary(self, champion: ServedModel) -> None:
+        """Route the active rollout's share of traffic to its challenger (or none)."""
+        assert self.server is not None
+        ctx = self.ctx
+        rollout = ctx.rollouts.active(ctx.name) if ctx.rollouts else None
+        want: tuple[int, float, float] | None = None
+        if rollout is not None and rollout.champion_version == champion.version:
+            want = (rollout.challenger_version, rollout.weight_pct, rollout.loss_sample_rate)
+        have = self.server.challenger
+        if want is None:
+            if have is not None:
+                self.server.swap(champion)
+                self._say(f"[deployer] canary v{have[0].version} out of service")
+            return
+        version, weight, sample_rate = want
+        if have is not None and have[0].version == version:
+            if abs(have[1] - weight) > 1e-9:
+                self.server.route(champion, have[0], weight, sample_rate)
+                self._say(f"[deployer] canary v{version} now takes {weight:g}% of traffic")
+            return
+        model = ctx.registry.get(ctx.name, version)
+        try:
+            assert model is not None, f"no model version {version}"
+            generator = ctx.workload.load(ctx.registry.verified_path(model), threads=1)
+        except Exception as exc:
+            ctx.audit.append(
+                agent="deployer",
+                action="serve",
+                outcome="failed",
+                reason=f"cannot load canary v{version}: {exc}; its share stays on the champion",
+                figures={"version": version},
+                policy_version=ctx.policy.version,
+                key=f"serve-failed:{ctx.name}:canary:{version}",
+            )
+            return
+        served = ServedModel(f"{ctx.name}:v{version}", version, generator)
+        self.server.route(champion, served, weight, sample_rate)
+        self._say(f"[deployer] canary v{version} takes {weight:g}% of traffic")
 
     # watch tick -----------------------------------------------------------------------
 
@@ -300,12 +350,19 @@ class Daemon:
             self.sync_serving()
             ctx = self.ctx
             if not self._busy.is_set() and self.requests.empty():
-                for row in ctx.book.approvals(ctx.name):
-                    if row.status in ("approved", "rejected"):
-                        cyc = ctx.book.get(row.cycle_id)
-                        if cyc is not None and cyc.status == "awaiting_approval":
-                            self.requests.put(("resume", row.cycle_id))
-                            break
+                answered = [
+                    row.cycle_id
+                    for row in ctx.book.approvals(ctx.name)
+                    if row.status in ("approved", "rejected")
+                ]
+                rollout = ctx.rollouts.active(ctx.name) if ctx.rollouts else None
+                if rollout is not None and rollout.status == "paused" and rollout.decision:
+                    answered.append(rollout.cycle_id)
+                for cycle_id in answered:
+                    cyc = ctx.book.get(cycle_id)
+                    if cyc is not None and cyc.status == "awaiting_approval":
+                        self.requests.put(("resume", cycle_id))
+                        break
                 else:
                     completed = ctx.book.completed_count(ctx.name)
                     if not self._awaiting() and ctx.ingestor.pending(ctx.source, completed):
@@ -478,28 +535,18 @@ class Daemon:
             row = ctx.book.get(resume_id)
             if row is None or row.status not in ("running", "awaiting_approval"):
                 return None  # already finished: a duplicate request
-            config: dict[str, Any] = {"configurable": {"thread_id": row.id}}
+            config: dict[str, Any] = {
+                "configurable": {"thread_id": row.id},
+                "recursion_limit": RECURSION_LIMIT,
+            }
             snapshot = graph.get_state(config)
-            answer = next(
-                (
-                    a
-                    for a in ctx.book.approvals(ctx.name)
-                    if a.cycle_id == row.id and a.status in ("approved", "rejected")
-                ),
-                None,
-            )
             if snapshot.next and snapshot.interrupts:
+                answer = self._answer(row.id, snapshot.interrupts)
                 if answer is None:
                     if row.status != "awaiting_approval":
                         ctx.book.finish(row.id, "awaiting_approval", {})
                     return CycleRun(row.id, trigger, "awaiting_approval")
-                payload: Any = Command(
-                    resume={
-                        "approved": answer.status == "approved",
-                        "by": answer.decided_by,
-                        "reason": answer.reason,
-                    }
-                )
+                payload: Any = Command(resume=answer)
             elif snapshot.next:
                 payload = None
             elif snapshot.values:
@@ -523,9 +570,8 @@ class Daemon:
             trigger = row.trigger
         else:
             row = ctx.book.start(ctx.name, ctx.policy.version, trigger)
-            config = {"configurable": {"thread_id": row.id}}
+            config = {"configurable": {"thread_id": row.id}, "recursion_limit": RECURSION_LIMIT}
             payload = {"cycle_id": row.id, "trigger": trigger}
-            answer = None
             ctx.audit.append(
                 agent="controller",
                 action="start_cycle",
@@ -560,6 +606,36 @@ class Daemon:
             self._say(f"[daemon] {row.id} awaits approval (aifactory status shows the id)")
             return CycleRun(row.id, trigger, "awaiting_approval")
         return self._finish(row.id, trigger, result)
+
+    def _answer(self, cycle_id: str, interrupts: Any) -> dict[str, Any] | None:
+        """A person's answer to the cycle's pending interrupt: a promotion approval or a
+        paused canary step (None while nobody has answered)."""
+        ctx = self.ctx
+        kinds = {getattr(i, "value", {}).get("kind", "approval") for i in interrupts}
+        if "canary" in kinds:
+            rollout = ctx.rollouts.for_cycle(cycle_id) if ctx.rollouts else None
+            if rollout is None or rollout.decision is None:
+                return None
+            return {
+                "approved": rollout.decision == "continue",
+                "by": rollout.decided_by,
+                "reason": rollout.decision_reason,
+            }
+        answer = next(
+            (
+                a
+                for a in ctx.book.approvals(ctx.name)
+                if a.cycle_id == cycle_id and a.status in ("approved", "rejected")
+            ),
+            None,
+        )
+        if answer is None:
+            return None
+        return {
+            "approved": answer.status == "approved",
+            "by": answer.decided_by,
+            "reason": answer.reason,
+        }
 
     def _cycle_failed(self, cycle_id: str, trigger: str, exc: Exception) -> CycleRun | None:
         """A failed step is retried from its checkpoint with backoff; then the cycle fails."""
@@ -698,6 +774,7 @@ class Daemon:
             except ServingError as exc:
                 self._say(f"[serving] {exc}")
                 return 3
+            ctx.traffic = self.server
             self.sync_serving()
         ctx.book.publish_state(policy.name, started_at=utcnow_iso(), energy_source=energy_note)
         self.scheduler = BackgroundScheduler(timezone=UTC)

@@ -232,6 +232,37 @@ class GatePolicy(_Strict):
         default=5.0, ge=0, description="Allowed loss of quality on reference data, %."
     )
     bootstrap: BootstrapGate = Field(default_factory=lambda: BootstrapGate())
+    metrics: dict[GateMetric, MetricGate] = Field(
+        default_factory=dict,
+        description="Further thresholds per metric: absolute bounds and changes against the "
+        "champion (absolute and relative). Serving figures are measured by the evaluator.",
+    )
+
+
+GateMetric = Literal["recent_bpb", "reference_bpb", "latency_ms_per_token", "tokens_per_joule"]
+
+
+class MetricGate(_Strict):
+    """Bounds on one metric of the candidate. Absolute: `max`/`min`. Against the champion:
+    `max_increase`/`max_decrease` in the metric's unit, `*_pct` in % of the champion's value.
+    Lower is better for bits/byte and latency, higher for tokens per joule; give the bounds
+    that make sense for the metric (any combination is checked as written)."""
+
+    max: float | None = None
+    min: float | None = None
+    max_increase: float | None = Field(default=None, ge=0)
+    max_increase_pct: float | None = Field(default=None, ge=0)
+    max_decrease: float | None = Field(default=None, ge=0)
+    max_decrease_pct: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> MetricGate:
+        if all(v is None for v in self.model_dump().values()):
+            raise ValueError(
+                "give at least one of max, min, max_increase, max_increase_pct, "
+                "max_decrease, max_decrease_pct"
+            )
+        return self
 
 
 class BootstrapGate(_Strict):
@@ -303,6 +334,49 @@ class ServingPolicy(_Strict):
     max_tokens: int = Field(default=256, gt=0)
 
 
+class RolloutPolicy(_Strict):
+    """Canary rollout: the challenger takes `steps` percent of live traffic in turn, each held
+    for `step_interval_s` while its live figures are compared with the champion's."""
+
+    steps: list[Annotated[float, Field(gt=0, le=100)]] = Field(
+        default_factory=lambda: [10.0, 50.0, 100.0], min_length=1
+    )
+    step_interval_s: float = Field(default=60.0, gt=0)
+    min_requests: int = Field(
+        default=20, ge=1, description="Challenger requests a step needs to be judged."
+    )
+    max_error_rate_pct: float = Field(
+        default=1.0, ge=0, le=100, description="Failure limit: challenger's failed requests, %."
+    )
+    max_error_rate_increase_pct: float = Field(
+        default=0.5, ge=0, description="Allowed rise of the error rate over the champion's, points."
+    )
+    max_latency_p99_increase_pct: float = Field(
+        default=50.0, ge=0, description="Allowed rise of p99 latency over the champion's, %."
+    )
+    max_latency_p99_ms: float | None = Field(default=None, gt=0)
+    loss_sample_rate: float = Field(
+        default=0.25, ge=0, le=1, description="Share of live prompts scored by both models."
+    )
+    min_loss_samples: int = Field(default=8, ge=1)
+    max_online_loss_increase_pct: float = Field(
+        default=2.0, ge=0, description="Allowed rise of bits/byte on live prompts, %."
+    )
+    confidence: float = Field(default=0.9, gt=0.5, lt=1)
+    on_inconclusive: Literal["pause", "extend", "rollback", "proceed"] = Field(
+        default="pause",
+        description="pause: wait for `aifactory rollout continue|abort`; extend: hold the step "
+        "again (up to max_extensions, then pause); rollback; proceed (trust the offline gates).",
+    )
+    max_extensions: int = Field(default=2, ge=0)
+
+    @model_validator(mode="after")
+    def _rising(self) -> RolloutPolicy:
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
+            raise ValueError("steps must rise (for example [10, 50, 100])")
+        return self
+
+
 class Policy(_Strict):
     """One production line: what to train, on what, within which limits, and when to ship."""
 
@@ -316,6 +390,11 @@ class Policy(_Strict):
     approval: Literal["auto", "required"] = "auto"
     energy: EnergyPolicy = Field(default_factory=EnergyPolicy)
     serving: ServingPolicy = Field(default_factory=ServingPolicy)
+    rollout: RolloutPolicy | None = Field(
+        default=None,
+        description="Canary rollout after blessing; without it a blessed model is promoted "
+        "at once.",
+    )
     advisor: AdvisorPolicy | None = None
 
     def canonical_json(self) -> str:

@@ -177,6 +177,17 @@ class ModelRegistry:
             s.add(row)
             s.commit()
 
+    def set_status(self, policy_name: str, version: int, status: str) -> None:
+        """Change a version's standing (e.g. `rolled_back` after a failed canary), keeping
+        its evaluation figures."""
+        with self.store.session() as s:
+            row = self._row(s, policy_name, version)
+            if row is None:
+                raise KeyError(f"no model version {version} for {policy_name}")
+            row.status = status
+            s.add(row)
+            s.commit()
+
     def verified_path(self, model: ModelVersion) -> str:
         """The artefact path, after checking it still has the checksum it was registered with."""
         path = Path(model.artefact_path)
@@ -234,6 +245,29 @@ class ModelRegistry:
             if s.exec(select(AliasMoveRow).where(AliasMoveRow.idem_key == key)).first():
                 return
             self._move(s, policy_name, CHALLENGER, version, by, reason, key)
+            s.commit()
+
+    def clear_challenger(self, policy_name: str, *, by: str, reason: str, key: str) -> None:
+        """The challenger leaves service (promoted or rolled back); recorded in alias history."""
+        with self.store.session() as s:
+            if s.exec(select(AliasMoveRow).where(AliasMoveRow.idem_key == key)).first():
+                return
+            row = s.get(AliasRow, (policy_name, CHALLENGER))
+            if row is None:
+                return
+            s.delete(row)
+            s.add(
+                AliasMoveRow(
+                    policy_name=policy_name,
+                    alias=CHALLENGER,
+                    from_version=row.version,
+                    to_version=None,
+                    at=utcnow_iso(),
+                    by=by,
+                    reason=reason,
+                    idem_key=key,
+                )
+            )
             s.commit()
 
     def rollback(

@@ -203,6 +203,32 @@ class ApprovalRow(SQLModel, table=True):
     reason: str = ""
 
 
+class RolloutRow(SQLModel, table=True):
+    """A canary rollout: the desired traffic split serving follows, and where it stands.
+
+    status: running | paused (waits for a person) | promoted | rolled_back | aborted.
+    A person's answer to a paused step is `decision` (continue | abort) until consumed.
+    """
+
+    __tablename__ = "af_rollout"
+    id: int | None = Field(default=None, primary_key=True)
+    policy_name: str = Field(index=True, max_length=64)
+    cycle_id: str = Field(unique=True, max_length=64)
+    champion_version: int | None = None
+    challenger_version: int
+    steps: str = Field(sa_column=_text())  # JSON list of percentages
+    step: int = 0
+    weight_pct: float = 0.0
+    loss_sample_rate: float = 0.0
+    status: str = Field(default="running", max_length=32)
+    reason: str = ""
+    decision: str | None = Field(default=None, max_length=32)
+    decided_by: str = ""
+    decision_reason: str = ""
+    started_at: str = ""
+    updated_at: str = ""
+
+
 class ParetoPointRow(SQLModel, table=True):
     """Each cycle's trials on the quality/energy plane; `on_front` marks the Pareto front."""
 

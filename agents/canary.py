@@ -1,0 +1,208 @@
+"""Canary agent (decide side): judge one rollout step on live traffic, then say what's next.
+
+Pure: the rollout node collects what each version saw during the step (requests, failures,
+latencies) and the two models' bits/byte on the same sampled live prompts; these
+functions compare challenger with champion under the policy's limits and return an action
+with every figure it used. Three outcomes, as in progressive-delivery tools: *pass* (every
+check has enough evidence and clears its limit), *fail* (a limit is crossed: roll back) and
+*inconclusive* (too little evidence to say either).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from agents.actions import Action
+from agents.stats import bootstrap_mean_bounds, percentile
+from policies.model import RolloutPolicy
+
+StepOutcome = Literal["pass", "fail", "inconclusive"]
+NextMove = Literal["advance", "promote", "rollback", "pause", "extend"]
+
+
+@dataclass(frozen=True)
+class LiveFigures:
+    """What one model version saw from live traffic during a window."""
+
+    requests: int = 0
+    failures: int = 0
+    latencies_ms: tuple[float, ...] = ()
+
+    @property
+    def error_rate_pct(self) -> float:
+        return 100.0 * self.failures / self.requests if self.requests else 0.0
+
+    def merged(self, other: LiveFigures) -> LiveFigures:
+        return LiveFigures(
+            self.requests + other.requests,
+            self.failures + other.failures,
+            self.latencies_ms + other.latencies_ms,
+        )
+
+
+@dataclass(frozen=True)
+class StepVerdict:
+    outcome: StepOutcome
+    action: Action
+
+
+def judge_step(
+    *,
+    step: int,
+    weight_pct: float,
+    champion: LiveFigures,
+    challenger: LiveFigures,
+    champion_so_far: LiveFigures,
+    paired_loss: list[tuple[float, float]],
+    policy: RolloutPolicy,
+    seed: int = 0,
+) -> StepVerdict:
+    """Compare the challenger's step with the champion's.
+
+    `champion_so_far` is the champion's traffic over the whole rollout, used for latency
+    and error rate when its own share of this step is too small (at 100% it has none).
+    `paired_loss` holds (champion, challenger) bits/byte on the same sampled prompts.
+    """
+    failed: list[str] = []
+    unknown: list[str] = []
+    ref = champion if champion.requests >= policy.min_requests else champion_so_far
+    figures: dict[str, object] = {
+        "step": step,
+        "weight_pct": weight_pct,
+        "challenger_requests": challenger.requests,
+        "challenger_failures": challenger.failures,
+        "champion_requests": champion.requests,
+        "champion_failures": champion.failures,
+        "champion_reference": "this step" if ref is champion else "rollout so far",
+    }
+
+    # errors: the failure limit holds even before there is enough traffic to judge the rest
+    err = challenger.error_rate_pct
+    figures["challenger_error_rate_pct"] = round(err, 3)
+    allowed_failures = (
+        policy.max_error_rate_pct / 100.0 * max(challenger.requests, policy.min_requests)
+    )
+    if challenger.failures > allowed_failures:
+        failed.append(
+            f"error rate {err:.2f}% ({challenger.failures}/{challenger.requests}) > limit "
+            f"{policy.max_error_rate_pct:.2f}%"
+        )
+    if challenger.requests < policy.min_requests:
+        unknown.append(f"{challenger.requests} challenger requests < {policy.min_requests} needed")
+    elif ref.requests >= policy.min_requests:
+        champ_err = ref.error_rate_pct
+        figures["champion_error_rate_pct"] = round(champ_err, 3)
+        if err - champ_err > policy.max_error_rate_increase_pct and not failed:
+            failed.append(
+                f"error rate {err:.2f}% exceeds the champion's {champ_err:.2f}% by more than "
+                f"{policy.max_error_rate_increase_pct:.2f} points"
+            )
+
+    # latency p99
+    p99 = percentile(challenger.latencies_ms, 99)
+    ref_p99 = percentile(ref.latencies_ms, 99)
+    figures |= {
+        "challenger_p50_ms": _r(percentile(challenger.latencies_ms, 50)),
+        "challenger_p99_ms": _r(p99),
+        "champion_p50_ms": _r(percentile(ref.latencies_ms, 50)),
+        "champion_p99_ms": _r(ref_p99),
+    }
+    if (
+        p99 is not None
+        and policy.max_latency_p99_ms is not None
+        and p99 > policy.max_latency_p99_ms
+    ):
+        failed.append(f"p99 latency {p99:.0f} ms > limit {policy.max_latency_p99_ms:.0f} ms")
+    if challenger.requests >= policy.min_requests and p99 is not None:
+        if ref.requests >= policy.min_requests and ref_p99:
+            rise = 100.0 * (p99 - ref_p99) / ref_p99
+            figures["latency_p99_change_pct"] = round(rise, 2)
+            if rise > policy.max_latency_p99_increase_pct:
+                failed.append(
+                    f"p99 latency {p99:.0f} ms is {rise:+.0f}% against the champion's "
+                    f"{ref_p99:.0f} ms (limit +{policy.max_latency_p99_increase_pct:.0f}%)"
+                )
+        else:
+            unknown.append("no champion traffic to compare latency with")
+
+    # online loss on the same sampled live prompts
+    if policy.loss_sample_rate > 0:
+        n = len(paired_loss)
+        figures["loss_samples"] = n
+        if n < policy.min_loss_samples:
+            unknown.append(f"{n} sampled prompts scored < {policy.min_loss_samples} needed")
+        else:
+            base = sum(c for c, _ in paired_loss) / n
+            change = [100.0 * (ch - c) / base for c, ch in paired_loss]
+            mean = sum(change) / n
+            lo, hi = bootstrap_mean_bounds(
+                change, confidence=policy.confidence, resamples=2000, seed=seed
+            )
+            limit = policy.max_online_loss_increase_pct
+            figures |= {
+                "champion_online_bpb": round(base, 5),
+                "challenger_online_bpb": round(sum(ch for _, ch in paired_loss) / n, 5),
+                "online_loss_change_pct": round(mean, 3),
+                "online_loss_change_bounds_pct": [round(lo, 3), round(hi, 3)],
+                "confidence": policy.confidence,
+            }
+            if lo > limit:
+                failed.append(
+                    f"online loss {mean:+.2f}% on {n} live prompts (bounds {lo:+.2f}%..{hi:+.2f}%) "
+                    f"> limit +{limit:.2f}%"
+                )
+            elif hi > limit:
+                unknown.append(
+                    f"online loss {mean:+.2f}% on {n} live prompts: bounds {lo:+.2f}%..{hi:+.2f}% "
+                    f"straddle the limit +{limit:.2f}%"
+                )
+            else:
+                figures["online_loss_ok"] = True
+
+    where = f"step {step + 1} ({weight_pct:g}% of traffic)"
+    if failed:
+        return StepVerdict(
+            "fail",
+            Action("deployer", "canary_step", "refused", f"{where}: " + "; ".join(failed), figures),
+        )
+    if unknown:
+        return StepVerdict(
+            "inconclusive",
+            Action(
+                "deployer",
+                "canary_step",
+                "deferred",
+                f"{where} inconclusive: " + "; ".join(unknown),
+                figures,
+            ),
+        )
+    summary = f"{challenger.requests} requests, {err:.2f}% errors"
+    if "latency_p99_change_pct" in figures:
+        summary += f", p99 {figures['latency_p99_change_pct']:+.0f}% vs champion"
+    if "online_loss_change_pct" in figures:
+        summary += f", online loss {figures['online_loss_change_pct']:+.2f}%"
+    return StepVerdict(
+        "pass", Action("deployer", "canary_step", "taken", f"{where} passed: {summary}", figures)
+    )
+
+
+def next_move(
+    outcome: StepOutcome, *, step: int, n_steps: int, extensions: int, policy: RolloutPolicy
+) -> NextMove:
+    """What follows a judged step: the last passing step promotes; a failure rolls back;
+    an inconclusive step follows the policy (extend falls back to pause when used up)."""
+    if outcome == "fail":
+        return "rollback"
+    if outcome == "pass":
+        return "promote" if step + 1 >= n_steps else "advance"
+    rule = policy.on_inconclusive
+    if rule == "extend":
+        return "extend" if extensions < policy.max_extensions else "pause"
+    if rule == "proceed":
+        return "promote" if step + 1 >= n_steps else "advance"
+    return rule
+
+
+def _r(value: float | None) -> float | None:
+    return round(value, 2) if value is not None else None

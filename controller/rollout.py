@@ -1,0 +1,337 @@
+"""Canary rollout: the graph nodes that move live traffic to a blessed challenger in steps.
+
+Each step is one pass through the ``canary`` node: write the step's weight into the
+rollout row (desired state, which serving follows), hold it for the policy's interval,
+then judge what the step's live traffic showed (``agents.canary.judge_step``). A pass
+advances (or promotes after the last step), a failure rolls back, an inconclusive step
+extends, pauses for a person (``canary_review``: a LangGraph interrupt, persisted by the
+checkpointer, answered by ``aifactory rollout continue|abort``) or follows the policy.
+A daemon stopped mid-step resumes that step from its start: the window restarts, nothing
+is applied twice (every side effect is keyed by the cycle and step).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from langgraph.types import interrupt
+
+from adapters.store.registry import ModelVersion
+from agents.actions import Action
+from agents.canary import LiveFigures, judge_step, next_move
+
+if TYPE_CHECKING:
+    from adapters.serving import LiveWindow
+    from controller.cycle import CycleState, FactoryContext
+
+#: Most sampled prompts scored per step (both models score each one).
+MAX_SCORED_PROMPTS = 200
+#: Champion latencies kept across steps (the reference when it gets no traffic of its own).
+MAX_KEPT_LATENCIES = 5000
+_POLL_S = 0.5
+FINAL = ("promoted", "rolled_back", "aborted")
+
+
+class LiveTraffic(Protocol):
+    """What the rollout reads from serving: the live figures since the last call."""
+
+    def take_window(self) -> LiveWindow: ...
+
+
+class RolloutStage:
+    """The ``canary`` and ``canary_review`` nodes of the production cycle."""
+
+    def __init__(self, ctx: FactoryContext, interrupted: type[Exception]) -> None:
+        self.ctx = ctx
+        self._interrupted = interrupted
+
+    # deployer hand-over ------------------------------------------------------------------
+
+    def begin(self, cid: str, candidate: int, champion: int, reason: str) -> dict[str, Any]:
+        """Make the blessed candidate the challenger and open the cycle's rollout."""
+        ctx = self.ctx
+        spec = ctx.policy.rollout
+        assert spec is not None
+        ctx.registry.set_challenger(
+            ctx.name, candidate, by="deployer-agent", reason=reason, key=f"{cid}:challenger"
+        )
+        ctx.rollouts.start(
+            ctx.name,
+            cid,
+            champion=champion,
+            challenger=candidate,
+            steps=list(spec.steps),
+            loss_sample_rate=spec.loss_sample_rate,
+        )
+        ctx.record(
+            Action(
+                "deployer",
+                "canary_start",
+                "taken",
+                f"v{candidate} is blessed; canary against v{champion} in steps "
+                + ", ".join(f"{w:g}%" for w in spec.steps)
+                + f", {spec.step_interval_s:g} s each",
+                {
+                    "candidate": candidate,
+                    "champion": champion,
+                    "steps": list(spec.steps),
+                    "step_interval_s": spec.step_interval_s,
+                    "loss_sample_rate": spec.loss_sample_rate,
+                },
+            ),
+            cid,
+            "deployer:canary_start",
+        )
+        ctx.reporter.info(f"[deployer] canary of v{candidate} starts")
+        return {"rollout": "running", "canary_step": 0, "canary_extensions": 0}
+
+    # canary ----------------------------------------------------------------------------
+
+    def canary(self, state: CycleState) -> dict[str, Any]:
+        ctx, cid = self.ctx, state["cycle_id"]
+        row = ctx.rollouts.for_cycle(cid)
+        assert row is not None
+        if row.status in FINAL:  # finished before a crash cut off the checkpoint
+            return {"rollout": row.status, "promoted": row.status == "promoted"}
+        steps: list[float] = json.loads(row.steps)
+        step = int(state.get("canary_step") or 0)
+        extensions = int(state.get("canary_extensions") or 0)
+        weight = steps[step]
+        spec = ctx.policy.rollout
+        if spec is None or ctx.traffic is None:  # the policy or the daemon changed meanwhile
+            why = "serving is off" if spec is not None else "the policy no longer asks for one"
+            return self._promote(cid, row.challenger_version, f"canary ended: {why}")
+        ctx.rollouts.update(cid, step=step, weight_pct=weight, status="running")
+        ctx.on_champion_changed()
+        ctx.traffic.take_window()  # what came before this step is not its evidence
+        ctx.reporter.info(
+            f"[deployer] canary step {step + 1}/{len(steps)}: v{row.challenger_version} takes "
+            f"{weight:g}% for {spec.step_interval_s:g} s"
+            + (f" (extension {extensions})" if extensions else "")
+        )
+        deadline = time.monotonic() + spec.step_interval_s
+        while time.monotonic() < deadline:
+            if ctx.stop_event.wait(min(_POLL_S, max(0.0, deadline - time.monotonic()))):
+                raise self._interrupted(f"{cid}:canary:{step}")
+            current = ctx.rollouts.for_cycle(cid)
+            if current is not None and current.decision == "abort":
+                return self._roll_back(
+                    cid,
+                    row.challenger_version,
+                    f"aborted by {current.decided_by}: {current.decision_reason}",
+                    {"step": step, "weight_pct": weight, "by": current.decided_by},
+                    outcome="aborted",
+                )
+            if ctx.champion_version() != row.champion_version:
+                return self._roll_back(
+                    cid,
+                    row.challenger_version,
+                    "the champion was changed by someone else during the rollout",
+                    {"step": step, "weight_pct": weight},
+                    outcome="aborted",
+                )
+        window = ctx.traffic.take_window()
+        champion = _figures(window, row.champion_version)
+        challenger = _figures(window, row.challenger_version)
+        so_far = _kept(state.get("canary_champion")).merged(champion)
+        pairs = self._score_prompts(window.prompts, row.champion_version, row.challenger_version)
+        verdict = judge_step(
+            step=step,
+            weight_pct=weight,
+            champion=champion,
+            challenger=challenger,
+            champion_so_far=so_far,
+            paired_loss=pairs,
+            policy=spec,
+            seed=step,
+        )
+        action = verdict.action
+        action = Action(
+            action.agent,
+            action.action,
+            action.outcome,
+            action.reason,
+            action.figures
+            | {
+                "candidate": row.challenger_version,
+                "champion": row.champion_version,
+                "window_s": round(time.monotonic() - window.started, 1),
+                "extension": extensions,
+            },
+        )
+        ctx.record(action, cid, f"canary:step{step}:{extensions}")
+        ctx.reporter.info(f"[deployer] {action.reason}")
+        kept = {
+            "requests": so_far.requests,
+            "failures": so_far.failures,
+            "latencies_ms": list(so_far.latencies_ms[-MAX_KEPT_LATENCIES:]),
+        }
+        move = next_move(
+            verdict.outcome, step=step, n_steps=len(steps), extensions=extensions, policy=spec
+        )
+        base: dict[str, Any] = {"canary_champion": kept}
+        if move == "advance":
+            return base | {"canary_step": step + 1, "canary_extensions": 0}
+        if move == "extend":
+            return base | {"canary_extensions": extensions + 1}
+        if move == "promote":
+            return base | self._promote(cid, row.challenger_version, action.reason)
+        if move == "rollback":
+            return base | self._roll_back(
+                cid, row.challenger_version, action.reason, action.figures
+            )
+        ctx.rollouts.update(cid, status="paused", reason=action.reason)
+        ctx.record(
+            Action(
+                "deployer",
+                "canary_pause",
+                "deferred",
+                f"v{row.challenger_version} holds {weight:g}% of traffic and waits for a "
+                "person: `aifactory rollout continue --reason ...` or "
+                "`aifactory rollout abort --reason ...`",
+                {"step": step, "weight_pct": weight, "candidate": row.challenger_version},
+            ),
+            cid,
+            f"canary:pause{step}:{extensions}",
+        )
+        return base | {"rollout": "paused"}
+
+    def canary_review(self, state: CycleState) -> dict[str, Any]:
+        """Wait for a person's answer to a paused step (an interrupt that survives restarts)."""
+        ctx, cid = self.ctx, state["cycle_id"]
+        row = ctx.rollouts.for_cycle(cid)
+        assert row is not None
+        step = int(state.get("canary_step") or 0)
+        answer = interrupt(
+            {"kind": "canary", "step": step, "candidate_version": row.challenger_version}
+        )
+        row = ctx.rollouts.for_cycle(cid)
+        assert row is not None
+        if row.status in FINAL:
+            return {"rollout": row.status, "promoted": row.status == "promoted"}
+        by, reason = str(answer.get("by", "?")), str(answer.get("reason", ""))
+        steps: list[float] = json.loads(row.steps)
+        ctx.rollouts.update(cid, status="running", clear_decision=True)
+        figures = {"step": step, "by": by, "reason": reason, "candidate": row.challenger_version}
+        if not answer.get("approved"):
+            return self._roll_back(
+                cid, row.challenger_version, f"aborted by {by}: {reason}", figures, "aborted"
+            )
+        ctx.record(
+            Action("deployer", "canary_continue", "taken", f"continued by {by}: {reason}", figures),
+            cid,
+            f"canary:continue{step}",
+        )
+        if step + 1 >= len(steps):
+            return self._promote(cid, row.challenger_version, f"last step approved by {by}")
+        return {"rollout": "running", "canary_step": step + 1, "canary_extensions": 0}
+
+    # outcomes --------------------------------------------------------------------------
+
+    def _promote(self, cid: str, version: int, reason: str) -> dict[str, Any]:
+        ctx = self.ctx
+        ctx.registry.promote(
+            ctx.name, version, by="deployer-agent", reason=reason, key=f"{cid}:promote"
+        )
+        ctx.registry.clear_challenger(
+            ctx.name, by="deployer-agent", reason="promoted", key=f"{cid}:challenger-cleared"
+        )
+        ctx.rollouts.update(cid, status="promoted", weight_pct=100.0, reason=reason)
+        ctx.on_champion_changed()
+        ctx.record(
+            Action(
+                "deployer",
+                "promote",
+                "taken",
+                f"v{version} passed every canary step; now the champion",
+                {"candidate": version},
+            ),
+            cid,
+            "deployer:promote",
+        )
+        ctx.reporter.info(f"[deployer] v{version} promoted after its canary")
+        return {"rollout": "promoted", "promoted": True}
+
+    def _roll_back(
+        self,
+        cid: str,
+        version: int,
+        reason: str,
+        figures: dict[str, Any],
+        outcome: str = "rolled_back",
+    ) -> dict[str, Any]:
+        ctx = self.ctx
+        ctx.registry.set_status(ctx.name, version, "rolled_back")
+        ctx.registry.clear_challenger(
+            ctx.name, by="deployer-agent", reason=reason, key=f"{cid}:challenger-cleared"
+        )
+        ctx.rollouts.update(cid, status=outcome, weight_pct=0.0, reason=reason)
+        ctx.on_champion_changed()
+        ctx.record(
+            Action(
+                "deployer",
+                "rollback",
+                "taken",
+                f"v{version} rolled back: {reason}",
+                figures | {"candidate": version},
+            ),
+            cid,
+            "deployer:rollback",
+        )
+        ctx.reporter.info(f"[deployer] v{version} rolled back: {reason}")
+        return {"rollout": outcome, "promoted": False}
+
+    # online loss -----------------------------------------------------------------------
+
+    def _score_prompts(
+        self, prompts: list[str], champion: int | None, challenger: int
+    ) -> list[tuple[float, float]]:
+        """(champion, challenger) bits/byte on the same sampled live prompts; empty when a
+        model cannot score text (the check then reports too few samples)."""
+        ctx = self.ctx
+        if not prompts or champion is None:
+            return []
+        if len(prompts) > MAX_SCORED_PROMPTS:
+            prompts = random.Random(0).sample(prompts, MAX_SCORED_PROMPTS)
+        scorers = []
+        for version in (champion, challenger):
+            model = ctx.registry.get(ctx.name, version)
+            if model is None:
+                return []
+            scorer = getattr(_load(ctx, model), "score", None)
+            if not callable(scorer):
+                return []
+            scorers.append(scorer)
+        pairs: list[tuple[float, float]] = []
+        for prompt in prompts:
+            a, b = scorers[0](prompt), scorers[1](prompt)
+            if a is not None and b is not None and a > 0:
+                pairs.append((float(a), float(b)))
+        return pairs
+
+
+def _load(ctx: FactoryContext, model: ModelVersion) -> Any:
+    return ctx.workload.load(ctx.registry.verified_path(model), threads=1)
+
+
+def _figures(window: LiveWindow, version: int | None) -> LiveFigures:
+    if version is None:
+        return LiveFigures()
+    return LiveFigures(
+        window.requests.get(version, 0),
+        window.failures.get(version, 0),
+        tuple(window.latencies_ms.get(version, ())),
+    )
+
+
+def _kept(data: dict[str, Any] | None) -> LiveFigures:
+    if not data:
+        return LiveFigures()
+    return LiveFigures(
+        int(data.get("requests", 0)),
+        int(data.get("failures", 0)),
+        tuple(float(x) for x in data.get("latencies_ms", ())),
+    )

@@ -9,11 +9,15 @@ train it on a CPU in tests and on a GPU in production with the same code.
 from __future__ import annotations
 
 import codecs
+import collections
 import contextlib
 import math
 import os
+import queue
 import tempfile
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -200,15 +204,24 @@ class _ByteTransformer(nn.Module):
                 std = residual_std if name.endswith(("proj.weight", "fc_out.weight")) else 0.02
                 nn.init.normal_(p, mean=0.0, std=std, generator=generator)
 
-    def forward(self, idx: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        """Logits for every position, or only the last one (cheaper for sampling)."""
+    def forward(
+        self, idx: torch.Tensor, last_only: bool = False, at: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits for every position, or only one per row (cheaper for sampling).
+
+        ``last_only`` keeps the last position; ``at`` (one index per row) keeps that row's
+        position instead, which is what a right-padded batch of unequal windows needs.
+        Either way the result has shape ``(batch, 1, vocab)``.
+        """
         t = idx.shape[1]
         pos = torch.arange(t, device=idx.device)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
         for block in self.blocks:
             x = block(x)
         x = self.ln_f(x)
-        if last_only:
+        if at is not None:
+            x = x[torch.arange(x.shape[0], device=x.device), at][:, None]
+        elif last_only:
             x = x[:, -1:]
         return F.linear(x, self.tok_emb.weight)
 
@@ -401,26 +414,300 @@ def _load_artefact(path: str) -> tuple[_ByteTransformer, dict[str, Any]]:
     return model, config
 
 
+# --------------------------------------------------------------------------- batched generation
+
+
+class _Failed:
+    """Marks a request that failed in the batcher; the reader re-raises it in its own thread."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_Item = str | Completion | _Failed
+
+
+class _Request:
+    """One generation in flight: its byte window, its own sampler, and its reader's outbox.
+
+    The state is only touched by whoever advances the request (the batcher thread, or the
+    caller's thread when not batching), so it needs no lock; ``cancelled`` is a plain flag the
+    reader sets and the batcher checks between steps.
+    """
+
+    def __init__(
+        self,
+        prompt_bytes: bytes,
+        max_tokens: int,
+        temperature: float,
+        seed: int | None,
+        context: int,
+        pieces: bool = True,
+    ) -> None:
+        self.prompt_tokens = len(prompt_bytes)
+        self.remaining = max_tokens
+        self.temperature = temperature
+        self.context = context
+        self.rng = torch.Generator()
+        if seed is None:
+            self.rng.seed()
+        else:
+            self.rng.manual_seed(seed)
+        # An empty prompt starts from a paragraph break, the same boundary seen in training.
+        self.window: list[int] = list(prompt_bytes[-context:]) or [_FILE_SEPARATOR[0]]
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.generated = 0
+        self.text: list[str] = []
+        self.outbox: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        # Without pieces only the Completion is delivered: a blocking caller is woken once,
+        # not once per byte, which leaves the batcher more of the GIL.
+        self.pieces = pieces
+        self.cancelled = False
+
+    def sample(self, logits: torch.Tensor) -> int:
+        """Next byte from this request's logits row, with its own RNG (argmax when greedy)."""
+        if self.temperature <= 0:
+            return int(torch.argmax(logits))
+        probs = torch.softmax(logits / self.temperature, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=self.rng))
+
+    def advance(self, nxt: int) -> list[str | Completion]:
+        """Append one byte; return the whole characters it completed (and the end, if any)."""
+        self.generated += 1
+        self.remaining -= 1
+        self.window.append(nxt)
+        if len(self.window) > self.context:
+            del self.window[0]
+        items: list[str | Completion] = []
+        piece = self.decoder.decode(bytes([nxt]))
+        if piece:
+            self.text.append(piece)
+            items.append(piece)
+        if self.remaining <= 0:
+            items.extend(self.finish())
+        return items
+
+    def finish(self) -> list[str | Completion]:
+        """Flush a dangling partial character and build the final Completion."""
+        items: list[str | Completion] = []
+        tail = self.decoder.decode(b"", final=True)
+        if tail:
+            self.text.append(tail)
+            items.append(tail)
+        items.append(
+            Completion(
+                text="".join(self.text),
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=self.generated,
+                finish_reason="length",
+            )
+        )
+        return items
+
+
+def _next_logits(model: _ByteTransformer, windows: list[list[int]]) -> torch.Tensor:
+    """Float logits ``(len(windows), vocab)`` for the byte after each window, in one forward.
+
+    Windows are right-padded to the longest: under the causal mask no real position sees the
+    padding after it and every window starts at position 0, as it would alone, so each row's
+    logits are read at its own last real index.
+    """
+    lengths = [len(w) for w in windows]
+    width = max(lengths)
+    idx = torch.tensor([w + [0] * (width - len(w)) for w in windows], dtype=torch.long)
+    at = torch.tensor(lengths, dtype=torch.long) - 1
+    return model(idx, at=at)[:, 0].float()
+
+
+def _step(model: _ByteTransformer, batch: list[_Request]) -> list[list[str | Completion] | None]:
+    """One forward over the batch and one byte per request; ``None`` where sampling failed.
+
+    A failing forward raises (it concerns the whole batch); a failing sample is recorded on
+    that request only, so one bad row cannot take the others down.
+    """
+    with torch.inference_mode():
+        logits = _next_logits(model, [r.window for r in batch])
+        results: list[list[str | Completion] | None] = []
+        for row, req in enumerate(batch):
+            try:
+                results.append(req.advance(req.sample(logits[row])))
+            except Exception as exc:
+                req.outbox.put(_Failed(exc))
+                results.append(None)
+    return results
+
+
+class _Batcher:
+    """The thread that owns the forward passes of one model (continuous batching).
+
+    Each step runs one forward over every active request (up to ``max_batch``) and gives each
+    one byte; requests join from the queue and leave (finished, cancelled or failed) between
+    steps, so a long request never holds a short one back.  There is no KV cache, so a step
+    recomputes every window: the batch shares the per-forward Python and dispatch overhead
+    and the GIL is no longer fought over by one forward per request, but the matrix products
+    still grow with the batch, so on a CPU the gain is modest (see ``bench/RESULTS.md``).
+    Kept apart from :class:`ByteLMGenerator` so the thread does not keep the generator alive:
+    dropping the generator stops the thread.
+    """
+
+    def __init__(self, model: _ByteTransformer, max_batch: int, name: str) -> None:
+        self._model = model
+        self._max_batch = max_batch
+        self._name = name
+        self._cond = threading.Condition()
+        self._pending: collections.deque[_Request] = collections.deque()
+        self._active = 0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Requests in the running batch or waiting to join it."""
+        with self._cond:
+            return self._active + len(self._pending)
+
+    def submit(self, req: _Request) -> None:
+        """Queue a request for the next step, starting the thread on first use."""
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("generator is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"bytelm-batcher:{self._name}", daemon=True
+                )
+                self._thread.start()
+            self._pending.append(req)
+            self._cond.notify()
+
+    def cancel(self, req: _Request) -> None:
+        """Withdraw a request: dropped from the queue now, or from the batch before next step."""
+        req.cancelled = True
+        with self._cond, contextlib.suppress(ValueError):
+            self._pending.remove(req)
+
+    def receive(self, req: _Request) -> _Item:
+        """Block until the batcher has the request's next item (or the batcher is gone)."""
+        while True:
+            try:
+                return req.outbox.get(timeout=1.0)
+            except queue.Empty:
+                thread = self._thread
+                if thread is None or not thread.is_alive():
+                    return _Failed(RuntimeError("the batcher thread is not running"))
+
+    def close(self, wait: bool = True) -> None:
+        """Stop the thread; requests still queued or running fail with 'generator closed'."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10.0)
+
+    def _admit(self, active: list[_Request]) -> list[_Request] | None:
+        """Drop cancelled requests and fill the batch from the queue; wait while idle.
+
+        Returns ``None`` once closed.
+        """
+        with self._cond:
+            active = [r for r in active if not r.cancelled]
+            while not active and not self._pending and not self._closed:
+                self._active = 0
+                self._cond.wait()
+            if self._closed:
+                return None
+            while self._pending and len(active) < self._max_batch:
+                active.append(self._pending.popleft())
+            self._active = len(active)
+            return active
+
+    def _run(self) -> None:
+        """Serve steps until closed; a failed step fails its requests, not the thread."""
+        active: list[_Request] = []
+        try:
+            while True:
+                admitted = self._admit(active)
+                if admitted is None:
+                    break
+                active = admitted
+                try:
+                    results = _step(self._model, active)
+                except Exception as exc:
+                    for req in active:
+                        req.outbox.put(_Failed(exc))
+                    active = []
+                    continue
+                survivors: list[_Request] = []
+                for req, items in zip(active, results, strict=True):
+                    if items is None:
+                        continue
+                    for item in items:
+                        if req.pieces or isinstance(item, Completion):
+                            req.outbox.put(item)
+                    if req.remaining > 0:
+                        survivors.append(req)
+                active = survivors
+        finally:
+            with self._cond:
+                self._closed = True
+                stranded = active + list(self._pending)
+                self._pending.clear()
+                self._active = 0
+            for req in stranded:
+                req.outbox.put(_Failed(RuntimeError("generator closed")))
+
+
 # --------------------------------------------------------------------------- public API
 
 
 class ByteLMGenerator:
     """Serves completions from a loaded artefact; safe to call from many threads at once.
 
-    The model is only read after construction and every call uses its own RNG and
-    inference-mode context, so concurrent requests cannot interfere.
+    Concurrent requests are batched: one background thread runs one forward per step over
+    all of them (up to ``max_batch``), instead of every caller running its own batch-1
+    forwards and competing for the cores.  ``max_batch=1`` turns this off and generates in
+    the caller's thread, exactly as before batching existed.  Every request keeps its own
+    RNG, so a seeded or greedy answer does not depend on what it was batched with.
     """
 
-    def __init__(self, model: _ByteTransformer, name: str) -> None:
+    def __init__(self, model: _ByteTransformer, name: str, *, max_batch: int = 16) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.name = name
+        self.max_batch = max_batch
         self._model = model.eval()
         self._context = model.context
+        self._lock = threading.Lock()
+        self._inline = 0  # requests generating in callers' threads (max_batch == 1)
+        self._closed = False
+        self._batcher: _Batcher | None = None
+        if max_batch > 1:
+            self._batcher = _Batcher(self._model, max_batch, name)
+            # Stops the thread when the generator is dropped (e.g. after a model swap).
+            self._finalizer = weakref.finalize(self, self._batcher.close, False)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests admitted and not yet finished, failed or cancelled."""
+        if self._batcher is not None:
+            return self._batcher.in_flight
+        with self._lock:
+            return self._inline
+
+    def close(self) -> None:
+        """Stop the batching thread (idempotent); later requests raise ``RuntimeError``."""
+        self._closed = True
+        if self._batcher is not None:
+            self._finalizer.detach()
+            self._batcher.close()
 
     def generate(
         self, prompt: str, max_tokens: int, temperature: float = 1.0, seed: int | None = None
     ) -> Completion:
         """Sample ``max_tokens`` bytes after the prompt (greedy when ``temperature <= 0``)."""
-        for item in self.stream(prompt, max_tokens, temperature=temperature, seed=seed):
+        for item in self._items(prompt, max_tokens, temperature, seed, pieces=False):
             if isinstance(item, Completion):
                 return item
         raise RuntimeError("stream ended without its completion")  # pragma: no cover
@@ -430,47 +717,73 @@ class ByteLMGenerator:
     ) -> Iterator[str | Completion]:
         """Yield text as it is sampled (whole UTF-8 characters only), then the Completion.
 
-        The serving layer sends each piece to a streaming client as soon as it exists.
+        The serving layer sends each piece to a streaming client as soon as it exists; closing
+        the iterator early (client gone) withdraws the request before the next step.
         """
+        return self._items(prompt, max_tokens, temperature, seed, pieces=True)
+
+    def _items(
+        self, prompt: str, max_tokens: int, temperature: float, seed: int | None, pieces: bool
+    ) -> Iterator[str | Completion]:
+        """The request's output; checks run on first ``next``, as a generator's do."""
         if max_tokens < 0:
             raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
+        if self._closed:
+            raise RuntimeError("generator is closed")
         prompt_bytes = prompt.encode("utf-8")
-        rng = torch.Generator()
-        if seed is None:
-            rng.seed()
+        req = _Request(prompt_bytes, max_tokens, temperature, seed, self._context, pieces)
+        if max_tokens == 0:
+            yield from req.finish()
+        elif self._batcher is None:
+            yield from self._stream_inline(req)
         else:
-            rng.manual_seed(seed)
-        # An empty prompt starts from a paragraph break, the same boundary seen in training.
-        history = list(prompt_bytes[-self._context :]) or [_FILE_SEPARATOR[0]]
-        window = torch.tensor([history], dtype=torch.long)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        out = bytearray()
-        text: list[str] = []
-        with torch.inference_mode():
-            for _ in range(max_tokens):
-                logits = self._model(window, last_only=True)[0, -1].float()
-                if temperature <= 0:
-                    nxt = int(torch.argmax(logits))
-                else:
-                    probs = torch.softmax(logits / temperature, dim=-1)
-                    nxt = int(torch.multinomial(probs, 1, generator=rng))
-                out.append(nxt)
-                piece = decoder.decode(bytes([nxt]))
-                if piece:
-                    text.append(piece)
-                    yield piece
-                step = torch.tensor([[nxt]], dtype=torch.long)
-                window = torch.cat((window, step), dim=1)[:, -self._context :]
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            text.append(tail)
-            yield tail
-        yield Completion(
-            text="".join(text),
-            prompt_tokens=len(prompt_bytes),
-            completion_tokens=len(out),
-            finish_reason="length",
-        )
+            yield from self._stream_batched(self._batcher, req)
+
+    def _stream_inline(self, req: _Request) -> Iterator[str | Completion]:
+        """Generate in the caller's thread with batch-1 forwards (batching off)."""
+        with self._lock:
+            self._inline += 1
+        try:
+            while req.remaining > 0:
+                results = _step(self._model, [req])
+                if results[0] is None:
+                    failure = req.outbox.get()
+                    assert isinstance(failure, _Failed)
+                    raise failure.exc
+                yield from results[0]
+        finally:
+            with self._lock:
+                self._inline -= 1
+
+    @staticmethod
+    def _stream_batched(batcher: _Batcher, req: _Request) -> Iterator[str | Completion]:
+        """Hand the request to the batcher and relay what it produces, in this thread."""
+        batcher.submit(req)
+        try:
+            while True:
+                item = batcher.receive(req)
+                if isinstance(item, _Failed):
+                    exc = item.exc
+                    raise RuntimeError(
+                        f"batched generation failed: {type(exc).__name__}: {exc}"
+                    ) from exc
+                yield item
+                if isinstance(item, Completion):
+                    return
+        finally:
+            batcher.cancel(req)  # a no-op once finished; otherwise leaves the batch
+
+    def score(self, text: str) -> float | None:
+        """Bits per byte of the model on ``text`` (UTF-8), ``None`` below 2 bytes.
+
+        Scored like held-out text in training (fp32, non-overlapping context windows), so two
+        versions can be compared on the same live prompts during a canary rollout.  Runs in
+        the caller's thread; the model is only read.
+        """
+        data = text.encode("utf-8")
+        if len(data) < 2:
+            return None
+        return _score(self._model, _to_tensor(data), torch.device("cpu")).bpb
 
 
 class ByteLMWorkload:
@@ -663,10 +976,14 @@ class ByteLMWorkload:
             data = _to_tensor(_read_sample(files, max_bytes))
             return _score(model, data, torch.device("cpu"))
 
-    def load(self, artefact_path: str, threads: int = 1) -> ByteLMGenerator:
-        """Load for serving; sets torch's intra-op thread count for this process."""
+    def load(self, artefact_path: str, threads: int = 1, *, max_batch: int = 16) -> ByteLMGenerator:
+        """Load for serving; sets torch's intra-op thread count for this process.
+
+        ``max_batch`` caps how many concurrent requests share one forward (1 turns batching
+        off).
+        """
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
         model, _ = _load_artefact(artefact_path)
-        return ByteLMGenerator(model, Path(artefact_path).stem)
+        return ByteLMGenerator(model, Path(artefact_path).stem, max_batch=max_batch)

@@ -420,6 +420,13 @@ class ServingServer:
             return None
         return slot.challenger, 100.0 * slot.weight
 
+    def take_prompts(self) -> list[str]:
+        """Hand over the prompts sampled so far (the window's counts stay): lets the canary
+        score them as they come instead of in one burst at the end of a step."""
+        with self._stats_lock:
+            prompts, self._window.prompts = self._window.prompts, []
+        return prompts
+
     def take_window(self) -> LiveWindow:
         """Return the live figures gathered since the last call and start a new window."""
         with self._stats_lock:

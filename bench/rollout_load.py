@@ -1,6 +1,6 @@
 """Load test across a canary rollout, a promotion and a rollback, over loopback HTTP.
 
-    python -m bench.rollout_load [--workers 4] [--steady-s 10] [--interval-s 5]
+    python -m bench.rollout_load [--workers 4] [--steady-s 10] [--interval-s 5] [--repeats 3]
 
 Starts the real daemon (`aifactory run`) on a small line with a canary rollout
 (bench/configs/rollout.yaml): cycle 1 trains the first champion, era 2 arrives, cycle 2's
@@ -8,7 +8,8 @@ candidate goes through the canary steps and is promoted; then `aifactory rollbac
 first champion back. `--workers` clients send completions the whole time, each request
 timed and tagged with the version that answered. Reports, per phase, requests sent, failed
 (the goal is 0), p50 and p99 latency, and the p99 ratios against the steady state measured
-after the promotion in the same run (no training then, as during the canary).
+after the promotion in the same run (no training then, as during the canary); latencies
+are medians over `--repeats` full runs.
 """
 
 from __future__ import annotations
@@ -101,13 +102,17 @@ def _p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--steady-s", type=float, default=10.0)
-    ap.add_argument("--interval-s", type=float, default=5.0, help="canary step interval")
-    args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
+PHASES = (
+    ("training v2 (champion v1)", "start", "canary"),
+    ("canary steps", "canary", "promoted"),
+    ("promotion", "promoted", "steady"),
+    ("steady state (v2)", "steady", "rollback"),
+    ("rollback to v1", "rollback", "end"),
+)
+
+
+def scenario(args: argparse.Namespace) -> tuple[list[Sample], dict[str, float], str]:
+    """One full run of the daemon under load: (samples, phase marks, outcome line)."""
     from adapters.store.cycles import CycleBook
     from adapters.store.db import Store
     from adapters.store.rollouts import RolloutBook
@@ -116,25 +121,16 @@ def main() -> int:
     state = tmp / "state"
     policy = tmp / "policy.yaml"
     policy.write_text(
-        POLICY.read_text().replace("step_interval_s: 5", f"step_interval_s: {args.interval_s}")
+        POLICY.read_text()
+        .replace("step_interval_s: 5", f"step_interval_s: {args.interval_s}")
+        .replace("loss_sample_rate: 0.25", f"loss_sample_rate: {args.sample_rate}")
     )
     db = f"sqlite:///{state / 'aifactory.db'}"
     common = ["--policy", str(policy), "--db", db]
+    run = ["run", *common, "--state-dir", str(state), "--port", "0", "--tick-s", "0.3"]
     log = open(tmp / "daemon.log", "wb")  # noqa: SIM115  (closed at the end)
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "controller.cli",
-            "run",
-            *common,
-            "--state-dir",
-            str(state),
-            "--port",
-            "0",
-            "--tick-s",
-            "0.3",
-        ],
+        [sys.executable, "-m", "controller.cli", *run],
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -162,13 +158,13 @@ def main() -> int:
             "the canary to end",
         )
         marks["promoted"] = time.monotonic()
-        if row.status != "promoted":  # type: ignore[attr-defined]
-            print(f"canary ended {row.status}: {row.reason}")  # type: ignore[attr-defined]
+        outcome = f"canary {row.status}: {row.reason}"  # type: ignore[attr-defined]
         time.sleep(1.0)
         marks["steady"] = time.monotonic()
         time.sleep(args.steady_s)
         marks["rollback"] = time.monotonic()
         rb = _cli("rollback", "--reason", "load test", *common)
+        outcome += f"; rollback: {rb.stdout.strip()}"
         _wait(lambda: (s := book.daemon_state("bench")) and s.served_version == 1, 30, "rollback")
         time.sleep(3.0)
         marks["end"] = time.monotonic()
@@ -183,38 +179,51 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+    return load.samples, marks, outcome
 
-    phases = [
-        ("training v2 (champion v1)", "start", "canary"),
-        ("canary steps", "canary", "promoted"),
-        ("promotion", "promoted", "steady"),
-        ("steady state (v2)", "steady", "rollback"),
-        ("rollback to v1", "rollback", "end"),
-    ]
-    print(f"rollback: {rb.stdout.strip()}")
-    print(f"\n{'phase':28} {'sent':>6} {'failed':>6} {'p50 ms':>7} {'p99 ms':>7}  versions")
-    steady_p99 = _p(
-        [s.latency_ms for s in load.samples if marks["steady"] <= s.at < marks["rollback"]], 0.99
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--steady-s", type=float, default=10.0)
+    ap.add_argument("--interval-s", type=float, default=5.0, help="canary step interval")
+    ap.add_argument(
+        "--sample-rate", type=float, default=0.25, help="share of prompts scored by both models"
     )
-    rows = []
-    for name, a, b in phases:
-        got = [s for s in load.samples if marks[a] <= s.at < marks[b]]
-        lat = [s.latency_ms for s in got]
-        versions: dict[str, int] = {}
-        for s in got:
-            versions[s.model] = versions.get(s.model, 0) + 1
-        failed = sum(not s.ok for s in got)
-        p99 = _p(lat, 0.99)
-        rows.append((name, p99))
-        shown = ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
-        print(f"{name:28} {len(got):6d} {failed:6d} {_p(lat, 0.5):7.1f} {p99:7.1f}  {shown}")
-    total_failed = sum(not s.ok for s in load.samples)
-    print(f"\nall phases: {len(load.samples)} requests, {total_failed} failed")
-    for name, p99 in rows:
-        if steady_p99 and name != "steady state (v2)":
-            print(f"p99 {name} / steady state: {p99 / steady_p99:.2f}x")
-    median = statistics.median(s.latency_ms for s in load.samples) if load.samples else 0
-    print(f"median latency over the run: {median:.1f} ms; daemon log: {tmp / 'daemon.log'}")
+    ap.add_argument("--repeats", type=int, default=3, help="full runs; latencies are medians")
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    sent = {name: 0 for name, _, _ in PHASES}
+    failed = dict.fromkeys(sent, 0)
+    p50s: dict[str, list[float]] = {name: [] for name in sent}
+    p99s: dict[str, list[float]] = {name: [] for name in sent}
+    ratios: dict[str, list[float]] = {name: [] for name in sent}
+    for i in range(args.repeats):
+        samples, marks, outcome = scenario(args)
+        print(f"run {i + 1}: {len(samples)} requests; {outcome}", flush=True)
+        steady = [s.latency_ms for s in samples if marks["steady"] <= s.at < marks["rollback"]]
+        steady_p99 = _p(steady, 0.99)
+        for name, a, b in PHASES:
+            got = [s for s in samples if marks[a] <= s.at < marks[b]]
+            lat = [s.latency_ms for s in got]
+            sent[name] += len(got)
+            failed[name] += sum(not s.ok for s in got)
+            p50s[name].append(_p(lat, 0.5))
+            p99s[name].append(_p(lat, 0.99))
+            if steady_p99:
+                ratios[name].append(_p(lat, 0.99) / steady_p99)
+    print(
+        f"\n{args.repeats} runs, {args.workers} clients, canary steps of {args.interval_s:g} s, "
+        f"{args.sample_rate:g} of prompts scored; latencies are medians over the runs"
+    )
+    print(f"{'phase':28} {'sent':>6} {'failed':>6} {'p50 ms':>7} {'p99 ms':>7} {'p99/steady':>10}")
+    for name, _, _ in PHASES:
+        print(
+            f"{name:28} {sent[name]:6d} {failed[name]:6d} {statistics.median(p50s[name]):7.1f} "
+            f"{statistics.median(p99s[name]):7.1f} {statistics.median(ratios[name]):9.2f}x"
+        )
+    total_failed = sum(failed.values())
+    print(f"\nall phases: {sum(sent.values())} requests, {total_failed} failed")
     return 0 if total_failed == 0 else 1
 
 

@@ -12,8 +12,12 @@ is applied twice (every side effect is keyed by the cycle and step).
 
 from __future__ import annotations
 
+import contextlib
 import json
-import random
+import os
+import queue
+import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,6 +36,10 @@ MAX_SCORED_PROMPTS = 200
 #: Champion latencies kept across steps (the reference when it gets no traffic of its own).
 MAX_KEPT_LATENCIES = 5000
 _POLL_S = 0.5
+# How long the end of a step waits for prompts still being scored.
+_FINAL_SCORING_S = 2.0
+#: Scheduling priority of the scoring thread (Linux nice value): serving goes first.
+SCORING_NICE = 19
 FINAL = ("promoted", "rolled_back", "aborted")
 
 
@@ -39,6 +47,8 @@ class LiveTraffic(Protocol):
     """What the rollout reads from serving: the live figures since the last call."""
 
     def take_window(self) -> LiveWindow: ...
+
+    def take_prompts(self) -> list[str]: ...
 
 
 class RolloutStage:
@@ -112,8 +122,10 @@ class RolloutStage:
             f"{weight:g}% for {spec.step_interval_s:g} s"
             + (f" (extension {extensions})" if extensions else "")
         )
+        scorer = _PairedScorer(self.ctx, row.champion_version, row.challenger_version)
         deadline = time.monotonic() + spec.step_interval_s
         while time.monotonic() < deadline:
+            scorer.offer(ctx.traffic.take_prompts())
             if ctx.stop_event.wait(min(_POLL_S, max(0.0, deadline - time.monotonic()))):
                 raise self._interrupted(f"{cid}:canary:{step}")
             current = ctx.rollouts.for_cycle(cid)
@@ -137,7 +149,8 @@ class RolloutStage:
         champion = _figures(window, row.champion_version)
         challenger = _figures(window, row.challenger_version)
         so_far = _kept(state.get("canary_champion")).merged(champion)
-        pairs = self._score_prompts(window.prompts, row.champion_version, row.challenger_version)
+        scorer.offer(window.prompts)
+        pairs = scorer.finish(_FINAL_SCORING_S)
         verdict = judge_step(
             step=step,
             weight_pct=weight,
@@ -284,33 +297,58 @@ class RolloutStage:
         ctx.reporter.info(f"[deployer] v{version} rolled back: {reason}")
         return {"rollout": outcome, "promoted": False}
 
-    # online loss -----------------------------------------------------------------------
 
-    def _score_prompts(
-        self, prompts: list[str], champion: int | None, challenger: int
-    ) -> list[tuple[float, float]]:
-        """(champion, challenger) bits/byte on the same sampled live prompts; empty when a
-        model cannot score text (the check then reports too few samples)."""
-        ctx = self.ctx
-        if not prompts or champion is None:
-            return []
-        if len(prompts) > MAX_SCORED_PROMPTS:
-            prompts = random.Random(0).sample(prompts, MAX_SCORED_PROMPTS)
-        scorers = []
+class _PairedScorer:
+    """(champion, challenger) bits/byte on the same sampled live prompts, scored while the
+    step is held by a thread at the lowest CPU priority, so the canary's own analysis stays
+    out of the tail latency it is judging. Scores nothing when a model cannot score text:
+    the check then reports too few samples."""
+
+    def __init__(self, ctx: FactoryContext, champion: int | None, challenger: int) -> None:
+        self.pairs: list[tuple[float, float]] = []
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._offered = 0
+        self._scorers: list[Any] = []
+        self._thread: threading.Thread | None = None
+        if champion is None:
+            return
         for version in (champion, challenger):
             model = ctx.registry.get(ctx.name, version)
-            if model is None:
-                return []
-            scorer = getattr(_load(ctx, model), "score", None)
+            scorer = getattr(_load(ctx, model), "score", None) if model is not None else None
             if not callable(scorer):
-                return []
-            scorers.append(scorer)
-        pairs: list[tuple[float, float]] = []
-        for prompt in prompts:
-            a, b = scorers[0](prompt), scorers[1](prompt)
+                self._scorers = []
+                return
+            self._scorers.append(scorer)
+        self._thread = threading.Thread(target=self._run, name="canary-scorer", daemon=True)
+        self._thread.start()
+
+    def offer(self, prompts: list[str]) -> None:
+        """Queue sampled prompts (the server sampled them at random), up to the step's cap."""
+        if self._thread is None:
+            return
+        for prompt in prompts[: max(0, MAX_SCORED_PROMPTS - self._offered)]:
+            self._queue.put(prompt)
+            self._offered += 1
+
+    def finish(self, timeout_s: float) -> list[tuple[float, float]]:
+        """Wait up to `timeout_s` for the queued prompts; return the pairs scored so far."""
+        if self._thread is None:
+            return []
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+        return list(self.pairs)
+
+    def _run(self) -> None:
+        if sys.platform.startswith("linux"):  # there a thread id renices just this thread
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SCORING_NICE)
+        while (prompt := self._queue.get()) is not None:
+            try:
+                a, b = self._scorers[0](prompt), self._scorers[1](prompt)
+            except Exception:
+                continue  # a prompt one model cannot score is simply not a sample
             if a is not None and b is not None and a > 0:
-                pairs.append((float(a), float(b)))
-        return pairs
+                self.pairs.append((float(a), float(b)))
 
 
 def _load(ctx: FactoryContext, model: ModelVersion) -> Any:

@@ -144,6 +144,10 @@ def test_healthy_canary_is_promoted_without_a_failed_request(tmp_path: Path) -> 
     assert steps[1].figures["champion_reference"] == "rollout so far"
     moves = [(m.alias, m.to_version) for m in ModelRegistry(store, state).alias_history("tiny")]
     assert ("challenger", 2) in moves and ("challenger", None) in moves
+    bless = [e for e in AuditLog(store).events(agent="evaluator") if e.action == "bless"][-1]
+    assert bless.figures["candidate_latency_ms_per_token"] > 0
+    assert bless.figures["champion_tokens_per_joule"] > 0
+    assert bless.figures["serving_energy_method"] == "estimated"
     assert AuditLog(store).verify().ok
     store.dispose()
 

@@ -636,8 +636,13 @@ class ProductionCycle:
 
         def on_progress(p: Any) -> None:
             ctx.reporter.trial_progress(p)
+            repeated = bool(curve) and curve[-1][0] == int(p.tokens)  # the final heartbeat
             curve.append((int(p.tokens), float(p.loss)))
-            if trial is not None and ctx.policy.tuning.objectives.kind == "quality":
+            if (
+                trial is not None
+                and ctx.policy.tuning.objectives.kind == "quality"
+                and not repeated
+            ):
                 trial.report(p.loss, p.tokens)  # intermediate values for optuna-dashboard
             if not prune["now"]:
                 prune["now"], prune["median"] = should_prune(

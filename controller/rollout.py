@@ -191,7 +191,12 @@ class RolloutStage:
         if move == "extend":
             return base | {"canary_extensions": extensions + 1}
         if move == "promote":
-            return base | self._promote(cid, row.challenger_version, action.reason)
+            why = (
+                "every canary step passed"
+                if verdict.outcome == "pass"
+                else "the last step was inconclusive and the policy says proceed"
+            )
+            return base | self._promote(cid, row.challenger_version, why)
         if move == "rollback":
             return base | self._roll_back(
                 cid, row.challenger_version, action.reason, action.figures
@@ -259,7 +264,7 @@ class RolloutStage:
                 "deployer",
                 "promote",
                 "taken",
-                f"v{version} passed every canary step; now the champion",
+                f"v{version} is now the champion: {reason}",
                 {"candidate": version},
             ),
             cid,

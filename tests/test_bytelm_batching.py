@@ -120,6 +120,24 @@ def test_padded_batch_logits_match_each_window_alone(model: _ByteTransformer) ->
             torch.testing.assert_close(batched[row], alone, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("layers", [1, 2])
+def test_last_block_at_one_position_equals_the_full_forward(layers: int) -> None:
+    """Sampling runs the last block for one position per row; the logits must be those
+    of the full forward at that position (real positions never see the padding after)."""
+    net = _ByteTransformer(d_model=32, n_layers=layers, n_heads=2, context=CONTEXT).eval()
+    net.init_weights(torch.Generator().manual_seed(layers))
+    idx = torch.randint(0, 256, (5, CONTEXT), generator=torch.Generator().manual_seed(0))
+    at = torch.tensor([CONTEXT - 1, 3, 17, 0, 25])
+    with torch.inference_mode():
+        fast = net(idx, at=at)[:, 0]
+        last = net(idx, last_only=True)[:, 0]
+        net.train()  # training mode takes the full path (dropout is 0, so same numbers)
+        full = net(idx)
+    rows = torch.arange(5)
+    torch.testing.assert_close(fast, full[rows, at], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(last, full[:, -1], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(("temperature", "seeds"), [(0.0, None), (0.9, range(len(PROMPTS)))])
 def test_batched_answers_equal_answers_alone(
     model: _ByteTransformer, temperature: float, seeds: range | None

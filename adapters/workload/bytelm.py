@@ -176,6 +176,25 @@ class _Block(nn.Module):
         x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, t, c)))
         return x + self.drop(self.fc_out(F.gelu(self.fc(self.ln2(x)))))
 
+    def forward_at(self, x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """The block's output at one position per row, ``(b, 1, c)``: what sampling needs
+        from the last block. Keys and values still cover every position, but the query,
+        projection and MLP (most of the block's work) run for that position only."""
+        b, t, c = x.shape
+        h, d = self.n_heads, c // self.n_heads
+        rows = torch.arange(b, device=x.device)
+        xn = self.ln1(x)
+        w_q, w_kv = self.qkv.weight.split((c, 2 * c), dim=0)
+        b_q, b_kv = self.qkv.bias.split((c, 2 * c))
+        q = F.linear(xn[rows, at], w_q, b_q).view(b, h, 1, d)
+        kv = F.linear(xn, w_kv, b_kv).view(b, t, 2, h, d)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        visible = torch.arange(t, device=x.device)[None, :] <= at[:, None]  # causal, per row
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible[:, None, None, :])
+        out = x[rows, at] + self.proj(y.reshape(b, c))
+        out = out + self.fc_out(F.gelu(self.fc(self.ln2(out))))
+        return out[:, None]
+
 
 class _ByteTransformer(nn.Module):
     """Token + learned position embeddings, a stack of blocks, and a tied output head."""
@@ -216,13 +235,18 @@ class _ByteTransformer(nn.Module):
         t = idx.shape[1]
         pos = torch.arange(t, device=idx.device)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
-        for block in self.blocks:
+        if at is None and last_only:
+            at = torch.full((idx.shape[0],), t - 1, dtype=torch.long, device=idx.device)
+        if at is None or self.training:
+            for block in self.blocks:
+                x = block(x)
+            x = self.ln_f(x)
+            if at is not None:
+                x = x[torch.arange(x.shape[0], device=x.device), at][:, None]
+            return F.linear(x, self.tok_emb.weight)
+        for block in self.blocks[:-1]:
             x = block(x)
-        x = self.ln_f(x)
-        if at is not None:
-            x = x[torch.arange(x.shape[0], device=x.device), at][:, None]
-        elif last_only:
-            x = x[:, -1:]
+        x = self.ln_f(self.blocks[-1].forward_at(x, at))  # type: ignore[operator]
         return F.linear(x, self.tok_emb.weight)
 
 

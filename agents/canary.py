@@ -10,6 +10,7 @@ check has enough evidence and clears its limit), *fail* (a limit is crossed: rol
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -99,29 +100,36 @@ def judge_step(
                 f"{policy.max_error_rate_increase_pct:.2f} points"
             )
 
-    # latency p99
-    p99 = percentile(challenger.latencies_ms, 99)
-    ref_p99 = percentile(ref.latencies_ms, 99)
+    # tail latency: p99, or the highest quantile the challenger's sample supports (with 20
+    # requests its "p99" would be its maximum), taken at the same quantile for both
+    n = len(challenger.latencies_ms)
+    q = 99.0 if n >= 100 else max(50.0, 100.0 * (1.0 - 1.0 / max(n, 1)))
+    tail = percentile(challenger.latencies_ms, q)
+    ref_tail = percentile(ref.latencies_ms, q)
     figures |= {
+        "latency_quantile": round(q, 2),
         "challenger_p50_ms": _r(percentile(challenger.latencies_ms, 50)),
-        "challenger_p99_ms": _r(p99),
+        "challenger_p99_ms": _r(percentile(challenger.latencies_ms, 99)),
+        "challenger_tail_ms": _r(tail),
         "champion_p50_ms": _r(percentile(ref.latencies_ms, 50)),
-        "champion_p99_ms": _r(ref_p99),
+        "champion_p99_ms": _r(percentile(ref.latencies_ms, 99)),
+        "champion_tail_ms": _r(ref_tail),
     }
+    p99 = percentile(challenger.latencies_ms, 99)
     if (
         p99 is not None
         and policy.max_latency_p99_ms is not None
         and p99 > policy.max_latency_p99_ms
     ):
         failed.append(f"p99 latency {p99:.0f} ms > limit {policy.max_latency_p99_ms:.0f} ms")
-    if challenger.requests >= policy.min_requests and p99 is not None:
-        if ref.requests >= policy.min_requests and ref_p99:
-            rise = 100.0 * (p99 - ref_p99) / ref_p99
+    if challenger.requests >= policy.min_requests and tail is not None:
+        if ref.requests >= policy.min_requests and ref_tail:
+            rise = 100.0 * (tail - ref_tail) / ref_tail
             figures["latency_p99_change_pct"] = round(rise, 2)
             if rise > policy.max_latency_p99_increase_pct:
                 failed.append(
-                    f"p99 latency {p99:.0f} ms is {rise:+.0f}% against the champion's "
-                    f"{ref_p99:.0f} ms (limit +{policy.max_latency_p99_increase_pct:.0f}%)"
+                    f"p{q:g} latency {tail:.0f} ms is {rise:+.0f}% against the champion's "
+                    f"{ref_tail:.0f} ms (limit +{policy.max_latency_p99_increase_pct:.0f}%)"
                 )
         else:
             unknown.append("no champion traffic to compare latency with")
@@ -135,6 +143,9 @@ def judge_step(
         else:
             base = sum(c for c, _ in paired_loss) / n
             change = [100.0 * (ch - c) / base for c, ch in paired_loss]
+            if not all(math.isfinite(x) for x in change):
+                failed.append("the challenger could not score some live prompts (infinite loss)")
+                change = [x for x in change if math.isfinite(x)] or [0.0]
             mean = sum(change) / n
             lo, hi = bootstrap_mean_bounds(
                 change, confidence=policy.confidence, resamples=2000, seed=seed

@@ -97,6 +97,7 @@ class CycleState(TypedDict, total=False):
     canary_step: int
     canary_extensions: int
     canary_champion: dict[str, Any]
+    canary_carry: dict[str, Any]  # evidence of a step being extended
     stage_s: Annotated[dict[str, float], _merge]
 
 

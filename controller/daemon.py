@@ -317,7 +317,7 @@ class Daemon:
         if have is not None and have[0].version == version:
             if abs(have[1] - weight) > 1e-9:
                 self.server.route(champion, have[0], weight, sample_rate)
-                self._say(f"[deployer] canary v{version} now takes {weight:g}% of traffic")
+                self._audit_weight(version, have[1], weight)
             return
         model = ctx.registry.get(ctx.name, version)
         try:
@@ -336,7 +336,19 @@ class Daemon:
             return
         served = ServedModel(f"{ctx.name}:v{version}", version, generator)
         self.server.route(champion, served, weight, sample_rate)
-        self._say(f"[deployer] canary v{version} takes {weight:g}% of traffic")
+        self._audit_weight(version, 0.0, weight)
+
+    def _audit_weight(self, version: int, before: float, after: float) -> None:
+        ctx = self.ctx
+        ctx.audit.append(
+            agent="deployer",
+            action="canary_weight",
+            outcome="taken",
+            reason=f"canary v{version}: {before:g}% -> {after:g}% of traffic",
+            figures={"version": version, "from_pct": before, "to_pct": after},
+            policy_version=ctx.policy.version,
+        )
+        self._say(f"[deployer] canary v{version} takes {after:g}% of traffic")
 
     # watch tick -----------------------------------------------------------------------
 
@@ -350,13 +362,14 @@ class Daemon:
             self.sync_serving()
             ctx = self.ctx
             if not self._busy.is_set() and self.requests.empty():
+                rollout = ctx.rollouts.active(ctx.name) if ctx.rollouts else None
                 answered = [
                     row.cycle_id
                     for row in ctx.book.approvals(ctx.name)
                     if row.status in ("approved", "rejected")
+                    and (rollout is None or rollout.cycle_id != row.cycle_id)  # consumed
                 ]
-                rollout = ctx.rollouts.active(ctx.name) if ctx.rollouts else None
-                if rollout is not None and rollout.status == "paused" and rollout.decision:
+                if rollout is not None and rollout.decision:
                     answered.append(rollout.cycle_id)
                 for cycle_id in answered:
                     cyc = ctx.book.get(cycle_id)
@@ -607,6 +620,30 @@ class Daemon:
             return CycleRun(row.id, trigger, "awaiting_approval")
         return self._finish(row.id, trigger, result)
 
+    def _end_rollout_of_failed_cycle(self, cycle_id: str, error: str) -> None:
+        """A canary nobody judges any more must not keep its share of traffic."""
+        ctx = self.ctx
+        row = ctx.rollouts.for_cycle(cycle_id) if ctx.rollouts else None
+        if ctx.rollouts is None or row is None or row.status not in ("running", "paused"):
+            return
+        reason = f"cycle {cycle_id} failed during the rollout: {error[:300]}"
+        ctx.rollouts.update(cycle_id, status="rolled_back", weight_pct=0.0, reason=reason)
+        ctx.registry.set_status(ctx.name, row.challenger_version, "rolled_back")
+        ctx.registry.clear_challenger(
+            ctx.name, by="controller", reason=reason, key=f"{cycle_id}:challenger-cleared"
+        )
+        self.sync_serving()
+        ctx.audit.append(
+            agent="deployer",
+            action="rollback",
+            outcome="taken",
+            reason=f"v{row.challenger_version} rolled back: {reason}",
+            figures={"candidate": row.challenger_version, "step": row.step, "ended": "failed"},
+            cycle_id=cycle_id,
+            policy_version=ctx.policy.version,
+            key=f"{cycle_id}:deployer:rollback",
+        )
+
     def _answer(self, cycle_id: str, interrupts: Any) -> dict[str, Any] | None:
         """A person's answer to the cycle's pending interrupt: a promotion approval or a
         paused canary step (None while nobody has answered)."""
@@ -614,7 +651,12 @@ class Daemon:
         kinds = {getattr(i, "value", {}).get("kind", "approval") for i in interrupts}
         if "canary" in kinds:
             rollout = ctx.rollouts.for_cycle(cycle_id) if ctx.rollouts else None
-            if rollout is None or rollout.decision is None:
+            if rollout is None:
+                return None
+            if rollout.status in ("promoted", "rolled_back", "aborted"):
+                # decided before a crash: the node finishes what the row says
+                return {"approved": rollout.status == "promoted", "by": "", "reason": ""}
+            if rollout.decision is None:
                 return None
             return {
                 "approved": rollout.decision == "continue",
@@ -660,6 +702,7 @@ class Daemon:
                 self.requests.put(("resume", cycle_id))
             return None
         ctx.book.finish(cycle_id, "failed", {"error": error[:2000]})
+        self._end_rollout_of_failed_cycle(cycle_id, error)
         ctx.audit.append(
             agent="controller",
             action="finish_cycle",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import queue
 import sys
@@ -49,6 +50,9 @@ class LiveTraffic(Protocol):
     def take_window(self) -> LiveWindow: ...
 
     def take_prompts(self) -> list[str]: ...
+
+    @property
+    def challenger(self) -> tuple[Any, float] | None: ...
 
 
 class RolloutStage:
@@ -102,10 +106,11 @@ class RolloutStage:
 
     def canary(self, state: CycleState) -> dict[str, Any]:
         ctx, cid = self.ctx, state["cycle_id"]
+        assert ctx.rollouts is not None
         row = ctx.rollouts.for_cycle(cid)
         assert row is not None
-        if row.status in FINAL:  # finished before a crash cut off the checkpoint
-            return {"rollout": row.status, "promoted": row.status == "promoted"}
+        if row.status in FINAL:  # decided before a crash cut off the checkpoint: finish it
+            return self._replay(cid)
         steps: list[float] = json.loads(row.steps)
         step = int(state.get("canary_step") or 0)
         extensions = int(state.get("canary_extensions") or 0)
@@ -114,8 +119,20 @@ class RolloutStage:
         if spec is None or ctx.traffic is None:  # the policy or the daemon changed meanwhile
             why = "serving is off" if spec is not None else "the policy no longer asks for one"
             return self._promote(cid, row.challenger_version, f"canary ended: {why}")
-        ctx.rollouts.update(cid, step=step, weight_pct=weight, status="running")
+        if row.decision == "abort":
+            return self._aborted(cid, row, step, weight)
+        ctx.rollouts.update(
+            cid, step=step, weight_pct=weight, status="running", clear_decision=True
+        )
         ctx.on_champion_changed()
+        served = ctx.traffic.challenger
+        if served is None or served[0].version != row.challenger_version:
+            return self._roll_back(
+                cid,
+                row.challenger_version,
+                "the challenger could not be put in service (see the deployer's serve event)",
+                {"step": step, "weight_pct": weight},
+            )
         ctx.traffic.take_window()  # what came before this step is not its evidence
         ctx.reporter.info(
             f"[deployer] canary step {step + 1}/{len(steps)}: v{row.challenger_version} takes "
@@ -123,41 +140,32 @@ class RolloutStage:
             + (f" (extension {extensions})" if extensions else "")
         )
         scorer = _PairedScorer(self.ctx, row.champion_version, row.challenger_version)
-        deadline = time.monotonic() + spec.step_interval_s
-        while time.monotonic() < deadline:
-            scorer.offer(ctx.traffic.take_prompts())
-            if ctx.stop_event.wait(min(_POLL_S, max(0.0, deadline - time.monotonic()))):
-                raise self._interrupted(f"{cid}:canary:{step}")
-            current = ctx.rollouts.for_cycle(cid)
-            if current is not None and current.decision == "abort":
-                return self._roll_back(
-                    cid,
-                    row.challenger_version,
-                    f"aborted by {current.decided_by}: {current.decision_reason}",
-                    {"step": step, "weight_pct": weight, "by": current.decided_by},
-                    outcome="aborted",
-                )
-            if ctx.champion_version() != row.champion_version:
-                return self._roll_back(
-                    cid,
-                    row.challenger_version,
-                    "the champion was changed by someone else during the rollout",
-                    {"step": step, "weight_pct": weight},
-                    outcome="aborted",
-                )
-        window = ctx.traffic.take_window()
-        champion = _figures(window, row.champion_version)
-        challenger = _figures(window, row.challenger_version)
-        so_far = _kept(state.get("canary_champion")).merged(champion)
-        scorer.offer(window.prompts)
-        pairs = scorer.finish(_FINAL_SCORING_S)
+        try:
+            deadline = time.monotonic() + spec.step_interval_s
+            while time.monotonic() < deadline:
+                scorer.offer(ctx.traffic.take_prompts())
+                if ctx.stop_event.wait(min(_POLL_S, max(0.0, deadline - time.monotonic()))):
+                    raise self._interrupted(f"{cid}:canary:{step}")
+                ended = self._interference(cid, row, step, weight)
+                if ended is not None:
+                    return ended
+            window = ctx.traffic.take_window()
+            scorer.offer(window.prompts)
+            pairs = scorer.finish(_FINAL_SCORING_S)
+        finally:
+            scorer.close()
+        carry = (state.get("canary_carry") or {}) if extensions else {}
+        champion = _figures(window, row.champion_version).merged(_kept(carry.get("champion")))
+        challenger = _figures(window, row.challenger_version).merged(_kept(carry.get("challenger")))
+        pairs = [tuple(x) for x in carry.get("pairs", [])] + pairs
+        so_far = _kept(state.get("canary_champion")).merged(_figures(window, row.champion_version))
         verdict = judge_step(
             step=step,
             weight_pct=weight,
             champion=champion,
             challenger=challenger,
             champion_so_far=so_far,
-            paired_loss=pairs,
+            paired_loss=pairs,  # type: ignore[arg-type]
             policy=spec,
             seed=step,
         )
@@ -177,19 +185,21 @@ class RolloutStage:
         )
         ctx.record(action, cid, f"canary:step{step}:{extensions}")
         ctx.reporter.info(f"[deployer] {action.reason}")
-        kept = {
-            "requests": so_far.requests,
-            "failures": so_far.failures,
-            "latencies_ms": list(so_far.latencies_ms[-MAX_KEPT_LATENCIES:]),
-        }
         move = next_move(
             verdict.outcome, step=step, n_steps=len(steps), extensions=extensions, policy=spec
         )
-        base: dict[str, Any] = {"canary_champion": kept}
+        base: dict[str, Any] = {"canary_champion": _dump(so_far), "canary_carry": {}}
+        ended = self._interference(cid, row, step, weight)  # a last word before acting
+        if ended is not None:
+            return base | ended
         if move == "advance":
             return base | {"canary_step": step + 1, "canary_extensions": 0}
         if move == "extend":
-            return base | {"canary_extensions": extensions + 1}
+            carry = {"champion": _dump(champion), "challenger": _dump(challenger)}
+            return base | {
+                "canary_extensions": extensions + 1,
+                "canary_carry": carry | {"pairs": [list(x) for x in pairs]},
+            }
         if move == "promote":
             why = (
                 "every canary step passed"
@@ -218,8 +228,12 @@ class RolloutStage:
         return base | {"rollout": "paused"}
 
     def canary_review(self, state: CycleState) -> dict[str, Any]:
-        """Wait for a person's answer to a paused step (an interrupt that survives restarts)."""
+        """Wait for a person's answer to a paused step (an interrupt that survives restarts).
+
+        The answer stays on the rollout row until the next step starts (or the rollout
+        ends), so a crash while acting on it finds it again on restart."""
         ctx, cid = self.ctx, state["cycle_id"]
+        assert ctx.rollouts is not None
         row = ctx.rollouts.for_cycle(cid)
         assert row is not None
         step = int(state.get("canary_step") or 0)
@@ -229,12 +243,13 @@ class RolloutStage:
         row = ctx.rollouts.for_cycle(cid)
         assert row is not None
         if row.status in FINAL:
-            return {"rollout": row.status, "promoted": row.status == "promoted"}
-        by, reason = str(answer.get("by", "?")), str(answer.get("reason", ""))
+            return self._replay(cid)
+        decision = row.decision or ("continue" if answer.get("approved") else "abort")
+        by = row.decided_by or str(answer.get("by", "?"))
+        reason = row.decision_reason or str(answer.get("reason", ""))
         steps: list[float] = json.loads(row.steps)
-        ctx.rollouts.update(cid, status="running", clear_decision=True)
         figures = {"step": step, "by": by, "reason": reason, "candidate": row.challenger_version}
-        if not answer.get("approved"):
+        if decision != "continue":
             return self._roll_back(
                 cid, row.challenger_version, f"aborted by {by}: {reason}", figures, "aborted"
             )
@@ -249,15 +264,58 @@ class RolloutStage:
 
     # outcomes --------------------------------------------------------------------------
 
-    def _promote(self, cid: str, version: int, reason: str) -> dict[str, Any]:
+    def _interference(self, cid: str, row: Any, step: int, weight: float) -> dict[str, Any] | None:
+        """An abort from a person, or a champion moved by someone else, ends the rollout."""
         ctx = self.ctx
+        assert ctx.rollouts is not None
+        current = ctx.rollouts.for_cycle(cid)
+        if current is not None and current.decision == "abort":
+            return self._aborted(cid, current, step, weight)
+        champion = ctx.champion_version()
+        if champion == row.challenger_version:  # promoted by hand (or by us before a crash)
+            return self._promote(cid, row.challenger_version, "the challenger became champion")
+        if champion != row.champion_version:
+            return self._roll_back(
+                cid,
+                row.challenger_version,
+                f"the champion was changed to v{champion} by someone else during the rollout",
+                {"step": step, "weight_pct": weight, "new_champion": champion},
+                outcome="aborted",
+            )
+        return None
+
+    def _aborted(self, cid: str, row: Any, step: int, weight: float) -> dict[str, Any]:
+        return self._roll_back(
+            cid,
+            row.challenger_version,
+            f"aborted by {row.decided_by}: {row.decision_reason}",
+            {"step": step, "weight_pct": weight, "by": row.decided_by},
+            outcome="aborted",
+        )
+
+    def _replay(self, cid: str) -> dict[str, Any]:
+        """The rollout row is final but the node did not finish: redo the outcome's side
+        effects, each keyed, so none happens twice and none is missing."""
+        assert self.ctx.rollouts is not None
+        row = self.ctx.rollouts.for_cycle(cid)
+        assert row is not None
+        if row.status == "promoted":
+            return self._promote(cid, row.challenger_version, row.reason)
+        return self._roll_back(cid, row.challenger_version, row.reason, {}, row.status)
+
+    def _promote(self, cid: str, version: int, reason: str) -> dict[str, Any]:
+        """Final status first (serving and a resumed node follow it), then the registry,
+        then the audit event; every step is idempotent."""
+        ctx = self.ctx
+        assert ctx.rollouts is not None
+        row = ctx.rollouts.update(cid, status="promoted", weight_pct=100.0, reason=reason)
+        previous = row.champion_version
         ctx.registry.promote(
             ctx.name, version, by="deployer-agent", reason=reason, key=f"{cid}:promote"
         )
         ctx.registry.clear_challenger(
             ctx.name, by="deployer-agent", reason="promoted", key=f"{cid}:challenger-cleared"
         )
-        ctx.rollouts.update(cid, status="promoted", weight_pct=100.0, reason=reason)
         ctx.on_champion_changed()
         ctx.record(
             Action(
@@ -265,7 +323,12 @@ class RolloutStage:
                 "promote",
                 "taken",
                 f"v{version} is now the champion: {reason}",
-                {"candidate": version},
+                {
+                    "candidate": version,
+                    "previous_champion": previous,
+                    "steps": json.loads(row.steps),
+                    "last_step": row.step + 1,
+                },
             ),
             cid,
             "deployer:promote",
@@ -282,11 +345,12 @@ class RolloutStage:
         outcome: str = "rolled_back",
     ) -> dict[str, Any]:
         ctx = self.ctx
+        assert ctx.rollouts is not None
+        ctx.rollouts.update(cid, status=outcome, weight_pct=0.0, reason=reason)
         ctx.registry.set_status(ctx.name, version, "rolled_back")
         ctx.registry.clear_challenger(
             ctx.name, by="deployer-agent", reason=reason, key=f"{cid}:challenger-cleared"
         )
-        ctx.rollouts.update(cid, status=outcome, weight_pct=0.0, reason=reason)
         ctx.on_champion_changed()
         ctx.record(
             Action(
@@ -294,7 +358,7 @@ class RolloutStage:
                 "rollback",
                 "taken",
                 f"v{version} rolled back: {reason}",
-                figures | {"candidate": version},
+                figures | {"candidate": version, "ended": outcome},
             ),
             cid,
             "deployer:rollback",
@@ -306,20 +370,25 @@ class RolloutStage:
 class _PairedScorer:
     """(champion, challenger) bits/byte on the same sampled live prompts, scored while the
     step is held by a thread at the lowest CPU priority, so the canary's own analysis stays
-    out of the tail latency it is judging. Scores nothing when a model cannot score text:
-    the check then reports too few samples."""
+    out of the tail latency it is judging. Scores nothing when a model cannot be loaded or
+    cannot score text: the check then reports too few samples."""
 
     def __init__(self, ctx: FactoryContext, champion: int | None, challenger: int) -> None:
         self.pairs: list[tuple[float, float]] = []
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._offered = 0
+        self._cancelled = False
         self._scorers: list[Any] = []
         self._thread: threading.Thread | None = None
         if champion is None:
             return
         for version in (champion, challenger):
             model = ctx.registry.get(ctx.name, version)
-            scorer = getattr(_load(ctx, model), "score", None) if model is not None else None
+            try:
+                scorer = getattr(_load(ctx, model), "score", None) if model else None
+            except Exception as exc:
+                ctx.reporter.info(f"[deployer] v{version} cannot score live prompts: {exc}")
+                scorer = None
             if not callable(scorer):
                 self._scorers = []
                 return
@@ -343,17 +412,27 @@ class _PairedScorer:
         self._thread.join(timeout_s)
         return list(self.pairs)
 
+    def close(self) -> None:
+        """Let the thread end (and drop its models) whatever ended the step."""
+        self._cancelled = True
+        self._queue.put(None)
+
     def _run(self) -> None:
         if sys.platform.startswith("linux"):  # there a thread id renices just this thread
             with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SCORING_NICE)
         while (prompt := self._queue.get()) is not None:
+            if self._cancelled:
+                break
             try:
                 a, b = self._scorers[0](prompt), self._scorers[1](prompt)
             except Exception:
                 continue  # a prompt one model cannot score is simply not a sample
-            if a is not None and b is not None and a > 0:
-                self.pairs.append((float(a), float(b)))
+            if a is None or b is None or not (math.isfinite(a) and a > 0):
+                continue
+            # a challenger that cannot score a live prompt is infinitely worse on it
+            self.pairs.append((float(a), float(b) if math.isfinite(b) else math.inf))
+        self._scorers = []
 
 
 def _load(ctx: FactoryContext, model: ModelVersion) -> Any:
@@ -368,6 +447,14 @@ def _figures(window: LiveWindow, version: int | None) -> LiveFigures:
         window.failures.get(version, 0),
         tuple(window.latencies_ms.get(version, ())),
     )
+
+
+def _dump(figures: LiveFigures) -> dict[str, Any]:
+    return {
+        "requests": figures.requests,
+        "failures": figures.failures,
+        "latencies_ms": list(figures.latencies_ms[-MAX_KEPT_LATENCIES:]),
+    }
 
 
 def _kept(data: dict[str, Any] | None) -> LiveFigures:

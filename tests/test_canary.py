@@ -81,8 +81,8 @@ def test_one_failure_in_few_requests_is_not_yet_a_verdict() -> None:
 
 def test_slow_challenger_fails_on_p99() -> None:
     outcome, reason, figures = _judge(challenger=_live(40, latency=30.0))
-    assert outcome == "fail" and "p99 latency" in reason
-    assert figures["latency_p99_change_pct"] > 50
+    assert outcome == "fail" and "p97.5 latency" in reason  # 40 requests support p97.5
+    assert figures["latency_p99_change_pct"] > 50 and figures["latency_quantile"] == 97.5
 
 
 def test_absolute_latency_limit() -> None:
@@ -98,6 +98,12 @@ def test_online_loss_worse_fails_and_straddling_is_inconclusive() -> None:
     assert 2.0 < lo <= hi
     outcome, reason, _ = _judge(paired_loss=_pairs(10, +2.0, noise=0.2))
     assert outcome == "inconclusive" and "straddle" in reason
+
+
+def test_a_prompt_the_challenger_cannot_score_fails_the_step() -> None:
+    pairs = [*_pairs(10, -3.0), (2.0, float("inf"))]
+    outcome, reason, _ = _judge(paired_loss=pairs)
+    assert outcome == "fail" and "infinite loss" in reason
 
 
 def test_too_few_samples_is_inconclusive_and_sampling_off_skips_the_check() -> None:

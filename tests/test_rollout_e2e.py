@@ -6,6 +6,7 @@ cycle 2's blessed candidate goes through the canary while clients keep sending r
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import string
@@ -281,4 +282,37 @@ def test_candidate_trained_on_corrupted_data_is_refused_by_the_gates(tmp_path: P
     f = verdict.figures
     assert f["candidate_recent_bpb"] > 4.5 and f["reference_regression_pct"] > 5.0
     assert "> ceiling 4.5000" in verdict.reason and "reference data regresses" in verdict.reason
+    store.dispose()
+
+
+def test_kill9_mid_canary_step_resumes_the_rollout_once(tmp_path: Path) -> None:
+    rollout = ROLLOUT.format(interval=4, min_requests=5) + "  on_inconclusive: proceed\n"
+    state, _pol, url, args = _start(tmp_path, rollout)
+    log = tmp_path / "first.log"
+    with daemon(*args, log=log) as proc:
+        store = wait_for(lambda: (state / "trials").exists() and open_store(url), 60, "db", log)
+        rollouts = RolloutBook(store)
+        wait_for(
+            lambda: (r := rollouts.active("tiny")) and r.weight_pct == 50 and r,
+            240,
+            "the first canary step",
+            log,
+        )
+        time.sleep(1.0)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    log2 = tmp_path / "second.log"
+    registry = ModelRegistry(store, state / "models")
+    with daemon(*args, log=log2) as proc2:
+        wait_for(lambda: registry.alias("tiny", "champion") == 2, 120, "promotion", log2)
+        wait_for(lambda: rollouts.recent("tiny")[0].status == "promoted", 10, "final row", log2)
+        proc2.send_signal(signal.SIGTERM)
+        assert proc2.wait(30) == 0
+    assert "resuming cycle tiny-c0002" in log2.read_text()
+    assert "challenger" not in registry.aliases("tiny")
+    events = AuditLog(store).events(cycle_id="tiny-c0002")
+    actions = [e.action for e in events if e.agent == "deployer"]
+    assert actions.count("canary_start") == 1 and actions.count("promote") == 1
+    assert actions.count("canary_step") == 2  # the killed step was judged once, after resuming
+    assert AuditLog(store).verify().ok
     store.dispose()

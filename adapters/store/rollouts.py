@@ -36,6 +36,15 @@ class RolloutBook:
             row = s.exec(select(RolloutRow).where(RolloutRow.cycle_id == cycle_id)).first()
             if row is None:
                 now = utcnow_iso()
+                # one rollout at a time per line: an older one still open is superseded
+                for old in s.exec(
+                    select(RolloutRow).where(
+                        RolloutRow.policy_name == policy_name, col(RolloutRow.status).in_(ACTIVE)
+                    )
+                ).all():
+                    old.status, old.weight_pct, old.updated_at = "aborted", 0.0, now
+                    old.reason = f"superseded by the rollout of cycle {cycle_id}"
+                    s.add(old)
                 row = RolloutRow(
                     policy_name=policy_name,
                     cycle_id=cycle_id,

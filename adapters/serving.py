@@ -13,8 +13,15 @@ at once.
 
 Only the subset of the OpenAI API the factory needs is implemented: ``GET /v1/models``,
 ``POST /v1/completions`` and ``POST /v1/chat/completions`` (both with ``n == 1``, streaming or
-not), plus ``GET /healthz``. Unknown request fields (``stop``, ``user``, ...) are accepted and
-ignored, as many OpenAI-compatible servers do.
+not), plus ``GET /healthz`` and ``GET /metrics`` (Prometheus). Unknown request fields
+(``stop``, ...) are accepted and ignored, as many OpenAI-compatible servers do; ``user`` keeps
+one user on one model during a canary.
+
+Canary. :meth:`ServingServer.route` serves a challenger beside the champion: a request that
+names the model without a version goes to the challenger with the canary's probability (a
+stable draw per ``user`` when given); ``name:vN`` pins a version. The server keeps a window of
+live figures per version and a sample of answered prompts; :meth:`ServingServer.take_window`
+hands them to the canary and starts a new window.
 
 Chat prompts. The served models are plain byte-level LMs with no chat template, so a chat
 request is flattened into one text prompt, one line per message, ending with the cue for the
@@ -60,7 +67,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import uvicorn
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.registry import Collector
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
@@ -370,6 +380,8 @@ class ServingServer:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(_ServingCollector(self))
         self._app = self._build_app()
 
     # ------------------------------------------------------------------ model management
@@ -600,6 +612,10 @@ class ServingServer:
                     "weight_pct": round(100.0 * slot.weight, 3),
                 }
             return body
+
+        @app.get("/metrics")
+        def prometheus() -> Response:
+            return Response(generate_latest(self._registry), media_type=CONTENT_TYPE_LATEST)
 
         @app.get("/v1/models")
         def list_models() -> dict[str, Any]:
@@ -861,6 +877,48 @@ class ServingServer:
                 )
             return prompt[0]
         return prompt
+
+
+class _ServingCollector(Collector):
+    """Per-version request and token counters, and the canary split, for Prometheus
+    (`GET /metrics`): read from the server's own counters at scrape time."""
+
+    def __init__(self, server: ServingServer) -> None:
+        self._server = server
+
+    def collect(self) -> Iterator[Any]:
+        requests = CounterMetricFamily(
+            "aifactory_requests", "Generation requests answered or failed", labels=["version"]
+        )
+        failures = CounterMetricFamily(
+            "aifactory_request_failures", "Generation requests that failed", labels=["version"]
+        )
+        tokens = CounterMetricFamily(
+            "aifactory_tokens", "Tokens served (prompt and completion)", labels=["version", "kind"]
+        )
+        latency = SummaryMetricFamily(
+            "aifactory_request_latency_seconds", "Time to answer a request", labels=["version"]
+        )
+        for version, m in sorted(self._server.metrics().items()):
+            label = f"v{version}"  # stable across swaps, so a series never changes name
+            requests.add_metric([label], m["requests"])
+            failures.add_metric([label], m["failures"])
+            tokens.add_metric([label, "prompt"], m["prompt_tokens"])
+            tokens.add_metric([label, "completion"], m["completion_tokens"])
+            latency.add_metric([label], count_value=m["requests"], sum_value=m["latency_s_sum"])
+        share = GaugeMetricFamily(
+            "aifactory_traffic_share",
+            "Share of unpinned requests routed to a version",
+            labels=["version", "role"],
+        )
+        champion = self._server.current
+        canary = self._server.challenger
+        if champion is not None:
+            weight = canary[1] / 100.0 if canary is not None else 0.0
+            share.add_metric([f"v{champion.version}", "champion"], 1.0 - weight)
+        if canary is not None:
+            share.add_metric([f"v{canary[0].version}", "challenger"], canary[1] / 100.0)
+        yield from (requests, failures, tokens, latency, share)
 
 
 def _user_draw(user: str) -> float:

@@ -275,3 +275,21 @@ def test_rollout_book_lifecycle(store: Store) -> None:
     with pytest.raises(LookupError):
         book.decide("p", "abort", "bob", "late")
     assert [r.status for r in book.recent("p")] == ["promoted"]
+
+
+def test_prometheus_metrics_per_version_and_canary_share(server: ServingServer) -> None:
+    champ = ServedModel("m:v1", 1, FakeGenerator("one", delay_s=0))
+    chall = ServedModel("m:v2", 2, FakeGenerator("two", delay_s=0, fail=True))
+    server.route(champ, chall, 25.0)
+    with httpx.Client(base_url=server.url, timeout=10) as c:
+        _post(c, model="m:v1")
+        _post(c, model="m:v2")
+        r = c.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert 'aifactory_requests_total{version="v1"} 1.0' in text
+    assert 'aifactory_request_failures_total{version="v2"} 1.0' in text
+    assert 'aifactory_tokens_total{kind="completion",version="v1"}' in text
+    assert 'aifactory_request_latency_seconds_count{version="v2"} 1.0' in text
+    assert 'aifactory_traffic_share{role="challenger",version="v2"} 0.25' in text
+    assert 'aifactory_traffic_share{role="champion",version="v1"} 0.75' in text

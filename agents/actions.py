@@ -5,7 +5,7 @@ Decision functions return these; nodes apply them through adapters and audit eac
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 Outcome = Literal["taken", "refused", "deferred", "failed"]
@@ -18,3 +18,7 @@ class Action:
     outcome: Outcome
     reason: str
     figures: dict[str, Any] = field(default_factory=dict)
+
+    def with_figures(self, **extra: Any) -> Action:
+        """The same decision with more figures (what the acting node measured around it)."""
+        return replace(self, figures=self.figures | extra)

@@ -105,17 +105,17 @@ def judge_step(
     n = len(challenger.latencies_ms)
     q = 99.0 if n >= 100 else max(50.0, 100.0 * (1.0 - 1.0 / max(n, 1)))
     tail = percentile(challenger.latencies_ms, q)
+    p99 = percentile(challenger.latencies_ms, 99)
     ref_tail = percentile(ref.latencies_ms, q)
     figures |= {
         "latency_quantile": round(q, 2),
         "challenger_p50_ms": _r(percentile(challenger.latencies_ms, 50)),
-        "challenger_p99_ms": _r(percentile(challenger.latencies_ms, 99)),
+        "challenger_p99_ms": _r(p99),
         "challenger_tail_ms": _r(tail),
         "champion_p50_ms": _r(percentile(ref.latencies_ms, 50)),
         "champion_p99_ms": _r(percentile(ref.latencies_ms, 99)),
         "champion_tail_ms": _r(ref_tail),
     }
-    p99 = percentile(challenger.latencies_ms, 99)
     if (
         p99 is not None
         and policy.max_latency_p99_ms is not None

@@ -23,7 +23,8 @@ class Scores:
     reference_bpb: float
     recent_chunks: tuple[float, ...] = ()  # per-chunk-group bits/byte, for the paired bootstrap
     latency_ms_per_token: float | None = None  # measured in the serving runtime
-    tokens_per_joule: float | None = None  # generation; measured or estimated, see figures
+    tokens_per_joule: float | None = None  # generation; its method is `energy_method`
+    energy_method: str | None = None  # "measured" or "estimated"
 
     @property
     def finite(self) -> bool:
@@ -32,9 +33,6 @@ class Scores:
     def metric(self, name: str) -> float | None:
         value = getattr(self, name, None)
         return float(value) if value is not None else None
-
-
-_LOWER_IS_BETTER = {"recent_bpb", "reference_bpb", "latency_ms_per_token"}
 
 
 def check_metric_gates(
@@ -50,11 +48,14 @@ def check_metric_gates(
         if value is None or not math.isfinite(value):
             failures.append(f"{name}: candidate has no measured value")
             continue
+        label = name
+        if name == "tokens_per_joule" and candidate.energy_method:
+            label = f"{name} ({candidate.energy_method})"
         figures[f"candidate_{name}"] = round(value, 6)
         if gate.max is not None and value > gate.max:
-            failures.append(f"{name} {value:.4g} > max {gate.max:.4g}")
+            failures.append(f"{label} {value:.4g} > max {gate.max:.4g}")
         if gate.min is not None and value < gate.min:
-            failures.append(f"{name} {value:.4g} < min {gate.min:.4g}")
+            failures.append(f"{label} {value:.4g} < min {gate.min:.4g}")
         base = champion.metric(name) if champion is not None else None
         changes = (
             gate.max_increase,
@@ -70,15 +71,14 @@ def check_metric_gates(
         delta = value - base
         pct = 100.0 * delta / abs(base)
         figures |= {f"champion_{name}": round(base, 6), f"{name}_change_pct": round(pct, 3)}
-        worse = "rises" if name in _LOWER_IS_BETTER else "changes"
         if gate.max_increase is not None and delta > gate.max_increase:
-            failures.append(f"{name} {worse} by {delta:.4g} > allowed {gate.max_increase:.4g}")
+            failures.append(f"{label} rises by {delta:.4g} > allowed {gate.max_increase:.4g}")
         if gate.max_increase_pct is not None and pct > gate.max_increase_pct:
-            failures.append(f"{name} {pct:+.2f}% > allowed +{gate.max_increase_pct:.2f}%")
+            failures.append(f"{label} {pct:+.2f}% > allowed +{gate.max_increase_pct:.2f}%")
         if gate.max_decrease is not None and -delta > gate.max_decrease:
-            failures.append(f"{name} falls by {-delta:.4g} > allowed {gate.max_decrease:.4g}")
+            failures.append(f"{label} falls by {-delta:.4g} > allowed {gate.max_decrease:.4g}")
         if gate.max_decrease_pct is not None and -pct > gate.max_decrease_pct:
-            failures.append(f"{name} {pct:+.2f}% > allowed -{gate.max_decrease_pct:.2f}%")
+            failures.append(f"{label} {pct:+.2f}% > allowed -{gate.max_decrease_pct:.2f}%")
     return failures, figures
 
 
@@ -185,11 +185,11 @@ def judge(
     metric_failures, metric_figures = check_metric_gates(candidate, champion, dict(g.metrics))
     failures += metric_failures
     figures |= metric_figures
-    for name in ("latency_ms_per_token", "tokens_per_joule"):
-        if f"candidate_{name}" not in figures and candidate.metric(name) is not None:
-            figures[f"candidate_{name}"] = round(candidate.metric(name) or 0.0, 6)
-        if champion is not None and champion.metric(name) is not None:
-            figures.setdefault(f"champion_{name}", round(champion.metric(name) or 0.0, 6))
+    for who, scores in (("candidate", candidate), ("champion", champion)):
+        for name in ("latency_ms_per_token", "tokens_per_joule"):  # on record, gated or not
+            value = scores.metric(name) if scores is not None else None
+            if value is not None:
+                figures.setdefault(f"{who}_{name}", round(value, 6))
     if failures:
         return _refuse("; ".join(failures), figures)
     if champion_problem is not None:

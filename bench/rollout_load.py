@@ -29,6 +29,8 @@ from pathlib import Path
 
 import httpx
 
+from bench.serving import percentile
+
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = ROOT / "bench" / "configs" / "rollout.yaml"
 
@@ -98,8 +100,8 @@ def _wait(cond: object, timeout: float, what: str) -> object:
 
 
 def _p(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
+    """The serving benchmark's nearest-rank percentile; 0 for a phase with no requests."""
+    return percentile(values, q) if values else 0.0
 
 
 PHASES = (

@@ -515,18 +515,11 @@ class ProductionCycle:
             ctx.book.save_pareto(cid, summaries, {t.key for t in front})
         best, action = choose_candidate(summaries, ctx.policy)
         if ctx.policy.tuning.objectives.kind != "quality":
-            action = Action(
-                action.agent,
-                action.action,
-                action.outcome,
-                action.reason,
-                action.figures
-                | {
-                    "pareto_front": [
-                        {"trial": t.number, "bpb": t.valid_bpb, "energy_cost": t.energy_cost}
-                        for t in front
-                    ]
-                },
+            action = action.with_figures(
+                pareto_front=[
+                    {"trial": t.number, "bpb": t.valid_bpb, "energy_cost": t.energy_cost}
+                    for t in front
+                ]
             )
         ctx.record(action, cid, "trainer:choose_candidate")
         if best is None:
@@ -637,13 +630,8 @@ class ProductionCycle:
 
         def on_progress(p: Any) -> None:
             ctx.reporter.trial_progress(p)
-            repeated = bool(curve) and curve[-1][0] == int(p.tokens)  # the final heartbeat
             curve.append((int(p.tokens), float(p.loss)))
-            if (
-                trial is not None
-                and ctx.policy.tuning.objectives.kind == "quality"
-                and not repeated
-            ):
+            if trial is not None and ctx.policy.tuning.objectives.kind == "quality":
                 trial.report(p.loss, p.tokens)  # intermediate values for optuna-dashboard
             if not prune["now"]:
                 prune["now"], prune["median"] = should_prune(
@@ -845,39 +833,37 @@ class ProductionCycle:
         if champion is not None and (champ is None or not champ.finite):
             champion_problem = problems.get(champion.version, "its scores are not finite")
         reading = meter.end(window)
-        smoke = "not scored"
-        serving_method = None
+        served = ServingCheck(problem="not scored")
         if cand is not None:
             served = self._measure_serving(candidate, champion if champ is not None else None)
-            smoke = served.get("problem", "")
-            serving_method = served.get("method")
-            cand = replace(cand, **served.get(candidate.version, {}))
+            cand = replace(
+                cand, energy_method=served.method, **served.figures.get(candidate.version, {})
+            )
             if champ is not None and champion is not None:
-                champ = replace(champ, **served.get(champion.version, {}))
+                champ = replace(
+                    champ, energy_method=served.method, **served.figures.get(champion.version, {})
+                )
         self._book_eval(f"{cid}:eval", cid, tokens, reading)
         verdict = judge(cand, champ, ctx.policy, champion_problem=champion_problem)
         action, blessed = verdict.action, verdict.blessed
-        if blessed and smoke:
-            action = Action(
-                "evaluator",
-                "bless",
-                "refused",
-                f"candidate failed the load-and-query check: {smoke}",
-                action.figures,
+        if blessed and served.problem:
+            action = replace(
+                action,
+                outcome="refused",
+                reason=f"candidate failed the load-and-query check: {served.problem}",
             )
             blessed = False
-        figures = action.figures | {
-            "candidate": candidate.version,
-            "champion": champion.version if champion else None,
-            "recent_files": len(unseen or dataset.file_hashes),
-            "reference_files": len(champion_data.file_hashes) if champion_data else 0,
-            "eval_tokens": tokens,
-            "eval_joules": round(reading.joules, 3),
-            "energy_method": reading.method,
-        }
-        if serving_method:
-            figures["serving_energy_method"] = serving_method
-        action = Action(action.agent, action.action, action.outcome, action.reason, figures)
+        action = action.with_figures(
+            candidate=candidate.version,
+            champion=champion.version if champion else None,
+            recent_files=len(unseen or dataset.file_hashes),
+            reference_files=len(champion_data.file_hashes) if champion_data else 0,
+            eval_tokens=tokens,
+            eval_joules=round(reading.joules, 3),
+            energy_method=reading.method,
+            **({"serving_energy_method": served.method} if served.method else {}),
+        )
+        figures = action.figures
         ctx.record(action, cid, "evaluator:bless")
         ctx.registry.set_verdict(
             ctx.name, candidate.version, "blessed" if blessed else "refused", figures
@@ -890,13 +876,11 @@ class ProductionCycle:
 
     def _measure_serving(
         self, candidate: ModelVersion, champion: ModelVersion | None
-    ) -> dict[Any, Any]:
+    ) -> ServingCheck:
         """Load the candidate the way serving will and ask it test requests (the
         load-and-query check), then time generation of candidate and champion in alternating
-        rounds so both see the same machine load: {version: {latency_ms_per_token,
-        tokens_per_joule}}, plus "problem" ('' when the candidate answered) and "method"."""
+        rounds so both see the same machine load."""
         ctx = self.ctx
-        out: dict[Any, Any] = {"problem": ""}
         gens: dict[int, Any] = {}
         try:
             gens[candidate.version] = ctx.workload.load(
@@ -904,9 +888,9 @@ class ProductionCycle:
             )
             first = gens[candidate.version].generate("def ", max_tokens=8, temperature=0.0, seed=0)
             if first.completion_tokens <= 0:
-                return {"problem": "empty completion"}
+                return ServingCheck(problem="empty completion")
         except Exception as exc:
-            return {"problem": f"{type(exc).__name__}: {exc}"}
+            return ServingCheck(problem=f"{type(exc).__name__}: {exc}")
         if champion is not None:
             with contextlib.suppress(Exception):  # a broken champion is judged elsewhere
                 gens[champion.version] = ctx.workload.load(
@@ -915,39 +899,42 @@ class ProductionCycle:
         meter = HostCpuEnergyMeter(ctx.policy.energy.watts_per_core)
         per_token: dict[int, list[float]] = {v: [] for v in gens}
         spent: dict[int, list[float]] = {v: [0.0, 0.0] for v in gens}  # tokens, joules
-        for round_ in range(_SERVING_ROUNDS):
-            for version, gen in gens.items():
-                window = meter.begin()
-                try:
-                    done = gen.generate(
-                        _SERVING_PROMPTS[round_ % len(_SERVING_PROMPTS)],
-                        max_tokens=_SERVING_TOKENS,
-                        temperature=0.0,
-                        seed=round_,
-                    )
-                except Exception as exc:
-                    if version == candidate.version:
-                        return {"problem": f"{type(exc).__name__}: {exc}"}
-                    continue
-                reading = meter.end(window)
-                tokens = max(1, done.completion_tokens)
-                per_token[version].append(1000.0 * reading.seconds / tokens)
-                spent[version][0] += tokens
-                spent[version][1] += reading.joules
-        for version, times in per_token.items():
-            if not times:
-                continue
-            tokens, joules = spent[version]
-            out[version] = {
+        try:
+            for round_ in range(_SERVING_ROUNDS):
+                for version, gen in gens.items():
+                    window = meter.begin()
+                    try:
+                        done = gen.generate(
+                            _SERVING_PROMPTS[round_ % len(_SERVING_PROMPTS)],
+                            max_tokens=_SERVING_TOKENS,
+                            temperature=0.0,
+                            seed=round_,
+                        )
+                    except Exception as exc:
+                        if version == candidate.version:
+                            return ServingCheck(problem=f"{type(exc).__name__}: {exc}")
+                        continue
+                    reading = meter.end(window)
+                    tokens = max(1, done.completion_tokens)
+                    per_token[version].append(1000.0 * reading.seconds / tokens)
+                    spent[version][0] += tokens
+                    spent[version][1] += reading.joules
+        finally:
+            for gen in gens.values():
+                close = getattr(gen, "close", None)
+                if callable(close):
+                    close()
+        figures = {
+            version: {
                 "latency_ms_per_token": statistics.median(times),
-                "tokens_per_joule": tokens / joules if joules > 0 else None,
+                "tokens_per_joule": spent[version][0] / spent[version][1]
+                if spent[version][1] > 0
+                else None,
             }
-        out["method"] = meter.method
-        for gen in gens.values():
-            close = getattr(gen, "close", None)
-            if callable(close):
-                close()
-        return out
+            for version, times in per_token.items()
+            if times
+        }
+        return ServingCheck(problem="", method=meter.method, figures=figures)
 
     # approval and deployer ------------------------------------------------------------
 
@@ -1136,6 +1123,16 @@ class ProductionCycle:
         if state.get("blessed") and self.ctx.policy.approval == "required":
             return "approval"
         return "deployer"
+
+
+@dataclass(frozen=True)
+class ServingCheck:
+    """The evaluator's serving measurement: `problem` is '' when the candidate answered;
+    `figures` holds latency per token and tokens/J per version, measured by `method`."""
+
+    problem: str
+    method: str | None = None
+    figures: dict[int, dict[str, float | None]] = field(default_factory=dict)
 
 
 def _after_rollout_step(state: CycleState) -> str:

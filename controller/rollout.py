@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from langgraph.types import interrupt
 
-from adapters.store.registry import ModelVersion
 from agents.actions import Action
 from agents.canary import LiveFigures, judge_step, next_move
 
@@ -50,6 +49,9 @@ class LiveTraffic(Protocol):
     def take_window(self) -> LiveWindow: ...
 
     def take_prompts(self) -> list[str]: ...
+
+    @property
+    def current(self) -> Any: ...
 
     @property
     def challenger(self) -> tuple[Any, float] | None: ...
@@ -126,7 +128,8 @@ class RolloutStage:
         )
         ctx.on_champion_changed()
         served = ctx.traffic.challenger
-        if served is None or served[0].version != row.challenger_version:
+        serving = ctx.traffic.current
+        if served is None or served[0].version != row.challenger_version or serving is None:
             return self._roll_back(
                 cid,
                 row.challenger_version,
@@ -139,7 +142,7 @@ class RolloutStage:
             f"{weight:g}% for {spec.step_interval_s:g} s"
             + (f" (extension {extensions})" if extensions else "")
         )
-        scorer = _PairedScorer(self.ctx, row.champion_version, row.challenger_version)
+        scorer = _PairedScorer(serving.generator, served[0].generator, ctx.reporter)
         try:
             deadline = time.monotonic() + spec.step_interval_s
             while time.monotonic() < deadline:
@@ -169,19 +172,11 @@ class RolloutStage:
             policy=spec,
             seed=step,
         )
-        action = verdict.action
-        action = Action(
-            action.agent,
-            action.action,
-            action.outcome,
-            action.reason,
-            action.figures
-            | {
-                "candidate": row.challenger_version,
-                "champion": row.champion_version,
-                "window_s": round(time.monotonic() - window.started, 1),
-                "extension": extensions,
-            },
+        action = verdict.action.with_figures(
+            candidate=row.challenger_version,
+            champion=row.champion_version,
+            window_s=round(time.monotonic() - window.started, 1),
+            extension=extensions,
         )
         ctx.record(action, cid, f"canary:step{step}:{extensions}")
         ctx.reporter.info(f"[deployer] {action.reason}")
@@ -368,31 +363,21 @@ class RolloutStage:
 
 
 class _PairedScorer:
-    """(champion, challenger) bits/byte on the same sampled live prompts, scored while the
-    step is held by a thread at the lowest CPU priority, so the canary's own analysis stays
-    out of the tail latency it is judging. Scores nothing when a model cannot be loaded or
-    cannot score text: the check then reports too few samples."""
+    """(champion, challenger) bits/byte on the same sampled live prompts, scored with the
+    generators serving already holds, by a thread at the lowest CPU priority while the step
+    is held, so the canary's own analysis stays out of the tail latency it is judging.
+    Scores nothing when a model cannot score text: the check then reports too few samples."""
 
-    def __init__(self, ctx: FactoryContext, champion: int | None, challenger: int) -> None:
+    def __init__(self, champion: Any, challenger: Any, reporter: Any) -> None:
         self.pairs: list[tuple[float, float]] = []
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._offered = 0
         self._cancelled = False
-        self._scorers: list[Any] = []
+        self._scorers = [getattr(g, "score", None) for g in (champion, challenger)]
         self._thread: threading.Thread | None = None
-        if champion is None:
+        if not all(callable(f) for f in self._scorers):
+            reporter.info("[deployer] a served model cannot score text: no online loss")
             return
-        for version in (champion, challenger):
-            model = ctx.registry.get(ctx.name, version)
-            try:
-                scorer = getattr(_load(ctx, model), "score", None) if model else None
-            except Exception as exc:
-                ctx.reporter.info(f"[deployer] v{version} cannot score live prompts: {exc}")
-                scorer = None
-            if not callable(scorer):
-                self._scorers = []
-                return
-            self._scorers.append(scorer)
         self._thread = threading.Thread(target=self._run, name="canary-scorer", daemon=True)
         self._thread.start()
 
@@ -433,10 +418,6 @@ class _PairedScorer:
             # a challenger that cannot score a live prompt is infinitely worse on it
             self.pairs.append((float(a), float(b) if math.isfinite(b) else math.inf))
         self._scorers = []
-
-
-def _load(ctx: FactoryContext, model: ModelVersion) -> Any:
-    return ctx.workload.load(ctx.registry.verified_path(model), threads=1)
 
 
 def _figures(window: LiveWindow, version: int | None) -> LiveFigures:

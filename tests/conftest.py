@@ -16,6 +16,7 @@ import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from adapters.serving import ServingServer
 from adapters.store.db import Store
 
 PG_ADMIN_URL = os.environ.get("AIFACTORY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -87,3 +88,14 @@ def store(db_url: str) -> Iterator[Store]:
         yield s
     finally:
         s.dispose()
+
+
+@pytest.fixture
+def server() -> Iterator[ServingServer]:
+    """An embedded HTTP server on a free loopback port, stopped after the test."""
+    srv = ServingServer(port=0, max_tokens_limit=8)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()

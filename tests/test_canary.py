@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -148,7 +147,9 @@ def test_rollout_policy_validation() -> None:
 
 
 def test_metric_gates_absolute_and_relative() -> None:
-    cand = Scores(2.0, 2.1, latency_ms_per_token=3.0, tokens_per_joule=100.0)
+    cand = Scores(
+        2.0, 2.1, latency_ms_per_token=3.0, tokens_per_joule=100.0, energy_method="estimated"
+    )
     champ = Scores(2.2, 2.1, latency_ms_per_token=2.0, tokens_per_joule=150.0)
     gates = {
         "latency_ms_per_token": MetricGate(max_increase_pct=25.0),
@@ -158,7 +159,7 @@ def test_metric_gates_absolute_and_relative() -> None:
     failures, figures = check_metric_gates(cand, champ, gates)  # type: ignore[arg-type]
     assert len(failures) == 2, failures
     assert any("latency_ms_per_token +50.00% > allowed +25.00%" in f for f in failures)
-    assert any("tokens_per_joule -33.33% > allowed -20.00%" in f for f in failures)
+    assert any("tokens_per_joule (estimated) -33.33% > allowed -20.00%" in f for f in failures)
     assert figures["candidate_recent_bpb"] == 2.0 and figures["recent_bpb_change_pct"] < 0
 
 
@@ -194,16 +195,6 @@ def test_judge_refuses_a_slow_candidate_with_figures() -> None:
 
 
 # traffic split -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def server() -> Iterator[ServingServer]:
-    srv = ServingServer(port=0, max_tokens_limit=8)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def _post(client: httpx.Client, **body: object) -> httpx.Response:

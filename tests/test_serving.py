@@ -98,16 +98,6 @@ def _model(tag: str, version: int, streaming: bool = False, **kwargs: Any) -> Se
 
 
 @pytest.fixture
-def server() -> Iterator[ServingServer]:
-    srv = ServingServer(port=0, max_tokens_limit=8)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture
 def client(server: ServingServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=10.0) as c:
         yield c

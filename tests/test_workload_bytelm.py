@@ -7,6 +7,7 @@ models in a few seconds on two CPU cores.
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import math
 import textwrap
@@ -102,6 +103,20 @@ def test_train_respects_budget_and_saves(trained: tuple[TrainResult, list[TrainP
     # Progress arrives at least once, and the last report is the final state.
     assert events and events[-1].tokens == result.tokens and events[-1].step == result.steps
     assert all(e.tokens_per_s >= 0 for e in events)
+
+
+def test_heartbeats_never_repeat_a_token_count(
+    corpus: dict[str, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each heartbeat is a new point of the loss curve (Optuna refuses a repeated step):
+    with a heartbeat after every step, the closing one must not repeat the last."""
+    monkeypatch.setattr("adapters.workload.bytelm._PROGRESS_INTERVAL_S", 0.0)
+    events: list[TrainProgress] = []
+    request = _request(corpus, tmp_path / "hb.pt", max_tokens=3 * STEP_TOKENS)
+    result = ByteLMWorkload().train(request, progress=events.append)
+    counts = [e.tokens for e in events]
+    assert counts and counts[-1] == result.tokens
+    assert all(b > a for a, b in itertools.pairwise(counts)), counts
 
 
 def test_training_lowers_bpb(

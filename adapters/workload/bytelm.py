@@ -895,11 +895,15 @@ class ByteLMWorkload:
         reason = "budget"
         start = last_report = time.perf_counter()
 
+        reported = -1  # tokens at the last heartbeat: the closing one must not repeat it
+
         def report(now: float, loss: float) -> None:
             """Emit a heartbeat; the rate covers the whole run so far, warm-up included."""
-            if progress is not None:
+            nonlocal reported
+            if progress is not None and tokens != reported:
                 rate = tokens / (now - start) if now > start else 0.0
                 progress(TrainProgress(step=steps, tokens=tokens, loss=loss, tokens_per_s=rate))
+                reported = tokens
 
         while True:
             if tokens + cfg.tokens_per_step > request.max_tokens:

@@ -50,6 +50,7 @@ def policy_yaml(
     check_every: int,
     pruning: bool,
     baseline: bool = False,
+    reuse_workers: bool = True,
 ) -> str:
     eras_yaml = "\n".join(f"      - [{', '.join(e)}]" for e in eras)
     prune = (
@@ -78,6 +79,7 @@ triggers:
   schedule: {{every_s: 86400}}
   retrain_on_new_data: true
 gates: {{max_bpb: 9.0, min_improvement_pct: -100, max_reference_regression_pct: 1000}}
+cluster: {{reuse_workers: {str(reuse_workers).lower()}}}
 """
 
 
@@ -85,13 +87,21 @@ SPACE = (
     "    lr: {type: float, low: 0.0005, high: 0.02, log: true}\n"
     "    batch_size: {type: categorical, choices: [8, 16, 32, 64]}"
 )
+# On a GPU the energy per token depends on batch size and precision (launch-bound small
+# batches idle a 700 W board), so the GPU run also searches those.
+GPU_SPACE = (
+    "    lr: {type: float, low: 0.0005, high: 0.02, log: true}\n"
+    "    batch_size: {type: categorical, choices: [16, 32, 64, 128, 256]}\n"
+    "    precision: {type: categorical, choices: [fp32, bf16]}"
+)
 DEFAULT_SPACE = (
     "    lr: {type: categorical, choices: [0.003]}\n"
     "    batch_size: {type: categorical, choices: [32]}"
 )
 
 
-def run_once(state: Path, policy: str, threads: int) -> None:
+def run_once(state: Path, policy: str, threads: int) -> str:
+    """Run one daemon cycle; return its start line (which energy meter and GPU it used)."""
     path = state / "policy.yaml"
     state.mkdir(parents=True, exist_ok=True)
     path.write_text(policy)
@@ -113,6 +123,13 @@ def run_once(state: Path, policy: str, threads: int) -> None:
     (state / "run.log").write_text(res.stdout + res.stderr)
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
+    lines = res.stdout.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("[daemon] policy")), None)
+    if start is None:
+        return ""
+    note = [lines[start]]  # the console may wrap it: take its continuation lines too
+    note += [ln for ln in lines[start + 1 : start + 4] if not ln.startswith("[")][:3]
+    return " ".join(note)
 
 
 def trials_of(state: Path, cycle: int) -> list[dict[str, Any]]:
@@ -131,8 +148,12 @@ def trials_of(state: Path, cycle: int) -> list[dict[str, Any]]:
                 "trial": r.optuna_number,
                 "status": r.status,
                 "params": {
-                    k: v for k, v in json.loads(r.params).items() if k in ("lr", "batch_size")
+                    k: v
+                    for k, v in json.loads(r.params).items()
+                    if k in ("lr", "batch_size", "precision")
                 },
+                "device": res.get("device"),
+                "seconds": res.get("seconds"),
                 "tokens": res.get("tokens", 0),
                 "joules": res.get("joules", 0.0),
                 "method": res.get("energy_method", "estimated"),
@@ -171,8 +192,22 @@ def main() -> int:
     ap.add_argument("--skip-warm", action="store_true")
     ap.add_argument("--arms", default="default,random,controller", help="comma-separated")
     ap.add_argument("--warm-target", type=float, help="target on eras 0+1 (default: target+0.1)")
+    ap.add_argument(
+        "--space",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="search space of (b) and (c): gpu adds batch 128/256 and bf16",
+    )
+    ap.add_argument(
+        "--reuse",
+        choices=("on", "off", "both"),
+        default="on",
+        help="trial workers reused (the daemon's default) or one per trial; 'both' runs each "
+        "arm both ways, one per trial first, and reports the ratio",
+    )
     args = ap.parse_args()
     common = {"target": args.target, "check_every": args.check_every}
+    search_space = GPU_SPACE if args.space == "gpu" else SPACE
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="aifactory-bench-") as tmp:
         base = Path(tmp)
@@ -190,7 +225,7 @@ def main() -> int:
                 eras=[ERA0],
                 trials=args.trials,
                 sampler="random",
-                space=SPACE,
+                space=search_space,
                 tokens_per_trial=args.tokens_per_trial,
                 pruning=False,
             ),
@@ -198,33 +233,45 @@ def main() -> int:
                 eras=[ERA0, ERA1],
                 trials=args.trials,
                 sampler="tpe",
-                space=SPACE,
+                space=search_space,
                 tokens_per_trial=args.tokens_per_trial,
                 pruning=True,
                 baseline=True,
             ),
         }
         wanted = args.arms.split(",")
+        modes = {"on": [True], "off": [False], "both": [False, True]}[args.reuse]
+        reuse_ratio: dict[str, float] = {}
         for name, spec in specs.items():
             if name not in wanted:
                 continue
-            print(f"[bench] running ({name}) ...", flush=True)
-            run_once(base / name, policy_yaml(**spec, **common), args.threads)  # type: ignore[arg-type]
-            trials = trials_of(base / name, 1)
-            arms[name] = {
-                "trials": trials,
-                "search_joules": sum(t["joules"] for t in trials),
-                **to_target(trials),
-            }
+            for reuse in modes:
+                key = f"{name}, worker per trial" if len(modes) > 1 and not reuse else name
+                state = base / f"{name}-{'reused' if reuse else 'fresh'}"
+                print(f"[bench] running ({key}) ...", flush=True)
+                yaml = policy_yaml(**spec, **common, reuse_workers=reuse)  # type: ignore[arg-type]
+                note = run_once(state, yaml, args.threads)
+                trials = trials_of(state, 1)
+                arms[key] = {
+                    "daemon": note,
+                    "reuse_workers": reuse,
+                    "trials": trials,
+                    "search_joules": sum(t["joules"] for t in trials),
+                    **to_target(trials),
+                }
+                print(f"[bench] ({key}) {json.dumps(arms[key])}", flush=True)  # if cut short
+            if len(modes) > 1:
+                off = arms[f"{name}, worker per trial"]["search_joules"]
+                reuse_ratio[name] = off / arms[name]["search_joules"]
         warm: dict[str, Any] = {}
         warm_target = args.warm_target or args.target + 0.1
         if not args.skip_warm:
             common = {"target": warm_target, "check_every": args.check_every}
             print("[bench] warm start: controller's second cycle (new era) ...", flush=True)
-            run_once(
-                base / "controller", policy_yaml(**specs["controller"], **common), args.threads
-            )  # type: ignore[arg-type]
-            warm_trials = trials_of(base / "controller", 2)
+            ctrl = base / f"controller-{'reused' if modes[-1] else 'fresh'}"
+            ctrl_yaml = policy_yaml(**specs["controller"], **common, reuse_workers=modes[-1])  # type: ignore[arg-type]
+            run_once(ctrl, ctrl_yaml, args.threads)
+            warm_trials = trials_of(ctrl, 2)
             print("[bench] warm start: cold study on the same data ...", flush=True)
             cold_spec = dict(specs["controller"], eras=[ERA0 + ERA1], baseline=False)
             run_once(base / "cold", policy_yaml(**cold_spec, **common), args.threads)  # type: ignore[arg-type]
@@ -241,9 +288,11 @@ def main() -> int:
         "command": "python -m bench.energy_to_target " + " ".join(sys.argv[1:]),
         "target_bpb": args.target,
         "energy": method,
+        "space": args.space,
         "arms": arms,
         "ratio_default_over_controller": a / c if a and c else None,
         "ratio_random_over_controller": b / c if b and c else None,
+        "ratio_worker_per_trial_over_reused": reuse_ratio,
         "warm_start": warm,
         "warm_target_bpb": None if args.skip_warm else args.warm_target or args.target + 0.1,
         "seconds": round(time.time() - started, 1),
@@ -251,15 +300,20 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"\nEnergy to reach {args.target} bits/byte (joules {method}; lower is better)")
-    print(f"{'arm':<12}{'reached':>9}{'trials':>8}{'joules':>12}")
+    w = max(12, *(len(n) + 2 for n in arms))
+    print(f"{'arm':<{w}}{'reached':>9}{'trials':>8}{'joules':>12}")
     for name, arm in arms.items():
-        print(f"{name:<12}{arm['reached']!s:>9}{arm['trials_to_target']:>8}{arm['joules']:>12,.0f}")
+        print(
+            f"{name:<{w}}{arm['reached']!s:>9}{arm['trials_to_target']:>8}{arm['joules']:>12,.0f}"
+        )
     for label, key in (
         ("(a)/(c) default / controller", "ratio_default_over_controller"),
         ("(b)/(c) random / controller ", "ratio_random_over_controller"),
     ):
         if result[key] is not None:
             print(f"{label}: {result[key]:.2f}x")
+    for name, ratio in reuse_ratio.items():
+        print(f"({name}) whole search, worker per trial / reused workers: {ratio:.2f}x")
     if warm:
         w, k = warm["warm"], warm["cold"]
         print(f"\nWarm start, trials to reach {warm_target} bits/byte on eras 0+1:")

@@ -686,6 +686,8 @@ class ProductionCycle:
             "pruned": pruned,
             "pruned_against_median_loss": prune["median"] if pruned else None,
             "placement": placement,
+            # which worker process ran it, and its how-manieth trial (1: paid the start-up)
+            "worker": {"pid": outcome.worker_pid, "trial": outcome.worker_trial},
             "curve": curve[:: max(1, len(curve) // 40)],
         }
         row.result = json.dumps(result, sort_keys=True, default=str)

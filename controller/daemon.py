@@ -116,7 +116,7 @@ class Daemon:
             ledger=Ledger(store),
             catalog=catalog,
             book=CycleBook(store),
-            cluster=LocalProcessCluster(),
+            cluster=LocalProcessCluster(**policy.cluster.model_dump()),
             workload=load_workload(policy.workload),
             workload_spec=policy.workload,
             source=make_source(policy.data),
@@ -476,6 +476,8 @@ class Daemon:
         ctx.ingestor.data_policy = policy.data
         ctx.workload = load_workload(policy.workload)
         ctx.workload_spec = policy.workload
+        if isinstance(ctx.cluster, LocalProcessCluster):
+            ctx.cluster.configure(**policy.cluster.model_dump())
         if self.server is not None:
             self.server.max_tokens_limit = policy.serving.max_tokens
         ctx.audit.append(
@@ -774,6 +776,9 @@ class Daemon:
 
     def run(self, cycles: int | None = None) -> int:
         s = self.settings
+        # first of all: a SIGTERM during start-up must still run the clean exit below
+        # (restore GPU settings, audit the stop), not kill the process mid-setup
+        self._install_signals()
         s.ensure_dirs()
         try:
             policy = load_policy(s.policy)
@@ -809,7 +814,6 @@ class Daemon:
             f"[daemon] policy {policy.name}@{policy.version}; store {_redact(ctx.store.url)}; "
             f"energy: {energy_note}; GPU: {self.gpu_note}"
         )
-        self._install_signals()
         if s.serve:
             self.server = ServingServer(s.host, s.port, max_tokens_limit=policy.serving.max_tokens)
             try:
@@ -870,6 +874,8 @@ class Daemon:
                 self._book_served_tokens()
             if self.server is not None:
                 self.server.stop()
+            with contextlib.suppress(Exception):
+                ctx.cluster.close()  # a waiting trial worker holds memory (and a CUDA context)
             with contextlib.suppress(Exception):
                 self._restore_gpu_settings("on exit")
             ctx.audit.append(

@@ -318,6 +318,22 @@ class EnergyPolicy(_Strict):
     )
 
 
+class ClusterPolicy(_Strict):
+    """Where trials run. Workers are processes of their own (a crash fails one trial); reusing
+    one keeps its interpreter, torch and CUDA context, which on a GPU cost several times the
+    energy of a small trial."""
+
+    reuse_workers: bool = Field(
+        default=True, description="Run the next trial in the worker that finished the last."
+    )
+    worker_idle_s: float = Field(
+        default=300.0, gt=0, description="An idle worker exits after this long (frees the GPU)."
+    )
+    max_trials_per_worker: int = Field(
+        default=50, ge=1, description="Retire a worker after this many trials."
+    )
+
+
 class AdvisorPolicy(_Strict):
     """Optional LLM advisor (LiteLLM). It explains decisions; guardrails stay in code."""
 
@@ -390,6 +406,7 @@ class Policy(_Strict):
     approval: Literal["auto", "required"] = "auto"
     energy: EnergyPolicy = Field(default_factory=EnergyPolicy)
     serving: ServingPolicy = Field(default_factory=ServingPolicy)
+    cluster: ClusterPolicy = Field(default_factory=ClusterPolicy)
     rollout: RolloutPolicy | None = Field(
         default=None,
         description="Canary rollout after blessing; without it a blessed model is promoted "

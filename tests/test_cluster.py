@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +24,14 @@ def text_files(tmp_path: Path) -> tuple[list[str], list[str]]:
     train = [str(p) for p in sorted(src.glob("*.py"))[:3]]
     valid = [str(sorted(src.glob("*.py"))[3])]
     return train, valid
+
+
+@pytest.fixture
+def cluster() -> Iterator[LocalProcessCluster]:
+    """A cluster whose waiting worker is retired after the test (it would idle for minutes)."""
+    c = LocalProcessCluster()
+    yield c
+    c.close()
 
 
 def job(
@@ -44,9 +56,11 @@ def job(
     )
 
 
-def test_trial_runs_and_reports_energy(tmp_path: Path, text_files: tuple) -> None:
+def test_trial_runs_and_reports_energy(
+    cluster: LocalProcessCluster, tmp_path: Path, text_files: tuple
+) -> None:
     seen = []
-    out = LocalProcessCluster().run(job(tmp_path, text_files), on_progress=seen.append)
+    out = cluster.run(job(tmp_path, text_files), on_progress=seen.append)
     assert out.status == "ok", out.error
     assert out.result is not None and out.result.tokens <= 20_000
     assert out.energy is not None and out.energy.method == "estimated"
@@ -63,36 +77,168 @@ def test_trial_runs_and_reports_energy(tmp_path: Path, text_files: tuple) -> Non
     ],
 )
 def test_crashing_trial_fails_only_itself(
-    tmp_path: Path, text_files: tuple, workload: str, expect: str
+    cluster: LocalProcessCluster, tmp_path: Path, text_files: tuple, workload: str, expect: str
 ) -> None:
-    out = LocalProcessCluster().run(job(tmp_path, text_files, workload))
+    out = cluster.run(job(tmp_path, text_files, workload))
     assert out.status == "failed" and expect in out.error
 
 
-def test_nan_loss_is_a_failed_trial(tmp_path: Path, text_files: tuple) -> None:
-    out = LocalProcessCluster().run(job(tmp_path, text_files, lr=1e4, warmup_steps=0))
+def test_nan_loss_is_a_failed_trial(
+    cluster: LocalProcessCluster, tmp_path: Path, text_files: tuple
+) -> None:
+    out = cluster.run(job(tmp_path, text_files, lr=1e4, warmup_steps=0))
     assert out.status == "failed" and "NaN" in out.error
     assert out.result is not None and out.result.artefact_path == ""
 
 
-def test_stop_request_interrupts(tmp_path: Path, text_files: tuple) -> None:
+def test_stop_request_interrupts(
+    cluster: LocalProcessCluster, tmp_path: Path, text_files: tuple
+) -> None:
     stop = threading.Event()
     threading.Timer(2.5, stop.set).start()
     started = time.monotonic()
-    out = LocalProcessCluster().run(
-        job(tmp_path, text_files, max_tokens=50_000_000), should_stop=stop.is_set
-    )
+    out = cluster.run(job(tmp_path, text_files, max_tokens=50_000_000), should_stop=stop.is_set)
     assert out.status == "interrupted"
     assert time.monotonic() - started < 15
 
 
-def test_energy_share_stops_a_trial(tmp_path: Path, text_files: tuple) -> None:
+def test_energy_share_stops_a_trial(
+    cluster: LocalProcessCluster, tmp_path: Path, text_files: tuple
+) -> None:
     j = job(tmp_path, text_files, max_tokens=50_000_000)
     j = TrialJob(
         key=j.key, workload=j.workload, request=j.request, watts_per_core=10.0, max_joules=15.0
     )
-    out = LocalProcessCluster().run(j)
+    out = cluster.run(j)
     assert out.status == "ok", out.error
     assert out.result is not None and out.result.stopped_reason == "stopped"
     assert out.stop_reason == "energy share spent"
     assert out.energy is not None and 15.0 <= out.energy.joules < 15.0 + 2 * 10.0 * 1.5
+
+
+# --- reused workers ------------------------------------------------------------------------
+
+
+def _gone(pid: int) -> bool:
+    """True once the process has exited (a zombie nobody reaped counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in state
+
+
+def test_a_worker_serves_the_next_trial_and_books_its_start_up_once(
+    tmp_path: Path, text_files: tuple
+) -> None:
+    cluster = LocalProcessCluster()
+    try:
+        first = cluster.run(job(tmp_path, text_files))
+        second = cluster.run(job(tmp_path, text_files))
+    finally:
+        cluster.close()
+    assert first.status == second.status == "ok", (first.error, second.error)
+    assert first.worker_pid == second.worker_pid is not None
+    assert (first.worker_trial, second.worker_trial) == (1, 2)
+    # the first window opened before torch was imported: the start-up is on its bill only
+    assert first.energy is not None and second.energy is not None
+    assert first.energy.cpu_seconds > second.energy.cpu_seconds + 0.3
+    assert _gone(first.worker_pid)  # close() retired it
+
+
+def test_reuse_off_starts_a_worker_per_trial(tmp_path: Path, text_files: tuple) -> None:
+    cluster = LocalProcessCluster(reuse_workers=False)
+    first = cluster.run(job(tmp_path, text_files))
+    second = cluster.run(job(tmp_path, text_files))
+    assert first.status == second.status == "ok"
+    assert first.worker_pid != second.worker_pid
+    assert first.worker_trial == second.worker_trial == 1
+    assert cluster.worker_pid is None and _gone(first.worker_pid)  # type: ignore[arg-type]
+
+
+def test_a_failed_trial_never_hands_its_worker_on(tmp_path: Path, text_files: tuple) -> None:
+    cluster = LocalProcessCluster()
+    try:
+        outs = [
+            cluster.run(job(tmp_path, text_files, workload))
+            for workload in (
+                "bytelm",
+                "crashy_workloads:HardCrash",  # dies: no exception, no goodbye
+                "bytelm",
+                "crashy_workloads:Raises",  # raises: alive, but its state is suspect
+                "bytelm",
+            )
+        ]
+    finally:
+        cluster.close()
+    assert [o.status for o in outs] == ["ok", "failed", "ok", "failed", "ok"]
+    for before, bad, after in ((outs[0], outs[1], outs[2]), (outs[2], outs[3], outs[4])):
+        assert bad.worker_pid == before.worker_pid  # it failed in the reused worker...
+        assert after.worker_pid != bad.worker_pid and after.worker_trial == 1  # ...not reused
+
+
+def test_workers_retire_after_max_trials(tmp_path: Path, text_files: tuple) -> None:
+    cluster = LocalProcessCluster(max_trials_per_worker=2)
+    try:
+        pids = [cluster.run(job(tmp_path, text_files)).worker_pid for _ in range(3)]
+    finally:
+        cluster.close()
+    assert pids[0] == pids[1] != pids[2]
+
+
+def test_an_idle_worker_exits_by_itself(tmp_path: Path, text_files: tuple) -> None:
+    cluster = LocalProcessCluster(worker_idle_s=0.5)
+    try:
+        first = cluster.run(job(tmp_path, text_files))
+        assert cluster.worker_pid == first.worker_pid
+        deadline = time.monotonic() + 10
+        while cluster.worker_pid is not None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert cluster.worker_pid is None
+        second = cluster.run(job(tmp_path, text_files))
+    finally:
+        cluster.close()
+    assert second.status == "ok" and second.worker_pid != first.worker_pid
+
+
+def test_a_stopped_trial_leaves_its_worker_ready(tmp_path: Path, text_files: tuple) -> None:
+    """The stop request may arrive after the trial ended; the next trial must not see it."""
+    cluster = LocalProcessCluster()
+    stop = threading.Event()
+    threading.Timer(2.5, stop.set).start()
+    try:
+        stopped = cluster.run(
+            job(tmp_path, text_files, max_tokens=50_000_000), should_stop=stop.is_set
+        )
+        with contextlib.suppress(OSError):
+            cluster._worker.conn.send("stop")  # type: ignore[union-attr]  # a late, stale one
+        after = cluster.run(job(tmp_path, text_files))
+    finally:
+        cluster.close()
+    assert stopped.status == "interrupted"
+    assert after.status == "ok" and after.worker_pid == stopped.worker_pid
+    assert after.result is not None and after.result.stopped_reason == "budget"
+
+
+def test_an_orphaned_idle_worker_exits(tmp_path: Path, text_files: tuple) -> None:
+    """The daemon is killed with -9 between trials: its waiting worker must not linger."""
+    train, valid = text_files
+    code = f"""
+import os, sys
+sys.path[:0] = {sys.path!r}
+from adapters.cluster import LocalProcessCluster, TrialJob
+from adapters.workload.protocol import TrainRequest
+from crashy_workloads import params
+out = LocalProcessCluster().run(TrialJob(key="t", workload="bytelm", request=TrainRequest(
+    params=params(), train_files={train!r}, valid_files={valid!r}, max_tokens=20_000,
+    out_path={str(tmp_path / "m.pt")!r}, threads=1)))
+print(out.status, out.worker_pid, flush=True)
+os._exit(0)  # like kill -9: no clean-up, the worker is left waiting for a next job
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    status, pid = res.stdout.split()
+    assert status == "ok", res.stderr
+    deadline = time.monotonic() + 10
+    while not _gone(int(pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _gone(int(pid))

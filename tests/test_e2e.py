@@ -676,4 +676,7 @@ def test_cold_study_starts_from_the_baseline(tmp_path: Path) -> None:
     assert any(e.action == "baseline" for e in events)
     first = next(e for e in events if e.action == "run_trial")
     assert first.figures["params"]["lr"] == 0.005
+    # both trials ran in one reused worker process; only the first paid its start-up
+    runs = [e.figures["worker"] for e in events if e.action == "run_trial"]
+    assert [w["trial"] for w in runs] == [1, 2] and runs[0]["pid"] == runs[1]["pid"]
     store.dispose()

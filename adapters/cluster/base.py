@@ -35,6 +35,8 @@ class TrialOutcome:
     exit_code: int | None = None
     energy_note: str = ""
     stop_reason: str = ""  # why the worker stopped early, e.g. "energy share spent"
+    worker_pid: int | None = None
+    worker_trial: int = 0  # 1 for a fresh worker's first trial, 2 for its second, ...
 
 
 class Cluster(Protocol):
@@ -46,3 +48,7 @@ class Cluster(Protocol):
         on_progress: Callable[[TrainProgress], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> TrialOutcome: ...
+
+    def close(self) -> None:
+        """Free whatever the cluster keeps between trials (idle workers)."""
+        ...

@@ -1,4 +1,4 @@
-"""Local cluster: one spawned worker process per trial on this machine."""
+"""Local cluster: trials in spawned worker processes on this machine, reused between trials."""
 
 from __future__ import annotations
 
@@ -6,19 +6,92 @@ import contextlib
 import multiprocessing as mp
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
 
 from adapters.cluster.base import TrialJob, TrialOutcome
 from adapters.cluster.worker import worker_main
 from adapters.workload.protocol import TrainProgress
 
 
-class LocalProcessCluster:
-    """Runs trials in `spawn`ed processes (no inherited threads, locks or CUDA state)."""
+@dataclass
+class _Worker:
+    proc: Any  # multiprocessing.context.SpawnProcess
+    conn: Connection
+    trials: int = 0
 
-    def __init__(self, stop_grace_s: float = 5.0) -> None:
+
+class LocalProcessCluster:
+    """Runs trials in `spawn`ed processes (no inherited threads, locks or CUDA state).
+
+    With ``reuse_workers`` a worker that finished a trial cleanly takes the next one: it
+    keeps its interpreter, torch and CUDA context, which on a GPU cost several times a small
+    trial's energy (bench/trial_overhead.py). A worker whose trial crashed, raised or had to
+    be killed is never reused; one that served ``max_trials_per_worker`` trials is retired
+    (memory a workload leaks cannot pile up), and an idle one exits by itself after
+    ``worker_idle_s``. Calls come from one thread at a time (the daemon's main thread).
+    """
+
+    def __init__(
+        self,
+        stop_grace_s: float = 5.0,
+        reuse_workers: bool = True,
+        worker_idle_s: float = 300.0,
+        max_trials_per_worker: int = 50,
+    ) -> None:
         self.stop_grace_s = stop_grace_s
-        self.description = "local worker processes"
         self._ctx = mp.get_context("spawn")
+        self._worker: _Worker | None = None
+        self.configure(
+            reuse_workers=reuse_workers,
+            worker_idle_s=worker_idle_s,
+            max_trials_per_worker=max_trials_per_worker,
+        )
+
+    def configure(
+        self, *, reuse_workers: bool, worker_idle_s: float, max_trials_per_worker: int
+    ) -> None:
+        """Apply (new) reuse settings; a waiting worker started under other ones is retired."""
+        settings = (reuse_workers, worker_idle_s, max_trials_per_worker)
+        if getattr(self, "_settings", settings) != settings:
+            self.close()
+        self._settings = settings
+        self.reuse_workers, self.worker_idle_s, self.max_trials_per_worker = settings
+        self.description = (
+            "local worker processes, reused"
+            if reuse_workers
+            else "local worker processes, one per trial"
+        )
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The waiting worker's pid, if one is kept for the next trial."""
+        w = self._worker
+        return w.proc.pid if w is not None and w.proc.is_alive() else None
+
+    def close(self) -> None:
+        """Retire the waiting worker (the daemon calls this on exit)."""
+        w, self._worker = self._worker, None
+        if w is not None:
+            _retire(w)
+
+    def _checkout(self) -> _Worker:
+        w, self._worker = self._worker, None
+        if w is not None and w.proc.is_alive():
+            return w
+        if w is not None:
+            _retire(w)  # exited while idle (idle limit reached): reap it
+        parent_conn, child_conn = self._ctx.Pipe()
+        proc = self._ctx.Process(
+            target=worker_main,
+            args=(child_conn, self.worker_idle_s if self.reuse_workers else 0.0),
+            name="trial-worker",
+            daemon=True,
+        )
+        proc.start()
+        child_conn.close()
+        return _Worker(proc, parent_conn)
 
     def run(
         self,
@@ -26,74 +99,103 @@ class LocalProcessCluster:
         on_progress: Callable[[TrainProgress], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> TrialOutcome:
-        parent_conn, child_conn = self._ctx.Pipe()
-        proc = self._ctx.Process(
-            target=worker_main, args=(job, child_conn), name=f"trial-{job.key}", daemon=True
-        )
-        proc.start()
-        child_conn.close()
+        w = self._checkout()
+        w.trials += 1
+        reusable = False
+        try:
+            w.conn.send(("job", job))
+        except OSError:  # it died between the liveness check and the send
+            _retire(w)
+            w = self._checkout()
+            w.trials += 1
+            w.conn.send(("job", job))
+        try:
+            outcome, reusable = self._follow(w, job, on_progress, should_stop)
+            return outcome
+        finally:
+            if (
+                reusable
+                and self.reuse_workers
+                and w.trials < self.max_trials_per_worker
+                and w.proc.is_alive()
+            ):
+                self._worker = w
+            else:
+                _retire(w)
+
+    def _follow(
+        self,
+        w: _Worker,
+        job: TrialJob,
+        on_progress: Callable[[TrainProgress], None] | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> tuple[TrialOutcome, bool]:
+        """Relay the worker's messages until the trial ends; True: the worker may be reused."""
+        proc, conn, pid = w.proc, w.conn, w.proc.pid
         stop_sent_at: float | None = None
 
         def stopping() -> bool:
             return stop_sent_at is not None or (should_stop is not None and should_stop())
 
-        try:
-            while True:
-                if stop_sent_at is None and should_stop is not None and should_stop():
-                    stop_sent_at = time.monotonic()
-                    with contextlib.suppress(OSError):
-                        parent_conn.send("stop")
-                if stop_sent_at is not None and time.monotonic() - stop_sent_at > self.stop_grace_s:
-                    proc.kill()
-                    proc.join(2)
-                    return TrialOutcome("interrupted", error="stopped: worker killed after grace")
-                try:
-                    ready = parent_conn.poll(0.2) or (
-                        not proc.is_alive() and parent_conn.poll(0)  # result raced the exit
-                    )
-                    msg = parent_conn.recv() if ready else None
-                except (EOFError, OSError):
-                    break  # the worker is gone (crash, signal)
-                if msg is None:
-                    if not proc.is_alive():
-                        break
-                    continue
-                kind = msg[0]
-                if kind == "progress":
-                    if on_progress is not None:
-                        on_progress(msg[1])
-                elif kind == "done":
-                    _, result, reading, note, stop_reason = msg
-                    if stopping() or stop_reason in ("stopped", "parent died"):
-                        return TrialOutcome(
-                            "interrupted", result, reading, "stopped", energy_note=note
-                        )
-                    if result.stopped_reason == "nan" or not result.artefact_path:
-                        return TrialOutcome(
-                            "failed",
-                            result,
-                            reading,
-                            "training diverged (NaN loss)",
-                            energy_note=note,
-                        )
-                    return TrialOutcome(
-                        "ok", result, reading, energy_note=note, stop_reason=stop_reason or ""
-                    )
-                elif kind == "error":
-                    proc.join(5)
-                    if stopping():  # e.g. the signal reached the worker before we could ask
-                        return TrialOutcome("interrupted", error=msg[1], exit_code=proc.exitcode)
-                    return TrialOutcome("failed", error=msg[1], exit_code=proc.exitcode)
-            proc.join(5)
-            if stopping():
-                return TrialOutcome("interrupted", error="stopped", exit_code=proc.exitcode)
-            return TrialOutcome(
-                "failed",
-                error=f"worker process died without a result (exit code {proc.exitcode})",
-                exit_code=proc.exitcode,
-            )
-        finally:
-            if proc.is_alive():
-                proc.kill()
-                proc.join(2)
-            parent_conn.close()
+        def outcome(status: Any, *args: Any, **kw: Any) -> TrialOutcome:
+            return TrialOutcome(status, *args, worker_pid=pid, worker_trial=w.trials, **kw)
+
+        while True:
+            if stop_sent_at is None and should_stop is not None and should_stop():
+                stop_sent_at = time.monotonic()
+                with contextlib.suppress(OSError):
+                    conn.send("stop")
+            if stop_sent_at is not None and time.monotonic() - stop_sent_at > self.stop_grace_s:
+                return outcome("interrupted", error="stopped: worker killed after grace"), False
+            try:
+                ready = conn.poll(0.2) or (
+                    not proc.is_alive() and conn.poll(0)  # result raced the exit
+                )
+                msg = conn.recv() if ready else None
+            except (EOFError, OSError):
+                break  # the worker is gone (crash, signal)
+            if msg is None:
+                if not proc.is_alive():
+                    break
+                continue
+            kind = msg[0]
+            if kind == "progress":
+                if on_progress is not None:
+                    on_progress(msg[1])
+            elif kind == "done":
+                _, result, reading, note, stop_reason = msg
+                keep = stop_reason != "parent died"
+                if stopping() or stop_reason in ("stopped", "parent died"):
+                    return outcome(
+                        "interrupted", result, reading, "stopped", energy_note=note
+                    ), keep
+                if result.stopped_reason == "nan" or not result.artefact_path:
+                    return outcome(
+                        "failed", result, reading, "training diverged (NaN loss)", energy_note=note
+                    ), keep
+                return outcome(
+                    "ok", result, reading, energy_note=note, stop_reason=stop_reason or ""
+                ), keep
+            elif kind == "error":
+                proc.join(5)  # the worker exits after reporting an error
+                status = "interrupted" if stopping() else "failed"  # stopped by a signal?
+                return outcome(status, error=msg[1], exit_code=proc.exitcode), False
+        proc.join(5)
+        if stopping():
+            return outcome("interrupted", error="stopped", exit_code=proc.exitcode), False
+        return outcome(
+            "failed",
+            error=f"worker process died without a result (exit code {proc.exitcode})",
+            exit_code=proc.exitcode,
+        ), False
+
+
+def _retire(w: _Worker) -> None:
+    """Ask a worker to exit, and make sure it has."""
+    with contextlib.suppress(OSError):
+        w.conn.send("exit")
+    w.proc.join(2)
+    if w.proc.is_alive():
+        w.proc.kill()
+        w.proc.join(2)
+    w.conn.close()

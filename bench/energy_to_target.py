@@ -6,7 +6,7 @@ Every arm is a real `aifactory run --once` on the built-in workload (byte-level 
 standard library's sources) in its own state directory; the figures come from its ledger
 and trial records. A trial stops early once its held-out bits/byte reach the target
 (checked every `--check-every` tokens), so "energy to target" is what a search spends until
-its first trial reaches the target, that trial included:
+its first trial reaches the target, that trial and the trial workers' start-ups included:
 
   (a) default   the policy's default configuration (lr 3e-3, batch 32), one long run
   (b) random    random search over the same space, same trial budget, no pruning
@@ -156,6 +156,8 @@ def trials_of(state: Path, cycle: int) -> list[dict[str, Any]]:
                 "seconds": res.get("seconds"),
                 "tokens": res.get("tokens", 0),
                 "joules": res.get("joules", 0.0),
+                # a fresh trial worker's start-up, measured apart: part of what a search costs
+                "startup_joules": (res.get("worker") or {}).get("startup_joules", 0.0),
                 "method": res.get("energy_method", "estimated"),
                 "valid_bpb": res.get("valid_bpb"),
                 "reached": res.get("stopped_reason") == "target",
@@ -167,7 +169,7 @@ def trials_of(state: Path, cycle: int) -> list[dict[str, Any]]:
 def to_target(trials: list[dict[str, Any]]) -> dict[str, Any]:
     spent = 0.0
     for i, t in enumerate(trials, start=1):
-        spent += t["joules"]
+        spent += t["joules"] + t["startup_joules"]
         if t["reached"]:
             return {"reached": True, "joules": spent, "trials_to_target": i, "method": t["method"]}
     return {
@@ -256,7 +258,7 @@ def main() -> int:
                     "daemon": note,
                     "reuse_workers": reuse,
                     "trials": trials,
-                    "search_joules": sum(t["joules"] for t in trials),
+                    "search_joules": sum(t["joules"] + t["startup_joules"] for t in trials),
                     **to_target(trials),
                 }
                 print(f"[bench] ({key}) {json.dumps(arms[key])}", flush=True)  # if cut short

@@ -643,12 +643,13 @@ class ProductionCycle:
             on_progress=on_progress,
             should_stop=lambda: ctx.stop_event.is_set() or bool(prune["now"]),
         )
-        res, energy = outcome.result, outcome.energy
+        res, energy, startup = outcome.result, outcome.energy, outcome.startup_energy
         pruned = bool(prune["now"]) and not ctx.stop_event.is_set()
         if outcome.status == "interrupted" and not pruned:
             if energy is not None:  # the abandoned attempt still cost energy: book it
+                attempt = f"{key}:interrupted:{utcnow_iso()}"
                 ctx.ledger.record(
-                    key=f"{key}:interrupted:{utcnow_iso()}",
+                    key=attempt,
                     policy_name=ctx.name,
                     cycle_id=cid,
                     kind="train",
@@ -656,6 +657,16 @@ class ProductionCycle:
                     joules=energy.joules,
                     method=energy.method,
                 )
+                if startup is not None:
+                    ctx.ledger.record(
+                        key=f"{attempt}:worker-startup",
+                        policy_name=ctx.name,
+                        cycle_id=cid,
+                        kind="train",
+                        tokens=0,
+                        joules=startup.joules,
+                        method=startup.method,
+                    )
             ctx.reporter.trial_finished(f"{label}: interrupted (resumes on restart)")
             raise CycleInterrupted(key)
         tokens = res.tokens if res else 0
@@ -686,8 +697,14 @@ class ProductionCycle:
             "pruned": pruned,
             "pruned_against_median_loss": prune["median"] if pruned else None,
             "placement": placement,
-            # which worker process ran it, and its how-manieth trial (1: paid the start-up)
-            "worker": {"pid": outcome.worker_pid, "trial": outcome.worker_trial},
+            # which worker process ran it, and its how-manieth trial; a fresh worker's
+            # start-up is booked beside the trial (ledger), not in its cost (tuning)
+            "worker": {
+                "pid": outcome.worker_pid,
+                "trial": outcome.worker_trial,
+                "startup_joules": startup.joules if startup else 0.0,
+                "startup_method": startup.method if startup else None,
+            },
             "curve": curve[:: max(1, len(curve) // 40)],
         }
         row.result = json.dumps(result, sort_keys=True, default=str)
@@ -714,6 +731,17 @@ class ProductionCycle:
             joules=joules,
             method=method,
         )
+        worker = r.get("worker") or {}
+        if worker.get("startup_joules"):  # the worker's start-up, booked once beside the trial
+            ctx.ledger.record(
+                key=f"{row.key}:worker-startup",
+                policy_name=ctx.name,
+                cycle_id=cid,
+                kind="train",
+                tokens=0,
+                joules=float(worker["startup_joules"]),
+                method=worker.get("startup_method") or "estimated",
+            )
         bpb = r.get("valid_bpb")
         cost = r.get("energy_cost")
         multi = ctx.policy.tuning.objectives.kind != "quality"

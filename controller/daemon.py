@@ -469,7 +469,7 @@ class Daemon:
             return
         ctx = self.ctx
         ctx.book.save_policy(policy, str(self.settings.policy))
-        old = ctx.policy.version
+        old, old_workload = ctx.policy.version, ctx.policy.workload
         ctx.policy = policy
         ctx.advisor = make_advisor(policy.advisor)
         ctx.source = make_source(policy.data)
@@ -478,6 +478,8 @@ class Daemon:
         ctx.workload_spec = policy.workload
         if isinstance(ctx.cluster, LocalProcessCluster):
             ctx.cluster.configure(**policy.cluster.model_dump())
+        if policy.workload != old_workload:
+            ctx.cluster.close()  # a waiting worker has the old workload's code imported
         if self.server is not None:
             self.server.max_tokens_limit = policy.serving.max_tokens
         ctx.audit.append(

@@ -289,7 +289,14 @@ def test_kill9_mid_trial_resumes_without_duplicates(tmp_path: Path) -> None:
     assert len(trials) == 2 and all(t.status == "complete" for t in trials)
     assert len({t.optuna_number for t in trials}) == 2
     assert len(versions) == 1 and versions[0].cycle_id == "tiny-c0001"
-    assert len(ledger) == 2
+    # one row per trial, plus each fresh worker's start-up (one per daemon run here)
+    booked = sorted(r.key.split(":", 1)[1] for r in ledger)
+    assert booked == [
+        "trial:000",
+        "trial:000:worker-startup",
+        "trial:001",
+        "trial:001:worker-startup",
+    ], [(r.key, r.joules) for r in ledger]
     assert len(keys) == len(set(keys))
     import optuna
 
@@ -679,4 +686,8 @@ def test_cold_study_starts_from_the_baseline(tmp_path: Path) -> None:
     # both trials ran in one reused worker process; only the first paid its start-up
     runs = [e.figures["worker"] for e in events if e.action == "run_trial"]
     assert [w["trial"] for w in runs] == [1, 2] and runs[0]["pid"] == runs[1]["pid"]
+    assert runs[0]["startup_joules"] > 0 and runs[1]["startup_joules"] == 0
+    with store.session() as s:
+        startups = [r for r in s.exec(select(LedgerRow)).all() if r.key.endswith(":worker-startup")]
+    assert len(startups) == 1 and startups[0].joules == runs[0]["startup_joules"]
     store.dispose()

@@ -100,3 +100,11 @@ def test_cli_schema(capsys: pytest.CaptureFixture[str]) -> None:
 def test_baseline_must_be_in_search_space() -> None:
     with pytest.raises(PolicyError, match="baseline"):
         parse_policy("name: x\ntuning:\n  baseline: {momentum: 0.9}\n")
+
+
+def test_cluster_section_defaults_and_errors() -> None:
+    assert parse_policy("name: x\n").cluster.reuse_workers is True
+    text = "name: x\ncluster:\n  reuse_workers: false\n  max_trials_per_worker: 0\n"
+    with pytest.raises(PolicyError) as err:
+        parse_policy(text, "p.yaml")
+    assert {(p.path, p.line) for p in err.value.problems} == {("cluster.max_trials_per_worker", 4)}

@@ -35,6 +35,8 @@ class TrialOutcome:
     exit_code: int | None = None
     energy_note: str = ""
     stop_reason: str = ""  # why the worker stopped early, e.g. "energy share spent"
+    # a fresh worker's start-up (torch import, CUDA context), measured apart from the trial
+    startup_energy: EnergyReading | None = None
     worker_pid: int | None = None
     worker_trial: int = 0  # 1 for a fresh worker's first trial, 2 for its second, ...
 

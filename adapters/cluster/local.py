@@ -20,6 +20,13 @@ class _Worker:
     proc: Any  # multiprocessing.context.SpawnProcess
     conn: Connection
     trials: int = 0
+    idle_since: float = 0.0
+
+
+def _idle_margin_s(idle_s: float) -> float:
+    """How long past ``idle_s`` a worker waits before exiting by itself. The parent retires
+    a worker idle for ``idle_s``, so it never sends a job to one that is just exiting."""
+    return min(10.0, idle_s)
 
 
 class LocalProcessCluster:
@@ -29,8 +36,9 @@ class LocalProcessCluster:
     keeps its interpreter, torch and CUDA context, which on a GPU cost several times a small
     trial's energy (bench/trial_overhead.py). A worker whose trial crashed, raised or had to
     be killed is never reused; one that served ``max_trials_per_worker`` trials is retired
-    (memory a workload leaks cannot pile up), and an idle one exits by itself after
-    ``worker_idle_s``. Calls come from one thread at a time (the daemon's main thread).
+    (memory a workload leaks cannot pile up), one idle for ``worker_idle_s`` is not used
+    again, and exits by itself shortly after. Calls come from one thread at a time (the
+    daemon's main thread).
     """
 
     def __init__(
@@ -78,14 +86,19 @@ class LocalProcessCluster:
 
     def _checkout(self) -> _Worker:
         w, self._worker = self._worker, None
-        if w is not None and w.proc.is_alive():
+        if (
+            w is not None
+            and w.proc.is_alive()
+            and time.monotonic() - w.idle_since < self.worker_idle_s
+        ):
             return w
         if w is not None:
-            _retire(w)  # exited while idle (idle limit reached): reap it
+            _retire(w)  # idle too long (it is exiting, or about to): reap it
         parent_conn, child_conn = self._ctx.Pipe()
+        idle_s = self.worker_idle_s + _idle_margin_s(self.worker_idle_s)
         proc = self._ctx.Process(
             target=worker_main,
-            args=(child_conn, self.worker_idle_s if self.reuse_workers else 0.0),
+            args=(child_conn, idle_s if self.reuse_workers else 0.0),
             name="trial-worker",
             daemon=True,
         )
@@ -119,6 +132,7 @@ class LocalProcessCluster:
                 and w.trials < self.max_trials_per_worker
                 and w.proc.is_alive()
             ):
+                w.idle_since = time.monotonic()
                 self._worker = w
             else:
                 _retire(w)
@@ -160,22 +174,19 @@ class LocalProcessCluster:
                 continue
             kind = msg[0]
             if kind == "progress":
-                if on_progress is not None:
-                    on_progress(msg[1])
+                if on_progress is not None and msg[1] == job.key:  # never a late one
+                    on_progress(msg[2])
             elif kind == "done":
-                _, result, reading, note, stop_reason = msg
+                _, result, reading, note, stop_reason, startup = msg
                 keep = stop_reason != "parent died"
+                kw = {"energy_note": note, "startup_energy": startup}
                 if stopping() or stop_reason in ("stopped", "parent died"):
-                    return outcome(
-                        "interrupted", result, reading, "stopped", energy_note=note
-                    ), keep
+                    return outcome("interrupted", result, reading, "stopped", **kw), keep
                 if result.stopped_reason == "nan" or not result.artefact_path:
                     return outcome(
-                        "failed", result, reading, "training diverged (NaN loss)", energy_note=note
+                        "failed", result, reading, "training diverged (NaN loss)", **kw
                     ), keep
-                return outcome(
-                    "ok", result, reading, energy_note=note, stop_reason=stop_reason or ""
-                ), keep
+                return outcome("ok", result, reading, stop_reason=stop_reason or "", **kw), keep
             elif kind == "error":
                 proc.join(5)  # the worker exits after reporting an error
                 status = "interrupted" if stopping() else "failed"  # stopped by a signal?

@@ -847,7 +847,11 @@ class ByteLMWorkload:
         if valid_data.numel() < 2:
             raise ValueError("validation text must contain at least 2 bytes")
 
-        with _num_threads(request.threads):
+        # Dropout draws from torch's global generator: seed it from the request (and put it
+        # back afterwards), so a trial gives the same result in a fresh or a reused process.
+        cuda = [device.index or 0] if device.type == "cuda" else []
+        with _num_threads(request.threads), torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(request.seed + 2)
             return self._train(
                 cfg, request, device, train_data, valid_data, planned_steps, progress, should_stop
             )

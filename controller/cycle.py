@@ -658,15 +658,7 @@ class ProductionCycle:
                     method=energy.method,
                 )
                 if startup is not None:
-                    ctx.ledger.record(
-                        key=f"{attempt}:worker-startup",
-                        policy_name=ctx.name,
-                        cycle_id=cid,
-                        kind="train",
-                        tokens=0,
-                        joules=startup.joules,
-                        method=startup.method,
-                    )
+                    self._book_worker_startup(attempt, cid, startup.joules, startup.method)
             ctx.reporter.trial_finished(f"{label}: interrupted (resumes on restart)")
             raise CycleInterrupted(key)
         tokens = res.tokens if res else 0
@@ -713,6 +705,19 @@ class ProductionCycle:
         ctx.book.put_trial(row)
         return row
 
+    def _book_worker_startup(self, key: str, cid: str, joules: float, method: str) -> None:
+        """A fresh worker's start-up, booked once beside the trial that started it: the day's
+        budget counts it, the trial's own cost (which tuning compares) does not."""
+        self.ctx.ledger.record(
+            key=f"{key}:worker-startup",
+            policy_name=self.ctx.name,
+            cycle_id=cid,
+            kind="train",
+            tokens=0,
+            joules=joules,
+            method=method,
+        )
+
     def _settle(
         self, study: optuna.Study, row: TrialRunRow, i: int, n: int, dists: dict[str, Any]
     ) -> TrialRunRow:
@@ -732,15 +737,12 @@ class ProductionCycle:
             method=method,
         )
         worker = r.get("worker") or {}
-        if worker.get("startup_joules"):  # the worker's start-up, booked once beside the trial
-            ctx.ledger.record(
-                key=f"{row.key}:worker-startup",
-                policy_name=ctx.name,
-                cycle_id=cid,
-                kind="train",
-                tokens=0,
-                joules=float(worker["startup_joules"]),
-                method=worker.get("startup_method") or "estimated",
+        if worker.get("startup_joules"):
+            self._book_worker_startup(
+                row.key,
+                cid,
+                float(worker["startup_joules"]),
+                worker.get("startup_method") or "estimated",
             )
         bpb = r.get("valid_bpb")
         cost = r.get("energy_cost")

@@ -911,13 +911,12 @@ class _ServingCollector(Collector):
             "Share of unpinned requests routed to a version",
             labels=["version", "role"],
         )
-        champion = self._server.current
-        canary = self._server.challenger
-        if champion is not None:
-            weight = canary[1] / 100.0 if canary is not None else 0.0
-            share.add_metric([f"v{champion.version}", "champion"], 1.0 - weight)
-        if canary is not None:
-            share.add_metric([f"v{canary[0].version}", "challenger"], canary[1] / 100.0)
+        slot = self._server._slot  # read once: both shares from the same split
+        if slot is not None:
+            weight = slot.weight if slot.challenger is not None else 0.0
+            share.add_metric([f"v{slot.model.version}", "champion"], 1.0 - weight)
+            if slot.challenger is not None:
+                share.add_metric([f"v{slot.challenger.version}", "challenger"], weight)
         yield from (requests, failures, tokens, latency, share)
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.serving import percentile
+from agents.stats import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = ROOT / "bench" / "configs" / "rollout.yaml"
@@ -99,9 +99,9 @@ def _wait(cond: object, timeout: float, what: str) -> object:
     raise SystemExit(f"timed out waiting for {what}")
 
 
-def _p(values: list[float], q: float) -> float:
-    """The serving benchmark's nearest-rank percentile; 0 for a phase with no requests."""
-    return percentile(values, q) if values else 0.0
+def _median(values: list[float], width: int, digits: int) -> str:
+    """Median over the runs; "-" where no run had a request in the phase."""
+    return f"{statistics.median(values):{width}.{digits}f}" if values else f"{'-':>{width}}"
 
 
 PHASES = (
@@ -204,16 +204,18 @@ def main() -> int:
         samples, marks, outcome = scenario(args)
         print(f"run {i + 1}: {len(samples)} requests; {outcome}", flush=True)
         steady = [s.latency_ms for s in samples if marks["steady"] <= s.at < marks["rollback"]]
-        steady_p99 = _p(steady, 0.99)
+        steady_p99 = percentile(steady, 99)
         for name, a, b in PHASES:
             got = [s for s in samples if marks[a] <= s.at < marks[b]]
             lat = [s.latency_ms for s in got]
             sent[name] += len(got)
             failed[name] += sum(not s.ok for s in got)
-            p50s[name].append(_p(lat, 0.5))
-            p99s[name].append(_p(lat, 0.99))
-            if steady_p99:
-                ratios[name].append(_p(lat, 0.99) / steady_p99)
+            p50, p99 = percentile(lat, 50), percentile(lat, 99)
+            if p50 is not None and p99 is not None:
+                p50s[name].append(p50)
+                p99s[name].append(p99)
+                if steady_p99:
+                    ratios[name].append(p99 / steady_p99)
     print(
         f"\n{args.repeats} runs, {args.workers} clients, canary steps of {args.interval_s:g} s, "
         f"{args.sample_rate:g} of prompts scored; latencies are medians over the runs"
@@ -221,8 +223,8 @@ def main() -> int:
     print(f"{'phase':28} {'sent':>6} {'failed':>6} {'p50 ms':>7} {'p99 ms':>7} {'p99/steady':>10}")
     for name, _, _ in PHASES:
         print(
-            f"{name:28} {sent[name]:6d} {failed[name]:6d} {statistics.median(p50s[name]):7.1f} "
-            f"{statistics.median(p99s[name]):7.1f} {statistics.median(ratios[name]):9.2f}x"
+            f"{name:28} {sent[name]:6d} {failed[name]:6d} {_median(p50s[name], 7, 1)} "
+            f"{_median(p99s[name], 7, 1)} {_median(ratios[name], 9, 2)}x"
         )
     total_failed = sum(failed.values())
     print(f"\nall phases: {sum(sent.values())} requests, {total_failed} failed")

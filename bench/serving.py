@@ -42,14 +42,10 @@ from typing import Any
 
 import httpx
 
+from agents.stats import percentile
+
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ("(a) in-process, batch 1", "(b) HTTP, batching off", "(c) HTTP, batching on")
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile; with few samples p99 is simply the slowest request."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def process_cpu_s(pid: int | None = None) -> float | None:
@@ -210,7 +206,7 @@ def main() -> int:
                                 "tokens_per_s": tokens / wall,
                                 "cpu_ms_per_token": cpu_ms,
                                 "p50_ms": 1000 * statistics.median(lat),
-                                "p99_ms": 1000 * percentile(lat, 0.99),
+                                "p99_ms": 1000 * (percentile(lat, 99) or 0.0),
                                 "failed": failed,
                             }
                         )

@@ -5,7 +5,7 @@
 Each repeat starts a fresh Python process, as a trial worker is started, that reads the
 board's energy counter (NVML, `measured`) at each phase boundary:
 
-  imports      interpreter, torch and the workload module loaded
+  imports      torch and the workload module imported (the interpreter already running)
   cuda_init    the CUDA context created (first tensor on the GPU)
   cold_trial   one training run of ``--tokens`` tokens (the policy default: lr 3e-3,
                batch 32) on the era-0 stdlib sources, data loading and the final
@@ -33,8 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.energy_to_target import ERA0  # the same era-0 sources
+
 ROOT = Path(__file__).resolve().parent.parent
-ERA0 = ["email", "json", "http", "urllib", "xml"]
 PHASES = ("imports", "cuda_init", "cold_trial", "warm_trial")
 
 
@@ -47,16 +48,14 @@ def _files() -> tuple[list[str], list[str]]:
 
 def _child(tokens: int, device: str, out: Any) -> None:
     """One worker's life, with the energy counter read at each phase boundary."""
-    import pynvml
+    from adapters.gpu.nvml import NvmlGpu
 
-    pynvml.nvmlInit()
-    handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    gpu = NvmlGpu()
 
     def mark() -> tuple[float, float]:
-        return time.perf_counter(), pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000.0
+        return time.perf_counter(), gpu.energy_j(0)
 
     marks = [mark()]
-    sys.path.insert(0, str(ROOT))
     import torch
 
     from adapters.workload.bytelm import ByteLMWorkload
@@ -91,7 +90,7 @@ def _child(tokens: int, device: str, out: Any) -> None:
             sync()
             devices.append(result.device)
             marks.append(mark())
-    pynvml.nvmlShutdown()
+    gpu.close()
     out.put({"marks": marks, "devices": devices})
 
 
@@ -102,15 +101,14 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "trial_overhead.json")
     ap.add_argument("--device", default="cuda", help="torch device the runs train on")
     args = ap.parse_args()
-    try:
-        import pynvml
+    from adapters.gpu.probe import probe_gpus
 
-        pynvml.nvmlInit()
-        name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
-        pynvml.nvmlShutdown()
-    except Exception as exc:
-        print(f"needs an NVIDIA GPU with NVML's energy counter ({exc}); nothing measured")
+    gpu, why = probe_gpus("nvml")
+    if gpu is None:
+        print(f"needs an NVIDIA GPU with NVML's energy counter ({why}); nothing measured")
         return 2
+    name = gpu.devices()[0].name
+    gpu.close()
     ctx = mp.get_context("spawn")
     runs: list[dict[str, dict[str, float]]] = []
     for r in range(args.repeats):

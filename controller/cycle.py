@@ -864,7 +864,6 @@ class ProductionCycle:
         champion_problem = None
         if champion is not None and (champ is None or not champ.finite):
             champion_problem = problems.get(champion.version, "its scores are not finite")
-        reading = meter.end(window)
         served = ServingCheck(problem="not scored")
         if cand is not None:
             served = self._measure_serving(candidate, champion if champ is not None else None)
@@ -875,6 +874,7 @@ class ProductionCycle:
                 champ = replace(
                     champ, energy_method=served.method, **served.figures.get(champion.version, {})
                 )
+        reading = meter.end(window)  # the serving check is evaluation work too: booked with it
         self._book_eval(f"{cid}:eval", cid, tokens, reading)
         verdict = judge(cand, champ, ctx.policy, champion_problem=champion_problem)
         action, blessed = verdict.action, verdict.blessed

@@ -41,7 +41,8 @@ from adapters.store.datasets import DataCatalog
 from adapters.store.db import Store, utcnow_iso
 from adapters.store.gpu_settings import SqlSettingsJournal
 from adapters.store.ledger import Ledger
-from adapters.store.registry import ModelRegistry
+from adapters.store.registry import ModelRegistry, ModelVersion
+from adapters.store.rollouts import ACTIVE as ROLLOUT_ACTIVE
 from adapters.store.rollouts import RolloutBook
 from adapters.telemetry import HostTelemetry
 from adapters.workload.protocol import load_workload
@@ -49,6 +50,8 @@ from agents.energy import PowerRequest, allocate_power_limits
 from controller.cycle import CycleInterrupted, FactoryContext, ProductionCycle
 from controller.ingest import Ingestor
 from controller.progress import ProgressReporter
+from controller.rollout import FINAL as ROLLOUT_FINAL
+from controller.rollout import roll_back
 from controller.settings import Settings
 from policies.loader import PolicyError, load_policy
 from policies.model import Policy
@@ -259,29 +262,16 @@ class Daemon:
             if current is not None and current.version == champion.version:
                 self._sync_canary(current)
                 return
-            try:
-                path = ctx.registry.verified_path(champion)
-                generator = ctx.workload.load(path, threads=1)
-            except Exception as exc:
-                # audited once per version and artefact, not on every tick
-                ctx.audit.append(
-                    agent="deployer",
-                    action="serve",
-                    outcome="failed",
-                    reason=f"cannot load v{champion.version} for serving: {exc}; still serving "
-                    + (f"v{current.version}" if current else "nothing"),
-                    figures={"version": champion.version},
-                    policy_version=ctx.policy.version,
-                    key=f"serve-failed:{ctx.name}:{champion.version}:{champion.artefact_sha256}",
-                )
-                return
-            self.server.swap(
-                ServedModel(
-                    model_id=f"{ctx.name}:v{champion.version}",
-                    version=champion.version,
-                    generator=generator,
-                )
+            served = self._load_served(
+                champion,
+                champion.version,
+                f"v{champion.version} for serving",
+                "still serving " + (f"v{current.version}" if current else "nothing"),
+                key=f"serve-failed:{ctx.name}:{champion.version}:{champion.artefact_sha256}",
             )
+            if served is None:
+                return
+            self.server.swap(served)
             ctx.audit.append(
                 agent="deployer",
                 action="serve",
@@ -319,7 +309,25 @@ class Daemon:
                 self.server.route(champion, have[0], weight, sample_rate)
                 self._audit_weight(version, have[1], weight)
             return
-        model = ctx.registry.get(ctx.name, version)
+        served = self._load_served(
+            ctx.registry.get(ctx.name, version),
+            version,
+            f"canary v{version}",
+            "its share stays on the champion",
+            key=f"serve-failed:{ctx.name}:canary:{version}",
+        )
+        if served is None:
+            return
+        self.server.route(champion, served, weight, sample_rate)
+        self._audit_weight(version, 0.0, weight)
+
+    def _load_served(
+        self, model: ModelVersion | None, version: int, what: str, otherwise: str, key: str
+    ) -> ServedModel | None:
+        """Load a registered version as serving runs it (checksum verified, one torch thread).
+        A failure is audited once per ``key``, not on every tick, and serving keeps what it
+        has (``otherwise`` says what that is)."""
+        ctx = self.ctx
         try:
             assert model is not None, f"no model version {version}"
             generator = ctx.workload.load(ctx.registry.verified_path(model), threads=1)
@@ -328,15 +336,13 @@ class Daemon:
                 agent="deployer",
                 action="serve",
                 outcome="failed",
-                reason=f"cannot load canary v{version}: {exc}; its share stays on the champion",
+                reason=f"cannot load {what}: {exc}; {otherwise}",
                 figures={"version": version},
                 policy_version=ctx.policy.version,
-                key=f"serve-failed:{ctx.name}:canary:{version}",
+                key=key,
             )
-            return
-        served = ServedModel(f"{ctx.name}:v{version}", version, generator)
-        self.server.route(champion, served, weight, sample_rate)
-        self._audit_weight(version, 0.0, weight)
+            return None
+        return ServedModel(f"{ctx.name}:v{version}", version, generator)
 
     def _audit_weight(self, version: int, before: float, after: float) -> None:
         ctx = self.ctx
@@ -362,23 +368,13 @@ class Daemon:
             self.sync_serving()
             ctx = self.ctx
             if not self._busy.is_set() and self.requests.empty():
-                rollout = ctx.rollouts.active(ctx.name) if ctx.rollouts else None
-                answered = [
-                    row.cycle_id
-                    for row in ctx.book.approvals(ctx.name)
-                    if row.status in ("approved", "rejected")
-                    and (rollout is None or rollout.cycle_id != row.cycle_id)  # consumed
-                ]
-                if rollout is not None and rollout.decision:
-                    answered.append(rollout.cycle_id)
-                for cycle_id in answered:
-                    cyc = ctx.book.get(cycle_id)
-                    if cyc is not None and cyc.status == "awaiting_approval":
-                        self.requests.put(("resume", cycle_id))
-                        break
-                else:
+                waiting = self._waiting_cycles()
+                answered = self._answered(waiting) if waiting else []
+                if answered:
+                    self.requests.put(("resume", answered[0]))
+                elif not waiting:
                     completed = ctx.book.completed_count(ctx.name)
-                    if not self._awaiting() and ctx.ingestor.pending(ctx.source, completed):
+                    if ctx.ingestor.pending(ctx.source, completed):
                         self.requests.put(("cycle", "new data"))
             self._book_served_tokens()
             sample = self.telemetry.sample().as_dict()
@@ -393,8 +389,28 @@ class Daemon:
         except Exception as exc:  # the tick must never take the daemon down
             self._say(f"[daemon] tick error: {type(exc).__name__}: {exc}")
 
+    def _waiting_cycles(self) -> set[str]:
+        """Cycles paused for a person (an approval or a paused canary step)."""
+        recent = self.ctx.book.recent(self.ctx.name, 5)
+        return {r.cycle_id for r in recent if r.status == "awaiting_approval"}
+
     def _awaiting(self) -> bool:
-        return any(r.status == "awaiting_approval" for r in self.ctx.book.recent(self.ctx.name, 5))
+        return bool(self._waiting_cycles())
+
+    def _answered(self, waiting: set[str]) -> list[str]:
+        """Which of the waiting cycles a person has answered."""
+        ctx = self.ctx
+        rollout = ctx.rollouts.active(ctx.name) if ctx.rollouts else None
+        answered = [
+            row.cycle_id
+            for row in ctx.book.approvals(ctx.name)
+            if row.status in ("approved", "rejected")
+            and row.cycle_id in waiting
+            and (rollout is None or rollout.cycle_id != row.cycle_id)  # consumed
+        ]
+        if rollout is not None and rollout.decision and rollout.cycle_id in waiting:
+            answered.append(rollout.cycle_id)
+        return answered
 
     def _book_served_tokens(self) -> None:
         """Tokens served since the last tick go on the ledger, per model version."""
@@ -628,24 +644,11 @@ class Daemon:
         """A canary nobody judges any more must not keep its share of traffic."""
         ctx = self.ctx
         row = ctx.rollouts.for_cycle(cycle_id) if ctx.rollouts else None
-        if ctx.rollouts is None or row is None or row.status not in ("running", "paused"):
+        if row is None or row.status not in ROLLOUT_ACTIVE:
             return
         reason = f"cycle {cycle_id} failed during the rollout: {error[:300]}"
-        ctx.rollouts.update(cycle_id, status="rolled_back", weight_pct=0.0, reason=reason)
-        ctx.registry.set_status(ctx.name, row.challenger_version, "rolled_back")
-        ctx.registry.clear_challenger(
-            ctx.name, by="controller", reason=reason, key=f"{cycle_id}:challenger-cleared"
-        )
-        self.sync_serving()
-        ctx.audit.append(
-            agent="deployer",
-            action="rollback",
-            outcome="taken",
-            reason=f"v{row.challenger_version} rolled back: {reason}",
-            figures={"candidate": row.challenger_version, "step": row.step, "ended": "failed"},
-            cycle_id=cycle_id,
-            policy_version=ctx.policy.version,
-            key=f"{cycle_id}:deployer:rollback",
+        roll_back(
+            ctx, cycle_id, row.challenger_version, reason, {"step": row.step}, by="controller"
         )
 
     def _answer(self, cycle_id: str, interrupts: Any) -> dict[str, Any] | None:
@@ -657,7 +660,7 @@ class Daemon:
             rollout = ctx.rollouts.for_cycle(cycle_id) if ctx.rollouts else None
             if rollout is None:
                 return None
-            if rollout.status in ("promoted", "rolled_back", "aborted"):
+            if rollout.status in ROLLOUT_FINAL:
                 # decided before a crash: the node finishes what the row says
                 return {"approved": rollout.status == "promoted", "by": "", "reason": ""}
             if rollout.decision is None:

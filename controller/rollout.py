@@ -339,27 +339,39 @@ class RolloutStage:
         figures: dict[str, Any],
         outcome: str = "rolled_back",
     ) -> dict[str, Any]:
-        ctx = self.ctx
-        assert ctx.rollouts is not None
-        ctx.rollouts.update(cid, status=outcome, weight_pct=0.0, reason=reason)
-        ctx.registry.set_status(ctx.name, version, "rolled_back")
-        ctx.registry.clear_challenger(
-            ctx.name, by="deployer-agent", reason=reason, key=f"{cid}:challenger-cleared"
-        )
-        ctx.on_champion_changed()
-        ctx.record(
-            Action(
-                "deployer",
-                "rollback",
-                "taken",
-                f"v{version} rolled back: {reason}",
-                figures | {"candidate": version, "ended": outcome},
-            ),
-            cid,
-            "deployer:rollback",
-        )
-        ctx.reporter.info(f"[deployer] v{version} rolled back: {reason}")
+        roll_back(self.ctx, cid, version, reason, figures, outcome)
         return {"rollout": outcome, "promoted": False}
+
+
+def roll_back(
+    ctx: FactoryContext,
+    cid: str,
+    version: int,
+    reason: str,
+    figures: dict[str, Any],
+    outcome: str = "rolled_back",
+    by: str = "deployer-agent",
+) -> None:
+    """End a rollout without promotion: the row final at weight 0 first, then the challenger
+    marked and its alias cleared, serving synced, the audit event; each step keyed, so a
+    replay after a crash does nothing twice."""
+    assert ctx.rollouts is not None
+    ctx.rollouts.update(cid, status=outcome, weight_pct=0.0, reason=reason)
+    ctx.registry.set_status(ctx.name, version, "rolled_back")
+    ctx.registry.clear_challenger(ctx.name, by=by, reason=reason, key=f"{cid}:challenger-cleared")
+    ctx.on_champion_changed()
+    ctx.record(
+        Action(
+            "deployer",
+            "rollback",
+            "taken",
+            f"v{version} rolled back: {reason}",
+            figures | {"candidate": version, "ended": outcome},
+        ),
+        cid,
+        "deployer:rollback",
+    )
+    ctx.reporter.info(f"[deployer] v{version} rolled back: {reason}")
 
 
 class _PairedScorer:

@@ -224,36 +224,13 @@ def test_a_stopped_trial_leaves_its_worker_ready(tmp_path: Path, text_files: tup
     assert after.result is not None and after.result.stopped_reason == "budget"
 
 
-def test_an_orphaned_idle_worker_exits(tmp_path: Path, text_files: tuple) -> None:
-    """The daemon is killed with -9 between trials: its waiting worker must not linger."""
-    train, valid = text_files
+def _trial_in_a_script(tmp_path: Path, files: tuple, ending: str = "") -> tuple[str, int]:
+    """Run one trial from a separate Python script that then ends with ``ending``; return
+    the trial's status and the pid of the worker its cluster kept. A script that does not
+    exit within 60 s fails the test."""
+    train, valid = files
     code = f"""
 import os, sys
-sys.path[:0] = {sys.path!r}
-from adapters.cluster import LocalProcessCluster, TrialJob
-from adapters.workload.protocol import TrainRequest
-from crashy_workloads import params
-out = LocalProcessCluster().run(TrialJob(key="t", workload="bytelm", request=TrainRequest(
-    params=params(), train_files={train!r}, valid_files={valid!r}, max_tokens=20_000,
-    out_path={str(tmp_path / "m.pt")!r}, threads=1)))
-print(out.status, out.worker_pid, flush=True)
-os._exit(0)  # like kill -9: no clean-up, the worker is left waiting for a next job
-"""
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    status, pid = res.stdout.split()
-    assert status == "ok", res.stderr
-    deadline = time.monotonic() + 10
-    while not _gone(int(pid)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _gone(int(pid))
-
-
-def test_an_unclosed_cluster_does_not_hold_up_exit(tmp_path: Path, text_files: tuple) -> None:
-    """A script that forgets close(): its waiting worker must not keep the interpreter from
-    exiting (multiprocessing terminates daemonic children at exit; an idle worker obeys)."""
-    train, valid = text_files
-    code = f"""
-import sys
 sys.path[:0] = {sys.path!r}
 from adapters.cluster import LocalProcessCluster, TrialJob
 from adapters.workload.protocol import TrainRequest
@@ -263,14 +240,28 @@ out = cluster.run(TrialJob(key="t", workload="bytelm", request=TrainRequest(
     params=params(), train_files={train!r}, valid_files={valid!r}, max_tokens=5_000,
     out_path={str(tmp_path / "m.pt")!r}, threads=1)))
 print(out.status, cluster.worker_pid, flush=True)
+{ending}
 """
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        out, err = proc.communicate(timeout=60)  # before: hung for the idle limit (300 s)
-    finally:
-        proc.kill()
-    status, pid = out.split()
-    assert status == "ok" and pid != "None", err
-    assert _gone(int(pid))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    status, pid = res.stdout.split()
+    assert pid != "None", res.stderr
+    return status, int(pid)
+
+
+def test_an_orphaned_idle_worker_exits(tmp_path: Path, text_files: tuple) -> None:
+    """The daemon is killed with -9 between trials: its waiting worker must not linger."""
+    # os._exit is like kill -9: no clean-up, the worker is left waiting for a next job
+    status, pid = _trial_in_a_script(tmp_path, text_files, "os._exit(0)")
+    assert status == "ok"
+    deadline = time.monotonic() + 10
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _gone(pid)
+
+
+def test_an_unclosed_cluster_does_not_hold_up_exit(tmp_path: Path, text_files: tuple) -> None:
+    """A script that forgets close(): its waiting worker must not keep the interpreter from
+    exiting (multiprocessing terminates daemonic children at exit; an idle worker obeys).
+    Before the fix the script hung for the idle limit (300 s)."""
+    status, pid = _trial_in_a_script(tmp_path, text_files)
+    assert status == "ok" and _gone(pid)

@@ -42,7 +42,10 @@ class TrialOutcome:
 
 
 class Cluster(Protocol):
-    description: str
+    @property
+    def description(self) -> str:
+        """One line for the start-up audit event: where and how trials run."""
+        ...
 
     def run(
         self,

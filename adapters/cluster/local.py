@@ -51,26 +51,23 @@ class LocalProcessCluster:
         self.stop_grace_s = stop_grace_s
         self._ctx = mp.get_context("spawn")
         self._worker: _Worker | None = None
-        self.configure(
-            reuse_workers=reuse_workers,
-            worker_idle_s=worker_idle_s,
-            max_trials_per_worker=max_trials_per_worker,
-        )
+        self.reuse_workers = reuse_workers
+        self.worker_idle_s = worker_idle_s
+        self.max_trials_per_worker = max_trials_per_worker
+
+    @property
+    def description(self) -> str:
+        how = "reused" if self.reuse_workers else "one per trial"
+        return f"local worker processes, {how}"
 
     def configure(
         self, *, reuse_workers: bool, worker_idle_s: float, max_trials_per_worker: int
     ) -> None:
         """Apply (new) reuse settings; a waiting worker started under other ones is retired."""
-        settings = (reuse_workers, worker_idle_s, max_trials_per_worker)
-        if getattr(self, "_settings", settings) != settings:
+        new = (reuse_workers, worker_idle_s, max_trials_per_worker)
+        if new != (self.reuse_workers, self.worker_idle_s, self.max_trials_per_worker):
             self.close()
-        self._settings = settings
-        self.reuse_workers, self.worker_idle_s, self.max_trials_per_worker = settings
-        self.description = (
-            "local worker processes, reused"
-            if reuse_workers
-            else "local worker processes, one per trial"
-        )
+        self.reuse_workers, self.worker_idle_s, self.max_trials_per_worker = new
 
     @property
     def worker_pid(self) -> int | None:

@@ -223,20 +223,15 @@ class _ByteTransformer(nn.Module):
                 std = residual_std if name.endswith(("proj.weight", "fc_out.weight")) else 0.02
                 nn.init.normal_(p, mean=0.0, std=std, generator=generator)
 
-    def forward(
-        self, idx: torch.Tensor, last_only: bool = False, at: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for every position, or only one per row (cheaper for sampling).
 
-        ``last_only`` keeps the last position; ``at`` (one index per row) keeps that row's
-        position instead, which is what a right-padded batch of unequal windows needs.
-        Either way the result has shape ``(batch, 1, vocab)``.
+        ``at`` (one index per row) keeps that row's position, which is what a right-padded
+        batch of unequal windows needs; the result then has shape ``(batch, 1, vocab)``.
         """
         t = idx.shape[1]
         pos = torch.arange(t, device=idx.device)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
-        if at is None and last_only:
-            at = torch.full((idx.shape[0],), t - 1, dtype=torch.long, device=idx.device)
         if at is None or self.training:
             for block in self.blocks:
                 x = block(x)

@@ -392,7 +392,7 @@ class Daemon:
     def _waiting_cycles(self) -> set[str]:
         """Cycles paused for a person (an approval or a paused canary step)."""
         recent = self.ctx.book.recent(self.ctx.name, 5)
-        return {r.cycle_id for r in recent if r.status == "awaiting_approval"}
+        return {r.id for r in recent if r.status == "awaiting_approval"}
 
     def _awaiting(self) -> bool:
         return bool(self._waiting_cycles())

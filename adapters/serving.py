@@ -1,27 +1,46 @@
-"""Embedded OpenAI-compatible HTTP server for the current champion model.
+"""Embedded OpenAI-compatible HTTP server for the champions of the factory's production lines.
 
-This is the "act" side of the controller loop: the deployer agent promotes a validated model by
-calling :meth:`ServingServer.swap`, and clients keep talking to the same URL. The server runs
+This is the "act" side of the controller loop. The server serves any number of production
+lines ("lines"), each with its own champion, optional canary challenger and versions; the
+controller drives one line through its handle, :meth:`ServingServer.line` (a
+:class:`LineEndpoint`): the deployer promotes a validated model with
+:meth:`LineEndpoint.swap`, and clients keep talking to the same URL and name. The server runs
 FastAPI on uvicorn in a background daemon thread so the daemon owns its lifecycle
 programmatically (no separate process, no signal handlers).
 
-Swaps are safe for requests in flight because every request reads the served-model reference
-exactly once, at its start, and uses that object until it answers (for a stream: until its last
-chunk); ``swap`` only rebinds the reference. Generation is CPU-bound, so it always runs in a
-worker thread, never on the event loop. Generators may therefore be called from several threads
-at once.
+Addressing. ``model: "<line>"`` reaches that line's champion (or its canary, below);
+``model: "<line>:vN"`` pins version N of that line while it is served. Line names follow the
+policy names (``[A-Za-z0-9_.-]{1,64}``, so never a ``:``), which is why two lines' v1 never
+collide. An unknown line or version answers 404 listing what is served; a line that is known
+(its handle exists) but has nothing loaded yet answers 503; :meth:`ServingServer.remove_line`
+stops serving a drained line (404 from then on).
+
+``GET /v1/models`` lists, per line with a champion, one entry whose ``id`` is the line name
+(what clients normally send) with the champion's ``version`` and, during a canary, the
+``challenger``'s pinned id; then one entry per served version with its pinned id
+``<line>:vN``. This mirrors how OpenAI lists an alias beside its dated snapshots: every listed
+``id`` is a valid ``model`` value, and a client that picks the first entry of a line gets the
+moving alias, not a version that a later swap retires.
+
+Swaps are safe for requests in flight because every request reads its line's routing exactly
+once, at its start, and uses that object until it answers (for a stream: until its last
+chunk); ``swap`` only rebinds that line's reference and never touches another line.
+Generation is CPU-bound, so it always runs in a worker thread, never on the event loop.
+Generators may therefore be called from several threads at once.
 
 Only the subset of the OpenAI API the factory needs is implemented: ``GET /v1/models``,
 ``POST /v1/completions`` and ``POST /v1/chat/completions`` (both with ``n == 1``, streaming or
-not), plus ``GET /healthz`` and ``GET /metrics`` (Prometheus). Unknown request fields
-(``stop``, ...) are accepted and ignored, as many OpenAI-compatible servers do; ``user`` keeps
-one user on one model during a canary.
+not), plus ``GET /healthz`` (each line's model and canary) and ``GET /metrics`` (Prometheus,
+every series labelled by ``line`` and ``version``). Unknown request fields (``stop``, ...) are
+accepted and ignored, as many OpenAI-compatible servers do; ``user`` keeps one user on one
+model during a canary.
 
-Canary. :meth:`ServingServer.route` serves a challenger beside the champion: a request that
-names the model without a version goes to the challenger with the canary's probability (a
-stable draw per ``user`` when given); ``name:vN`` pins a version. The server keeps a window of
-live figures per version and a sample of answered prompts; :meth:`ServingServer.take_window`
-hands them to the canary and starts a new window.
+Canary. :meth:`LineEndpoint.route` serves a challenger beside the line's champion: a request
+that names the line without a version goes to the challenger with the canary's probability (a
+stable draw per ``user`` and line when given). The line keeps a window of live figures per
+version and a sample of answered prompts; :meth:`LineEndpoint.take_window` hands them to that
+line's canary and starts a new window. Cumulative counters (:meth:`ServingServer.metrics`) are
+kept per (line, version) for the ledger and survive swaps and line removal.
 
 Chat prompts. The served models are plain byte-level LMs with no chat template, so a chat
 request is flattened into one text prompt, one line per message, ending with the cue for the
@@ -56,7 +75,9 @@ import errno
 import hashlib
 import itertools
 import json
+import logging
 import random
+import re
 import socket
 import threading
 import time
@@ -80,7 +101,17 @@ from adapters.workload.protocol import Completion, TextGenerator
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
-__all__ = ["Completion", "ServedModel", "ServingError", "ServingServer", "TextGenerator"]
+__all__ = [
+    "Completion",
+    "LineEndpoint",
+    "LiveWindow",
+    "ServedModel",
+    "ServingError",
+    "ServingServer",
+    "TextGenerator",
+]
+
+_log = logging.getLogger(__name__)
 
 _STARTUP_TIMEOUT_S = 10.0
 _OWNER = "aifactory"
@@ -90,19 +121,44 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _WINDOW_MAX_LATENCIES = 50_000
 _WINDOW_MAX_PROMPTS = 512
 _SAMPLED_PROMPT_CHARS = 2048
+#: A line is named like its policy (``policies.model``), so ``<line>:vN`` parses unambiguously.
+_LINE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+#: Longest requested model name echoed back in a 404 (the name comes from the client).
+_ECHO_CHARS = 200
 
 
 class ServingError(RuntimeError):
     """Raised when the server cannot start or stop; the message says why in operator terms."""
 
 
+def _check_line_name(name: str) -> str:
+    if not isinstance(name, str) or not _LINE_NAME.fullmatch(name):
+        raise ValueError(f"line name must match {_LINE_NAME.pattern}, got {name!r}")
+    return name
+
+
 @dataclass(frozen=True)
 class ServedModel:
-    """One deployable model: the id clients see, the registry version, and the generator."""
+    """One deployable model: the id clients pin (``<line>:v<N>``), the registry version, the
+    generator, and its production line (taken from ``model_id`` when not given).
+
+    The id and the line are checked against each other, so a model can never be served under
+    one line while answering as another."""
 
     model_id: str
     version: int
     generator: TextGenerator
+    line: str = ""
+
+    def __post_init__(self) -> None:
+        line = self.line or self.model_id.rpartition(":")[0]
+        _check_line_name(line)
+        if self.model_id != f"{line}:v{self.version}":
+            raise ValueError(
+                f"model_id must be '{line}:v{self.version}' for line {line!r}, "
+                f"got {self.model_id!r}"
+            )
+        object.__setattr__(self, "line", line)  # frozen: set once, here
 
 
 @dataclass
@@ -146,8 +202,8 @@ class _Routing:
 
 @dataclass
 class LiveWindow:
-    """Per-version live figures since the previous :meth:`ServingServer.take_window`, and the
-    prompts sampled for scoring by both models (the canary's online loss)."""
+    """One line's per-version live figures since its previous :meth:`LineEndpoint.take_window`,
+    and the prompts sampled for scoring by both models (the canary's online loss)."""
 
     requests: dict[int, int] = field(default_factory=dict)
     failures: dict[int, int] = field(default_factory=dict)
@@ -199,7 +255,7 @@ class _ChatRequest(BaseModel):
     """Request body of ``POST /v1/chat/completions``.
 
     ``max_completion_tokens`` (the newer name) wins over ``max_tokens``; with neither, the
-    reply may use the server's whole ``max_tokens_limit``.
+    reply may use the line's whole ``max_tokens_limit``.
     """
 
     model: str
@@ -216,8 +272,9 @@ class _ChatRequest(BaseModel):
 
 @dataclass(frozen=True)
 class _Job:
-    """One validated generation request, bound to the model captured at its start."""
+    """One validated generation request, bound to the line and model captured at its start."""
 
+    endpoint: LineEndpoint
     served: ServedModel
     prompt: str
     max_tokens: int
@@ -358,44 +415,48 @@ class _ChunkMaker:
         return _sse(chunk)
 
 
-class ServingServer:
-    """Serves at most one model over HTTP and lets the deployer swap it without downtime."""
+class LineEndpoint:
+    """One production line's place on the server: its routing, live window and token limit.
 
-    def __init__(
-        self, host: str = "127.0.0.1", port: int = 8000, max_tokens_limit: int = 512
-    ) -> None:
-        if max_tokens_limit < 1:
-            raise ValueError("max_tokens_limit must be >= 1")
-        self._host = host
-        self._requested_port = port
-        self._bound_port: int | None = None
-        self._max_tokens_limit = max_tokens_limit
-        self._slot: _Routing | None = None
+    Got from :meth:`ServingServer.line`; it is what the controller drives for that line and
+    satisfies ``controller.rollout.LiveTraffic``. Nothing here reaches another line. After
+    :meth:`ServingServer.remove_line` the handle is detached: it serves nothing, and
+    ``swap``/``route`` raise instead of silently loading a model no request can reach.
+    """
+
+    def __init__(self, name: str, server: ServingServer) -> None:
+        self._name = _check_line_name(name)
+        self._server = server
+        self._routing: _Routing | None = None
         self._window = LiveWindow()
+        self._max_tokens_limit: int | None = None
+        self._detached = False
         self._rng = random.Random()
         self._swap_lock = threading.Lock()
-        self._stats: dict[int, _VersionStats] = {}
-        self._stats_lock = threading.Lock()
-        self._lifecycle_lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._sock: socket.socket | None = None
-        self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(_ServingCollector(self))
-        self._app = self._build_app()
+        self._window_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"LineEndpoint({self._name!r}, current={self.current!r})"
+
+    @property
+    def name(self) -> str:
+        return self._name
 
     # ------------------------------------------------------------------ model management
 
     def swap(self, model: ServedModel | None) -> ServedModel | None:
-        """Atomically replace the served model (``None`` stops serving) and drop any
-        challenger; return the previous champion.
+        """Atomically replace the line's champion (``None`` stops serving the line's models;
+        the name then answers 503) and drop any challenger; return the previous champion.
 
         Requests already running keep the model they captured at their start.
         """
-        new_slot = _Routing(model) if model is not None else None
+        if model is not None:
+            self._check_model(model)
         with self._swap_lock:
-            previous = self._slot
-            self._slot = new_slot
+            if model is not None:
+                self._check_attached()
+            previous = self._routing
+            self._routing = _Routing(model) if model is not None else None
         return previous.model if previous is not None else None
 
     def route(
@@ -405,66 +466,189 @@ class ServingServer:
         weight_pct: float,
         sample_rate: float = 0.0,
     ) -> None:
-        """Split traffic: ``weight_pct`` % of the requests that do not pin a version go to the
-        challenger (canary). Atomic like :meth:`swap`; pinned requests (``model: name:vN``)
-        reach either version while both are served."""
+        """Split the line's traffic: ``weight_pct`` % of the requests that name the line
+        without a version go to the challenger (canary). Atomic like :meth:`swap`; pinned
+        requests (``model: <line>:vN``) reach either version while both are served."""
         if not 0.0 <= weight_pct <= 100.0:
             raise ValueError(f"weight_pct must be within 0..100, got {weight_pct}")
+        for model in (champion, challenger):
+            if model is not None:
+                self._check_model(model)
+        routing = _Routing(
+            champion,
+            challenger,
+            weight_pct / 100.0 if challenger is not None else 0.0,
+            sample_rate if challenger is not None else 0.0,
+        )
         with self._swap_lock:
-            self._slot = _Routing(
-                champion,
-                challenger,
-                weight_pct / 100.0 if challenger is not None else 0.0,
-                sample_rate if challenger is not None else 0.0,
-            )
+            self._check_attached()
+            self._routing = routing
 
     @property
     def current(self) -> ServedModel | None:
         """The champion: what requests get when no challenger takes them."""
-        slot = self._slot
-        return slot.model if slot is not None else None
+        routing = self._routing
+        return routing.model if routing is not None else None
 
     @property
     def challenger(self) -> tuple[ServedModel, float] | None:
-        """The canary and its share of traffic in % (None without a rollout)."""
-        slot = self._slot
-        if slot is None or slot.challenger is None:
+        """The canary and its share of the line's traffic in % (None without a rollout)."""
+        routing = self._routing
+        if routing is None or routing.challenger is None:
             return None
-        return slot.challenger, 100.0 * slot.weight
+        return routing.challenger, 100.0 * routing.weight
+
+    @property
+    def max_tokens_limit(self) -> int:
+        """Cap on one answer's tokens for this line: its own if set, else the server's."""
+        own = self._max_tokens_limit
+        return own if own is not None else self._server.max_tokens_limit
+
+    @max_tokens_limit.setter
+    def max_tokens_limit(self, value: int | None) -> None:
+        """``None`` makes the line follow the server's limit again."""
+        if value is not None and value < 1:
+            raise ValueError("max_tokens_limit must be >= 1")
+        self._max_tokens_limit = value
+
+    # ------------------------------------------------------------------ live window
 
     def take_prompts(self) -> list[str]:
         """Hand over the prompts sampled so far (the window's counts stay): lets the canary
         score them as they come instead of in one burst at the end of a step."""
-        with self._stats_lock:
+        with self._window_lock:
             prompts, self._window.prompts = self._window.prompts, []
         return prompts
 
     def take_window(self) -> LiveWindow:
-        """Return the live figures gathered since the last call and start a new window."""
-        with self._stats_lock:
+        """Return this line's live figures gathered since the last call; start a new window."""
+        with self._window_lock:
             window, self._window = self._window, LiveWindow()
         return window
 
-    def metrics(self) -> dict[int, dict[str, float]]:
-        """Snapshot of per-version counters, kept across swaps so retired versions stay visible."""
+    def _note(self, job: _Job, answered: bool, latency_s: float) -> None:
+        """Count one finished request in the window; maybe keep its prompt for scoring."""
+        sample = (
+            answered
+            and job.sample_rate > 0
+            and len(job.prompt) >= 8
+            and self._rng.random() < job.sample_rate
+        )
+        with self._window_lock:
+            self._window.add(job.served.version, not answered, latency_s)
+            if sample and len(self._window.prompts) < _WINDOW_MAX_PROMPTS:
+                self._window.prompts.append(job.prompt[-_SAMPLED_PROMPT_CHARS:])
+
+    # ------------------------------------------------------------------ request side
+
+    def _choose(self, routing: _Routing, model: str, user: str | None) -> ServedModel | None:
+        """The model a request gets from a captured routing: the pinned version, or for the
+        bare line name the champion or, by the canary's weight, the challenger."""
+        if model != self._name:
+            return next((m for m in routing.served() if m.model_id == model), None)
+        if routing.challenger is not None and routing.weight > 0:
+            draw = _user_draw(self._name, user) if user else self._rng.random()
+            if draw < routing.weight:
+                return routing.challenger
+        return routing.model
+
+    def _check_model(self, model: ServedModel) -> None:
+        if model.line != self._name:
+            raise ValueError(f"{model.model_id} belongs to line '{model.line}', not '{self._name}'")
+
+    def _check_attached(self) -> None:
+        if self._detached:
+            raise ServingError(
+                f"line '{self._name}' was removed from serving; "
+                f"ask the server for line('{self._name}') again"
+            )
+
+    def _detach(self) -> None:
+        with self._swap_lock:
+            self._detached = True
+            self._routing = None
+
+
+class ServingServer:
+    """Serves the production lines over HTTP; each line's models are swapped, canaried and
+    counted through its :class:`LineEndpoint`, without downtime and without touching others."""
+
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 8000, max_tokens_limit: int = 512
+    ) -> None:
+        self._host = host
+        self._requested_port = port
+        self._bound_port: int | None = None
+        self.max_tokens_limit = max_tokens_limit
+        self._lines: dict[str, LineEndpoint] = {}
+        self._lines_lock = threading.Lock()
+        self._stats: dict[tuple[str, int], _VersionStats] = {}
+        self._stats_lock = threading.Lock()
+        self._lifecycle_lock = threading.Lock()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(_ServingCollector(self))
+        self._app = self._build_app()
+
+    @property
+    def max_tokens_limit(self) -> int:
+        """Default cap on one answer's tokens, for every line without a limit of its own."""
+        return self._max_tokens_limit
+
+    @max_tokens_limit.setter
+    def max_tokens_limit(self, value: int) -> None:
+        if value < 1:
+            raise ValueError("max_tokens_limit must be >= 1")
+        self._max_tokens_limit = value
+
+    # ------------------------------------------------------------------ lines
+
+    def line(self, name: str) -> LineEndpoint:
+        """The handle of line ``name``, created (serving nothing yet: 503) on first use; the
+        same object on later calls until :meth:`remove_line`."""
+        _check_line_name(name)
+        with self._lines_lock:
+            endpoint = self._lines.get(name)
+            if endpoint is None:
+                endpoint = self._lines[name] = LineEndpoint(name, self)
+        return endpoint
+
+    def remove_line(self, name: str) -> bool:
+        """Stop serving a drained line: requests naming it get 404 from now on, while those in
+        flight finish on what they captured; its counters stay in :meth:`metrics`. Returns
+        whether the line was there."""
+        with self._lines_lock:
+            endpoint = self._lines.pop(name, None)
+        if endpoint is None:
+            return False
+        endpoint._detach()
+        return True
+
+    def lines(self) -> list[str]:
+        """Names of the lines the server knows (served or waiting for a first model), sorted."""
+        with self._lines_lock:
+            return sorted(self._lines)
+
+    def _endpoints(self) -> list[LineEndpoint]:
+        with self._lines_lock:
+            return [self._lines[name] for name in sorted(self._lines)]
+
+    # ------------------------------------------------------------------ counters
+
+    def metrics(self) -> dict[tuple[str, int], dict[str, float]]:
+        """Snapshot of the cumulative counters per (line, version), kept across swaps and line
+        removal so retired versions stay visible and booked totals never go backwards."""
         with self._stats_lock:
-            return {version: stats.as_dict() for version, stats in self._stats.items()}
+            return {key: stats.as_dict() for key, stats in self._stats.items()}
 
     def _record(
         self, job: _Job, completion: Completion | None, latency_s: float, streamed: bool = False
     ) -> None:
-        version = job.served.version
+        job.endpoint._note(job, completion is not None, latency_s)
         with self._stats_lock:
-            self._window.add(version, completion is None, latency_s)
-            if (
-                completion is not None
-                and job.sample_rate > 0
-                and len(self._window.prompts) < _WINDOW_MAX_PROMPTS
-                and len(job.prompt) >= 8
-                and self._rng.random() < job.sample_rate
-            ):
-                self._window.prompts.append(job.prompt[-_SAMPLED_PROMPT_CHARS:])
-            stats = self._stats.setdefault(version, _VersionStats())
+            stats = self._stats.setdefault((job.served.line, job.served.version), _VersionStats())
             stats.requests += 1
             stats.streamed_requests += int(streamed)
             stats.latency_s_sum += latency_s
@@ -537,23 +721,49 @@ class ServingServer:
             self._sock, self._server, self._thread = sock, server, thread
             self._bound_port = bound_port
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop accepting, let in-flight requests finish for up to ``timeout_s``, free the port."""
+    def stop(self, timeout_s: float = 5.0) -> str | None:
+        """Stop accepting, let in-flight requests finish for up to ``timeout_s``, free the port.
+
+        Never raises: the daemon calls it on its shutdown path, whose later steps must still
+        run. Returns ``None`` when serving stopped cleanly, else what went wrong in operator
+        terms (also logged); either way the server can be started again.
+        """
         with self._lifecycle_lock:
             server, thread, sock = self._server, self._thread, self._sock
+            self._server = self._thread = self._sock = None
             if server is None or thread is None:
-                return
+                return None
+            problem = self._shut_down(server, thread, timeout_s)
+            problems = [problem] if problem else []
+            try:
+                if sock is not None:
+                    sock.close()
+            except Exception as exc:
+                problems.append(f"closing the socket failed: {type(exc).__name__}: {exc}")
+            try:
+                if thread.is_alive():
+                    problems.append(f"serving thread did not stop within {timeout_s:.1f}s")
+            except Exception as exc:
+                problems.append(f"cannot tell whether serving stopped: {exc}")
+        if not problems:
+            return None
+        message = f"serving on {self._host}:{self.port} stopped uncleanly: " + "; ".join(problems)
+        _log.warning("%s", message)
+        return message
+
+    @staticmethod
+    def _shut_down(server: uvicorn.Server, thread: threading.Thread, timeout_s: float) -> str:
+        """Ask uvicorn to exit, then force it; returns what failed ("" when nothing did)."""
+        try:
             server.config.timeout_graceful_shutdown = max(1, int(timeout_s))
             server.should_exit = True
             thread.join(timeout=timeout_s + 1.0)
             if thread.is_alive():
                 server.force_exit = True
                 thread.join(timeout=2.0)
-            if sock is not None:
-                sock.close()
-            self._server = self._thread = self._sock = None
-            if thread.is_alive():
-                raise ServingError(f"serving thread did not stop within {timeout_s:.1f}s")
+        except Exception as exc:
+            return f"shutdown failed: {type(exc).__name__}: {exc}"
+        return ""
 
     def _bind(self) -> socket.socket:
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
@@ -601,17 +811,7 @@ class ServingServer:
 
         @app.get("/healthz")
         def healthz() -> dict[str, Any]:
-            slot = self._slot
-            body: dict[str, Any] = {
-                "status": "ok",
-                "model": slot.model.model_id if slot is not None else None,
-            }
-            if slot is not None and slot.challenger is not None:
-                body["canary"] = {
-                    "model": slot.challenger.model_id,
-                    "weight_pct": round(100.0 * slot.weight, 3),
-                }
-            return body
+            return {"status": "ok", "lines": {ep.name: _health(ep) for ep in self._endpoints()}}
 
         @app.get("/metrics")
         def prometheus() -> Response:
@@ -619,12 +819,7 @@ class ServingServer:
 
         @app.get("/v1/models")
         def list_models() -> dict[str, Any]:
-            slot = self._slot
-            data = [
-                {"id": m.model_id, "object": "model", "created": slot.created, "owned_by": _OWNER}
-                for m in (slot.served() if slot is not None else [])
-            ]
-            return {"object": "list", "data": data}
+            return {"object": "list", "data": self._listing()}
 
         # Plain ``def`` endpoints: FastAPI runs them in its thread pool, so generation never
         # blocks the event loop; a streamed body is a sync iterator, also run in that pool.
@@ -640,57 +835,80 @@ class ServingServer:
 
     # ------------------------------------------------------------------ request handling
 
+    def _listing(self) -> list[dict[str, Any]]:
+        """The ``/v1/models`` entries (see the module docstring): per line with a champion,
+        the line name, then the pinned id of every served version."""
+        data: list[dict[str, Any]] = []
+        for endpoint in self._endpoints():
+            routing = endpoint._routing  # read once: one consistent split per line
+            if routing is None:
+                continue
+            base = {"object": "model", "created": routing.created, "owned_by": _OWNER}
+            alias = {"id": endpoint.name, **base, "line": endpoint.name}
+            alias["version"] = routing.model.version
+            if routing.challenger is not None:
+                alias["challenger"] = routing.challenger.model_id
+            data.append(alias)
+            data.extend(
+                {"id": m.model_id, **base, "line": endpoint.name, "version": m.version}
+                for m in routing.served()
+            )
+        return data
+
     def _job(
         self,
-        slot: _Routing | None,
         model: str,
         prompt: str,
-        max_tokens: int,
+        max_tokens: int | None,
         temperature: float,
         seed: int | None,
         user: str | None = None,
     ) -> _Job:
-        """Bind a validated request to a captured model: 503 if none, 404 if misnamed.
-
-        A request naming a version gets that version; one naming the model alone gets the
-        challenger with the canary's probability (the same answer for the same ``user``)."""
-        if slot is None:
-            raise _ApiError(503, "No model is being served yet", "server_error", "model_not_loaded")
-        served: ServedModel | None = None
-        for candidate in slot.served():
-            if model == candidate.model_id:
-                served = candidate
-        if served is None and model == slot.model.model_id.split(":", 1)[0]:
-            served = slot.model
-            if slot.challenger is not None and slot.weight > 0:
-                draw = _user_draw(user) if user else self._rng.random()
-                if draw < slot.weight:
-                    served = slot.challenger
-        if served is None:
-            names = ", ".join(f"'{m.model_id}'" for m in slot.served())
+        """Bind a validated request to its line and a model captured once: 404 for an unknown
+        line or version, 503 for a known line with nothing loaded. ``max_tokens=None`` means
+        the line's whole limit."""
+        endpoint = self._lines.get(model.partition(":")[0])
+        if endpoint is None:
+            raise self._not_found(model)
+        routing = endpoint._routing  # read exactly once
+        if routing is None:
             raise _ApiError(
-                404,
-                f"The model '{model}' does not exist; this server serves {names}",
-                "invalid_request_error",
-                "model_not_found",
+                503,
+                f"No model is being served yet on line '{endpoint.name}'",
+                "server_error",
+                "model_not_loaded",
             )
+        served = endpoint._choose(routing, model, user)
+        if served is None:
+            raise self._not_found(model)
+        limit = endpoint.max_tokens_limit
         return _Job(
+            endpoint,
             served,
             prompt,
-            min(max_tokens, self._max_tokens_limit),
+            min(max_tokens, limit) if max_tokens is not None else limit,
             temperature,
             seed,
-            slot.sample_rate,
+            routing.sample_rate,
+        )
+
+    def _not_found(self, model: str) -> _ApiError:
+        """The OpenAI-style 404, naming every ``model`` value that would have worked."""
+        names = ", ".join(f"'{entry['id']}'" for entry in self._listing()) or "nothing yet"
+        shown = model if len(model) <= _ECHO_CHARS else model[:_ECHO_CHARS] + "..."
+        return _ApiError(
+            404,
+            f"The model '{shown}' does not exist; this server serves {names}",
+            "invalid_request_error",
+            "model_not_found",
         )
 
     def _complete(self, body: _CompletionRequest) -> dict[str, Any] | StreamingResponse:
         """Answer one completion request on the model captured at its start."""
-        slot = self._slot  # read exactly once: this is what makes swap() safe mid-request
         _check_n(body.n)
         prompt = self._single_prompt(body.prompt)
-        job = self._job(
-            slot, body.model, prompt, body.max_tokens, body.temperature, body.seed, body.user
-        )
+        # _job reads the line's routing exactly once: this is what makes swap() safe mid-request
+        job = self._job(body.model, prompt, body.max_tokens, body.temperature, body.seed, body.user)
         if body.stream:
             return self._stream(job, chat=False, options=body.stream_options)
         result = self._generate(job)
@@ -712,11 +930,10 @@ class ServingServer:
 
     def _chat(self, body: _ChatRequest) -> dict[str, Any] | StreamingResponse:
         """Answer one chat request on the model captured at its start."""
-        slot = self._slot  # read exactly once, as in _complete
         _check_n(body.n)
         prompt = _render_chat(body.messages)
-        limit = body.max_completion_tokens or body.max_tokens or self._max_tokens_limit
-        job = self._job(slot, body.model, prompt, limit, body.temperature, body.seed, body.user)
+        limit = body.max_completion_tokens or body.max_tokens  # None: the line's whole limit
+        job = self._job(body.model, prompt, limit, body.temperature, body.seed, body.user)
         if body.stream:
             return self._stream(job, chat=True, options=body.stream_options)
         result = self._generate(job)
@@ -880,49 +1097,69 @@ class ServingServer:
 
 
 class _ServingCollector(Collector):
-    """Per-version request and token counters, and the canary split, for Prometheus
-    (`GET /metrics`): read from the server's own counters at scrape time."""
+    """Per-(line, version) request and token counters, and each line's canary split, for
+    Prometheus (`GET /metrics`): read from the server's own counters at scrape time."""
 
     def __init__(self, server: ServingServer) -> None:
         self._server = server
 
     def collect(self) -> Iterator[Any]:
+        labels = ["line", "version"]
         requests = CounterMetricFamily(
-            "aifactory_requests", "Generation requests answered or failed", labels=["version"]
+            "aifactory_requests", "Generation requests answered or failed", labels=labels
         )
         failures = CounterMetricFamily(
-            "aifactory_request_failures", "Generation requests that failed", labels=["version"]
+            "aifactory_request_failures", "Generation requests that failed", labels=labels
         )
         tokens = CounterMetricFamily(
-            "aifactory_tokens", "Tokens served (prompt and completion)", labels=["version", "kind"]
+            "aifactory_tokens", "Tokens served (prompt and completion)", labels=[*labels, "kind"]
         )
         latency = SummaryMetricFamily(
-            "aifactory_request_latency_seconds", "Time to answer a request", labels=["version"]
+            "aifactory_request_latency_seconds", "Time to answer a request", labels=labels
         )
-        for version, m in sorted(self._server.metrics().items()):
-            label = f"v{version}"  # stable across swaps, so a series never changes name
-            requests.add_metric([label], m["requests"])
-            failures.add_metric([label], m["failures"])
-            tokens.add_metric([label, "prompt"], m["prompt_tokens"])
-            tokens.add_metric([label, "completion"], m["completion_tokens"])
-            latency.add_metric([label], count_value=m["requests"], sum_value=m["latency_s_sum"])
+        for (line, version), m in sorted(self._server.metrics().items()):
+            key = [line, f"v{version}"]  # stable across swaps, so a series never changes name
+            requests.add_metric(key, m["requests"])
+            failures.add_metric(key, m["failures"])
+            tokens.add_metric([*key, "prompt"], m["prompt_tokens"])
+            tokens.add_metric([*key, "completion"], m["completion_tokens"])
+            latency.add_metric(key, count_value=m["requests"], sum_value=m["latency_s_sum"])
+        yield from (requests, failures, tokens, latency, self._shares())
+
+    def _shares(self) -> GaugeMetricFamily:
         share = GaugeMetricFamily(
             "aifactory_traffic_share",
-            "Share of unpinned requests routed to a version",
-            labels=["version", "role"],
+            "Share of a line's unpinned requests routed to a version",
+            labels=["line", "version", "role"],
         )
-        slot = self._server._slot  # read once: both shares from the same split
-        if slot is not None:
-            weight = slot.weight if slot.challenger is not None else 0.0
-            share.add_metric([f"v{slot.model.version}", "champion"], 1.0 - weight)
-            if slot.challenger is not None:
-                share.add_metric([f"v{slot.challenger.version}", "challenger"], weight)
-        yield from (requests, failures, tokens, latency, share)
+        for endpoint in self._server._endpoints():
+            routing = endpoint._routing  # read once: both shares from the same split
+            if routing is None:
+                continue
+            weight = routing.weight if routing.challenger is not None else 0.0
+            share.add_metric([endpoint.name, f"v{routing.model.version}", "champion"], 1 - weight)
+            if routing.challenger is not None:
+                role = [endpoint.name, f"v{routing.challenger.version}", "challenger"]
+                share.add_metric(role, weight)
+        return share
 
 
-def _user_draw(user: str) -> float:
-    """A stable number in [0, 1) per user, so one user's requests stay on one model."""
-    digest = hashlib.blake2b(user.encode("utf-8"), digest_size=8).digest()
+def _health(endpoint: LineEndpoint) -> dict[str, Any]:
+    """One line in ``/healthz``: its champion's id (None while loading) and any canary."""
+    routing = endpoint._routing  # read once
+    body: dict[str, Any] = {"model": routing.model.model_id if routing is not None else None}
+    if routing is not None and routing.challenger is not None:
+        body["canary"] = {
+            "model": routing.challenger.model_id,
+            "weight_pct": round(100.0 * routing.weight, 3),
+        }
+    return body
+
+
+def _user_draw(line: str, user: str) -> float:
+    """A stable number in [0, 1) per user and line, so one user's requests stay on one model
+    of a line, and the same users are not the canary's share on every line at once."""
+    digest = hashlib.blake2b(f"{line}\0{user}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2.0**64
 
 

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from agents.actions import Action
+from policies.model import Policy
 
 
-def decide_advice(
-    *, used_today: int, budget: int, prompt_tokens_estimate: int, max_tokens: int
-) -> Action:
-    need = prompt_tokens_estimate + max_tokens
+@dataclass(frozen=True)
+class AdviceObservation:
+    used_today: int  # agent LLM tokens on today's ledger
+    prompt_tokens_estimate: int
+
+
+def decide_advice(obs: AdviceObservation, policy: Policy) -> Action:
+    budget = policy.budgets.agent_llm_tokens_per_day
+    max_tokens = policy.advisor.max_tokens if policy.advisor is not None else 0
+    used_today = obs.used_today
+    need = obs.prompt_tokens_estimate + max_tokens
     figures = {
         "agent_tokens_used_today": used_today,
         "agent_tokens_budget": budget,

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from agents.actions import Action
 from policies.model import Policy
 
-Step = Literal["promote", "await_approval", "hold"]
+Step = Literal["promote", "canary", "await_approval", "hold"]
+
+
+@dataclass(frozen=True)
+class DeployObservation:
+    """The evaluator's verdict, the aliases, a person's answer (None: not asked yet, or no
+    approval needed) and whether live traffic can carry a canary (`no_canary_because`)."""
+
+    blessed: bool
+    candidate_version: int | None
+    champion_version: int | None
+    approved: bool | None = None
+    no_canary_because: str | None = "serving is off: no live traffic to run a canary on"
 
 
 @dataclass(frozen=True)
@@ -17,14 +29,23 @@ class DeployDecision:
     action: Action
 
 
-def decide_deploy(
-    blessed: bool,
-    candidate_version: int | None,
-    champion_version: int | None,
-    policy: Policy,
-    approved: bool | None = None,
-) -> DeployDecision:
-    """`approved` is a person's answer when the policy requires one (None: not asked yet)."""
+def decide_deploy(obs: DeployObservation, policy: Policy) -> DeployDecision:
+    """Hold, wait for a person, run a canary (a rollout policy, a champion to compare with
+    and live traffic) or promote at once."""
+    decision = _decide(obs, policy)
+    if decision.step != "promote" or policy.rollout is None or obs.champion_version is None:
+        return decision
+    if obs.no_canary_because is None:
+        return replace(decision, step="canary")
+    action = decision.action
+    return replace(
+        decision, action=replace(action, reason=f"{action.reason} ({obs.no_canary_because})")
+    )
+
+
+def _decide(obs: DeployObservation, policy: Policy) -> DeployDecision:
+    blessed, candidate_version = obs.blessed, obs.candidate_version
+    champion_version, approved = obs.champion_version, obs.approved
     figures = {"candidate": candidate_version, "champion": champion_version, "approved": approved}
     if not blessed or candidate_version is None:
         return DeployDecision(

@@ -25,6 +25,10 @@ class EnergyObservation:
     hour_utc: float = 12.0  # now, as hours since midnight UTC (for price/carbon windows)
     champion_new_bpb: float | None = None  # the champion's quality on the new data
     deferred_h: float = 0.0  # how long this retraining has already waited for a window
+    # this line's share of the factory's shared budgets (None: no factory-wide limit)
+    share_tokens_left: int | None = None
+    share_joules_left: float | None = None
+    share_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -139,12 +143,19 @@ def decide_energy(obs: EnergyObservation, policy: Policy) -> EnergyDecision:
             "waiting for tomorrow",
             figures | {"shortfall_joules": round(short, 3), "budget": "energy_kwh_per_day"},
         )
+    shared = _factory_share(obs, per_trial, trial_joules, figures)
+    if shared is not None:
+        return shared
     # when: the cheapest allowed window, unless quality is below the floor
     deferral, note = _timing(obs, policy)
     if deferral is not None:
         return deferral
     tokens_left = min(day_tokens_left, b.training_tokens_per_cycle or day_tokens_left)
     joules_left = min(day_joules_left, cycle_joules_budget or day_joules_left)
+    if obs.share_tokens_left is not None:
+        tokens_left = min(tokens_left, obs.share_tokens_left)
+    if obs.share_joules_left is not None:
+        joules_left = min(joules_left, obs.share_joules_left)
     fit = min(planned, tokens_left // per_trial, int(joules_left // trial_joules))
     allowance = TrainingAllowance(
         trials=fit,
@@ -224,6 +235,71 @@ def _timing(obs: EnergyObservation, policy: Policy) -> tuple[EnergyDecision | No
     ), None
 
 
+def _factory_share(
+    obs: EnergyObservation, per_trial: int, trial_joules: float, figures: dict[str, object]
+) -> EnergyDecision | None:
+    """Deferred when the line's share of the factory's budgets cannot hold one trial."""
+    if obs.share_tokens_left is None and obs.share_joules_left is None:
+        return None
+    figures |= {
+        "share_tokens_left": obs.share_tokens_left,
+        "share_joules_left": None
+        if obs.share_joules_left is None
+        else round(obs.share_joules_left, 3),
+    }
+    if obs.share_tokens_left is not None and obs.share_tokens_left < per_trial:
+        what = f"{obs.share_tokens_left} tokens, one trial needs {per_trial}"
+    elif obs.share_joules_left is not None and obs.share_joules_left < trial_joules:
+        what = f"{obs.share_joules_left:.0f} J, one trial needs {trial_joules:.0f} J"
+    else:
+        return None
+    return _no(
+        "deferred",
+        f"this line's share of the factory's budgets holds {what}; waiting "
+        f"({obs.share_reason or 'the factory allocation'})",
+        figures | {"budget": "factory share"},
+    )
+
+
+@dataclass(frozen=True)
+class TrialBudgetObservation:
+    """Before each trial: what the cycle's allowance has left and how many trials remain."""
+
+    allowance: TrainingAllowance
+    spent_tokens: int
+    spent_joules: float
+    trials_left: int  # this one included
+
+
+@dataclass(frozen=True)
+class TrialBudget:
+    max_tokens: int
+    max_joules: float
+
+
+def decide_trial_budget(
+    obs: TrialBudgetObservation, policy: Policy
+) -> tuple[TrialBudget | None, Action | None]:
+    """A trial's own limits: at most a trial's tokens, and its share of the joules left (what
+    is left split over the trials still to run, never less than the planned per-trial
+    need), so one trial cannot spend what the cycle's later trials were allowed.
+    Returns (None, refusal) when the allowance is spent."""
+    a = obs.allowance
+    tokens_left = a.tokens_left - obs.spent_tokens
+    joules_left = a.joules_left - obs.spent_joules
+    max_tokens = min(a.tokens_per_trial, tokens_left)
+    if max_tokens <= 0 or joules_left <= 0:
+        return None, Action(
+            "trainer",
+            "run_trial",
+            "refused",
+            "the cycle's token or energy allowance is spent",
+            {"tokens_left": tokens_left, "joules_left": round(joules_left, 3)},
+        )
+    share = max(a.joules_per_trial, joules_left / max(1, obs.trials_left))
+    return TrialBudget(max_tokens, min(joules_left, share)), None
+
+
 def _no(outcome: str, reason: str, figures: dict[str, object]) -> EnergyDecision:
     action = Action("energy", "allow_training", outcome, reason, figures)  # type: ignore[arg-type]
     return EnergyDecision(None, (action,))
@@ -273,9 +349,12 @@ __all__ = [
     "EnergyObservation",
     "PowerRequest",
     "TrainingAllowance",
+    "TrialBudget",
+    "TrialBudgetObservation",
     "allocate_power_limits",
     "cheapest_start",
     "current_window",
     "decide_energy",
+    "decide_trial_budget",
     "hour_of_day_utc",
 ]

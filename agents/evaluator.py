@@ -8,7 +8,7 @@ gates and says which passed, with the figures.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -113,15 +113,41 @@ def paired_bootstrap(
     return 100.0 * lower / base, 100.0 * float(gain.mean()) / base
 
 
-def judge(
+@dataclass(frozen=True)
+class EvalObservation:
+    """Both models scored on the same held-out data, and what went wrong on the way.
+
+    `champion_problem` says why an existing champion could not be scored (corrupt artefact,
+    NaN scores); `serving_problem` why the candidate failed the load-and-query check."""
+
+    candidate: Scores | None
+    champion: Scores | None = None
+    champion_problem: str | None = None
+    serving_problem: str | None = None
+
+
+def judge(obs: EvalObservation, policy: Policy) -> Verdict:
+    """Every gate, then the serving check: a candidate that cannot answer as serving loads
+    it is refused whatever its scores. With a broken champion the candidate is judged on
+    the absolute ceiling alone, and the reason says so: a broken champion is itself a
+    reason to replace it, but never silently."""
+    verdict = _judge_scores(obs.candidate, obs.champion, policy, obs.champion_problem)
+    if verdict.blessed and obs.serving_problem:
+        action = replace(
+            verdict.action,
+            outcome="refused",
+            reason=f"candidate failed the load-and-query check: {obs.serving_problem}",
+        )
+        return Verdict(False, action)
+    return verdict
+
+
+def _judge_scores(
     candidate: Scores | None,
     champion: Scores | None,
     policy: Policy,
-    champion_problem: str | None = None,
+    champion_problem: str | None,
 ) -> Verdict:
-    """`champion_problem` says why an existing champion could not be scored (corrupt artefact,
-    NaN scores). The candidate is then judged on the absolute ceiling alone, and the reason
-    says so: a broken champion is itself a reason to replace it, but never silently."""
     g = policy.gates
     figures: dict[str, object] = {
         "gate_max_bpb": g.max_bpb,

@@ -186,3 +186,81 @@ def choose_candidate(
         f"trial {best.number} has the best validation score {best.valid_bpb:.4f} bits/byte",
         figures | {"chosen": best.number, "params": best.params},
     )
+
+
+@dataclass(frozen=True)
+class SearchObservation:
+    """What the trainer node knows before asking Optuna for the cycle's first trial."""
+
+    power_knob_problem: str | None  # None: power limits may be set here
+    champion_version: int | None
+    champion_params: dict[str, Any] | None
+    study_has_finished_trials: bool
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """Tunables to leave out, the first trial to enqueue, and the actions saying why
+    (each with the audit key suffix it is recorded under)."""
+
+    drop: tuple[str, ...]
+    first_trial: dict[str, Any] | None
+    first_trial_key: str | None
+    actions: tuple[tuple[str, Action], ...]
+
+
+def plan_search(obs: SearchObservation, policy: Policy) -> SearchPlan:
+    """Plan without a knob that cannot be applied here (never fail the cycle for it); start
+    from the champion's parameters (warm start), or a cold study from the operator's
+    baseline."""
+    actions: list[tuple[str, Action]] = []
+    drop: tuple[str, ...] = ()
+    if "power_limit_w" in policy.tuning.search_space and obs.power_knob_problem:
+        drop = ("power_limit_w",)
+        actions.append(
+            (
+                "energy:tune_power_limit",
+                Action(
+                    "energy",
+                    "tune_power_limit",
+                    "refused",
+                    f"power_limit_w is in the search space but not permitted here "
+                    f"({obs.power_knob_problem}); trials run at the current limit",
+                    {"problem": obs.power_knob_problem},
+                ),
+            )
+        )
+    warm = warm_start_params(obs.champion_params, policy)
+    if warm is not None and obs.champion_version is not None:
+        reason = (
+            f"first trial re-runs champion v{obs.champion_version}'s parameters on today's data"
+        )
+        first = ("trainer:warm_start", Action("trainer", "warm_start", "taken", reason, {}))
+        return SearchPlan(drop, warm, first[0], (*actions, _with_params(first, warm)))
+    baseline = policy.tuning.baseline
+    if warm is None and baseline and not obs.study_has_finished_trials:
+        reason = "cold study: the first trial is the operator's baseline configuration"
+        first = ("trainer:baseline", Action("trainer", "baseline", "taken", reason, {}))
+        return SearchPlan(
+            drop, dict(baseline), first[0], (*actions, _with_params(first, dict(baseline)))
+        )
+    return SearchPlan(drop, None, None, tuple(actions))
+
+
+def _with_params(item: tuple[str, Action], params: dict[str, Any]) -> tuple[str, Action]:
+    return item[0], item[1].with_figures(params=params)
+
+
+def prune_action(
+    number: int | None, tokens: int, figures: dict[str, Any], policy: Policy
+) -> Action:
+    """Why a trial was stopped early: what it was compared against."""
+    return Action(
+        "trainer",
+        "prune_trial",
+        "taken",
+        f"trial {number} pruned after {tokens:,} tokens: its training loss was more than "
+        f"{policy.tuning.pruning.margin_pct:g}% worse than the median of earlier trials at the "
+        "same token count",
+        figures,
+    )

@@ -25,7 +25,7 @@ from policies.model import policy_json_schema
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for name in ("state_dir", "db_url", "policy", "port", "host", "tick_s", "threads"):
+    for name in ("state_dir", "db_url", "policy", "factory", "port", "host", "tick_s", "threads"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -38,6 +38,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", type=Path, help="state directory (AIFACTORY_STATE_DIR)")
     p.add_argument("--db", dest="db_url", help="database URL (AIFACTORY_DB_URL)")
     p.add_argument("--policy", type=Path, help="policy file (AIFACTORY_POLICY)")
+    p.add_argument("--line", help="the production line meant (a factory runs several)")
 
 
 def _positive_int(text: str) -> int:
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="start the daemon")
     _common(run)
+    run.add_argument(
+        "--factory", type=Path, help="factory file: many lines in one daemon (AIFACTORY_FACTORY)"
+    )
     group = run.add_mutually_exclusive_group()
     group.add_argument("--once", action="store_true", help="run one cycle and exit")
     group.add_argument("--cycles", type=int, help="exit after N cycles")
@@ -91,7 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="tokens, joules and tokens/J per cycle, day or model")
     _common(report)
-    report.add_argument("--by", choices=["cycle", "day", "model"], default="cycle")
+    report.add_argument(
+        "--by",
+        choices=["cycle", "day", "model", "line"],
+        default="cycle",
+        help="line: the chargeback, per line and per owner, summing to the factory's totals",
+    )
     report.add_argument("--json", action="store_true")
     report.add_argument("--csv", type=Path, help="write CSV to this file ('-' for stdout)")
 
@@ -127,10 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _policy(args, console)
     settings = _settings(args)
     if args.command == "run":
-        from controller.daemon import Daemon
+        from controller.runner import FactoryRunner
 
         cycles = 1 if args.once else args.cycles
-        return Daemon(settings, console).run(cycles=cycles)
+        return FactoryRunner(settings, console).run(cycles=cycles)
     return _offline(args, settings, console)
 
 
@@ -138,6 +147,10 @@ def _policy(args: argparse.Namespace, console: Console) -> int:
     if args.policy_command == "schema":
         print(json.dumps(policy_json_schema(), indent=2))
         return 0
+    from policies.factory import is_factory_file
+
+    if is_factory_file(args.file):
+        return _factory_check(args.file, console)
     try:
         policy = load_policy(args.file)
     except PolicyError as exc:
@@ -148,6 +161,33 @@ def _policy(args: argparse.Namespace, console: Console) -> int:
         highlight=False,
         markup=False,
     )
+    return 0
+
+
+def _factory_check(path: Path, console: Console) -> int:
+    """`policy check` on a factory file: the factory and every line, or every problem."""
+    from policies.factory import FactoryError, load_factory
+
+    try:
+        factory = load_factory(path)
+    except FactoryError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    console.print(
+        f"{path}: OK (factory {factory.name}, version {factory.spec.version}, "
+        f"{len(factory.lines)} lines)",
+        highlight=False,
+        markup=False,
+    )
+    for line in factory.lines:
+        s = line.spec
+        console.print(
+            f"  {line.name}: owner {s.owner}, priority {s.priority}, guarantee "
+            f"{s.guarantee_pct:g}%, weight {s.weight:g}, {line.path} "
+            f"(policy version {line.policy.version})",
+            highlight=False,
+            markup=False,
+        )
     return 0
 
 
@@ -164,9 +204,13 @@ def _offline(args: argparse.Namespace, settings: Settings, console: Console) -> 
     book = CycleBook(store)
     registry = ModelRegistry(store, settings.state_dir / "models")
     try:
-        name = _policy_name(settings, book)
         if args.command == "audit":
             return _audit(args, audit, console)
+        if args.command == "report" and args.by == "line":
+            return _chargeback(args, store, book, console)
+        if args.command == "status" and not args.line and len(book.policy_names()) > 1:
+            return _status_all(args, store, book, registry, console)
+        name = _policy_name(settings, book, args.line)
         if args.command == "status":
             return _status(args, name, store, book, registry, console)
         if args.command == "models":
@@ -184,8 +228,16 @@ def _offline(args: argparse.Namespace, settings: Settings, console: Console) -> 
     return 1
 
 
-def _policy_name(settings: Settings, book: Any) -> str:
-    """The production line meant: the policy file's name, else the only one in the store."""
+def _policy_name(settings: Settings, book: Any, line: str | None = None) -> str:
+    """The production line meant: --line, else the policy file's name, else the only one in
+    the store."""
+    if line:
+        if line not in book.policy_names():
+            raise SystemExit(
+                f"no production line {line!r} in the store (lines: "
+                f"{', '.join(book.policy_names()) or 'none'})"
+            )
+        return line
     try:
         return load_policy(settings.policy).name
     except PolicyError as exc:
@@ -195,7 +247,7 @@ def _policy_name(settings: Settings, book: Any) -> str:
         raise SystemExit(
             f"cannot tell which production line is meant: {settings.policy} is unusable "
             f"({exc.problems[0] if exc.problems else exc}) and the store holds "
-            f"{', '.join(names) or 'none'}; pass --policy FILE"
+            f"{', '.join(names) or 'none'}; pass --line NAME"
         ) from exc
 
 
@@ -232,16 +284,27 @@ def _audit(args: argparse.Namespace, audit: Any, console: Console) -> int:
             markup=False,
         )
         return 1
-    events = audit.events(agent=args.agent, cycle_id=args.cycle, since=args.since, limit=args.limit)
+    events = audit.events(
+        agent=args.agent, cycle_id=args.cycle, since=args.since, limit=args.limit, line=args.line
+    )
     if args.json:
         for e in events:
             print(json.dumps(e.__dict__, sort_keys=True))
         return 0
     table = Table(title=f"audit log ({len(events)} events)")
-    for col in ("seq", "time", "cycle", "agent", "action", "outcome", "reason"):
+    for col in ("seq", "time", "line", "cycle", "agent", "action", "outcome", "reason"):
         table.add_column(col, overflow="fold")
     for e in events:
-        cells = (str(e.seq), e.ts[:19], e.cycle_id or "-", e.agent, e.action, e.outcome, e.reason)
+        cells = (
+            str(e.seq),
+            e.ts[:19],
+            e.line or "-",
+            e.cycle_id or "-",
+            e.agent,
+            e.action,
+            e.outcome,
+            e.reason,
+        )
         table.add_row(*(Text(c) for c in cells))  # Text: stored strings are never markup
     console.print(table)
     return 0
@@ -250,6 +313,18 @@ def _audit(args: argparse.Namespace, audit: Any, console: Console) -> int:
 def _status(
     args: argparse.Namespace, name: str, store: Any, book: Any, registry: Any, console: Console
 ) -> int:
+    out = _status_data(args, name, store, book, registry)
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    _print_status(out, console)
+    return 0
+
+
+def _status_data(
+    args: argparse.Namespace, name: str, store: Any, book: Any, registry: Any
+) -> dict[str, Any]:
+    """One line's status: champion, last cycle, budgets of the policy version it runs."""
     from adapters.store.ledger import Ledger, today_utc
     from policies.model import Policy
 
@@ -259,11 +334,12 @@ def _status(
     last = next(iter(book.recent(name, 1)), None)
     state = book.daemon_state(name)
     day = ledger.totals(name, day=today_utc())
-    policy: Policy | None = None
-    try:
-        policy = load_policy(args.policy) if args.policy else None
-    except PolicyError:
-        policy = None
+    policy: Policy | None = book.policy(state.policy_version) if state else None
+    if policy is None:  # no daemon has run this line yet: the file is all there is
+        try:
+            policy = load_policy(args.policy) if args.policy else None
+        except PolicyError:
+            policy = None
     budgets = policy.budgets if policy else None
     out = {
         "policy": name,
@@ -310,9 +386,11 @@ def _status(
         ],
         "rollout": _active_rollout(store, name),
     }
-    if args.json:
-        print(json.dumps(out, indent=2, default=str))
-        return 0
+    return out
+
+
+def _print_status(out: dict[str, Any], console: Console) -> None:
+    name = out["policy"]
     c = out["champion"]
     console.print(f"[bold]{name}[/bold]")
     console.print(
@@ -378,6 +456,52 @@ def _status(
             highlight=False,
             markup=False,
         )
+
+
+def _status_all(
+    args: argparse.Namespace, store: Any, book: Any, registry: Any, console: Console
+) -> int:
+    """A factory: every line's status, one after another (JSON: a list under "lines")."""
+    names = book.policy_names()
+    outs = [_status_data(args, name, store, book, registry) for name in names]
+    if args.json:
+        print(json.dumps({"lines": outs}, indent=2, default=str))
+        return 0
+    for out in outs:
+        _print_status(out, console)
+    return 0
+
+
+def _chargeback(args: argparse.Namespace, store: Any, book: Any, console: Console) -> int:
+    """Tokens and joules per line and per owner, summing to the factory's totals."""
+    from adapters.store.ledger import Ledger
+    from controller.report import build_chargeback
+
+    owners = {}
+    for name in book.policy_names():
+        state = book.daemon_state(name)
+        if state is not None and state.owner:
+            owners[name] = state.owner
+    charge = build_chargeback(Ledger(store).all_rows(), owners)
+    if args.json:
+        print(json.dumps(charge.as_dict(), indent=2))
+        return 0
+    table = Table(title="chargeback: ledger by line and owner")
+    for col in ("line", "owner", "trained", "evaluated", "served", "joules"):
+        table.add_column(col, justify="left" if col in ("line", "owner") else "right")
+    rows = [(r.key, charge.owner_of[r.key], r) for r in charge.lines]
+    rows += [("(all lines)", r.key, r) for r in charge.owners]
+    rows.append(("(factory)", "", charge.total))
+    for line, owner, r in rows:
+        table.add_row(
+            Text(line),
+            Text(owner),
+            f"{r.train_tokens:,}",
+            f"{r.eval_tokens:,}",
+            f"{r.serve_tokens:,}",
+            f"{r.joules:,.0f} ({r.energy_label})" if r.joules else "-",
+        )
+    console.print(table)
     return 0
 
 

@@ -95,9 +95,12 @@ class Ingestor:
             return "oversize-" + hashlib.sha256(ident).hexdigest()[:55]
         return self._hash(path)[0]
 
-    def pending(self, source: DataSource, completed_cycles: int) -> int:
-        """How many offered files are not yet known (cheap: cached by size and mtime)."""
-        known = self.catalog.known_hashes(self.policy_name)
+    def pending(
+        self, source: DataSource, completed_cycles: int, known: set[str] | None = None
+    ) -> int:
+        """How many offered files are not yet known (cheap: cached by size and mtime);
+        `known` saves the query when the caller read every line's hashes at once."""
+        known = set(known) if known is not None else self.catalog.known_hashes(self.policy_name)
         count = 0
         for f in source.list_files(completed_cycles):
             try:

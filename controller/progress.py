@@ -11,9 +11,12 @@ from adapters.workload.protocol import TrainProgress
 
 
 class ProgressReporter:
-    def __init__(self, console: Console | None = None, quiet: bool = False) -> None:
+    def __init__(
+        self, console: Console | None = None, quiet: bool = False, prefix: str = ""
+    ) -> None:
         self.console = console or Console(stderr=False)
         self.quiet = quiet
+        self.prefix = prefix  # the line's name in a factory of several: plain lines only
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._last_line = 0.0
@@ -21,13 +24,13 @@ class ProgressReporter:
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(message, highlight=False, markup=False)
+            self.console.print(self.prefix + message, highlight=False, markup=False)
 
     def trial_started(self, label: str, total_tokens: int) -> None:
         self._label = label
         if self.quiet:
             return
-        if self.console.is_terminal:
+        if self.console.is_terminal and not self.prefix:
             self._progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),

@@ -86,6 +86,60 @@ def build_report(
     return [out[k] for k in sorted(out)]
 
 
+def _add(total: ReportRow, row: ReportRow) -> None:
+    for name in (
+        "train_tokens",
+        "eval_tokens",
+        "serve_tokens",
+        "llm_tokens",
+        "train_joules",
+        "eval_joules",
+        "measured_joules",
+        "estimated_joules",
+    ):
+        setattr(total, name, getattr(total, name) + getattr(row, name))
+
+
+@dataclass(frozen=True)
+class Chargeback:
+    """Per line, per owner (team) and the factory's total; each level sums to the next."""
+
+    lines: list[ReportRow]
+    owners: list[ReportRow]
+    total: ReportRow
+    owner_of: dict[str, str]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "lines": [
+                r.as_dict() | {"line": r.key, "owner": self.owner_of[r.key]} for r in self.lines
+            ],
+            "owners": [r.as_dict() | {"owner": r.key} for r in self.owners],
+            "total": self.total.as_dict(),
+        }
+
+
+def build_chargeback(rows: Iterable[LedgerRow], owners: dict[str, str]) -> Chargeback:
+    """The ledger of every line, grouped by line and by the line's owner (`owners`: line ->
+    team; a line no longer in the factory is charged to "unowned")."""
+    by_line: dict[str, ReportRow] = {}
+    for r in rows:
+        one = build_report([r], "cycle")[0]
+        _add(by_line.setdefault(r.policy_name, ReportRow(r.policy_name)), one)
+    owner_of = {line: owners.get(line) or "unowned" for line in by_line}
+    by_owner: dict[str, ReportRow] = {}
+    total = ReportRow("total")
+    for line, row in by_line.items():
+        _add(by_owner.setdefault(owner_of[line], ReportRow(owner_of[line])), row)
+        _add(total, row)
+    return Chargeback(
+        [by_line[k] for k in sorted(by_line)],
+        [by_owner[k] for k in sorted(by_owner)],
+        total,
+        owner_of,
+    )
+
+
 def to_csv(rows: list[ReportRow]) -> str:
     buf = io.StringIO()
     dicts = [r.as_dict() for r in rows]

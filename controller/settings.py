@@ -8,16 +8,60 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+class RuntimeSettings(BaseModel):
+    """The daemon's own timing knobs (not the operator's policy): how it retries, polls and
+    shuts down. Set with AIFACTORY_RUNTIME__<NAME>, e.g. AIFACTORY_RUNTIME__CANARY_POLL_S."""
+
+    cycle_retry_delays_s: tuple[float, ...] = Field(
+        default=(1.0, 2.0, 3.0), description="One delay per retry of a failed cycle step."
+    )
+    canary_poll_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="How often a canary step "
+        "checks for an abort or a champion changed by someone else.",
+    )
+    serving_check_rounds: int = Field(
+        default=5, ge=1, description="Timed rounds per model in the evaluator's serving check."
+    )
+    status_stale_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A heartbeat older than this shows the daemon as not running.",
+    )
+    heartbeat_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Each line's heartbeat is "
+        "written this often, and at once when what it shows changes.",
+    )
+    shutdown_deadline_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest a clean shutdown may take before the daemon exits anyway.",
+    )
+    line_join_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long a stopping factory waits for each line's cycle to checkpoint.",
+    )
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AIFACTORY_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="AIFACTORY_", env_nested_delimiter="__", extra="ignore"
+    )
 
     state_dir: Path = Field(default=Path("aifactory-state"), description="Artefacts, data, DB.")
     db_url: str | None = Field(default=None, description="Default: SQLite under state_dir.")
     policy: Path = Field(default=Path("configs/default.yaml"))
+    factory: Path | None = Field(
+        default=None, description="A factory file (many lines); overrides `policy`."
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535, description="Serving port (0: any free).")
     serve: bool = True
@@ -29,6 +73,8 @@ class Settings(BaseSettings):
         description="Import name of a pynvml-compatible module to use instead of pynvml "
         "(an NVML shim, or a fake NVML in tests).",
     )
+
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
 
     @property
     def resolved_db_url(self) -> str:

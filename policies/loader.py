@@ -1,18 +1,24 @@
 """Reading policy files: YAML in, a validated `Policy` or every problem with its line out.
 
 Operators fix policies by line number, so validation errors are mapped back onto the
-YAML node that caused them (or the nearest enclosing one when a field is missing).
+YAML node that caused them (or the nearest enclosing one when a field is missing). The
+mapping is shared with factory files (`policies.factory`), which list many policies.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
 from policies.model import Policy
+
+YAML_AT = "yaml_at"
+"""Key of a validator error's context that names the node below its field (e.g. `(2, "policy")`),
+so a check on a whole list can point at the item it is about."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,7 @@ class PolicyError(ValueError):
         super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
 
 
-def _node_line(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+def node_line(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
     """1-based line of the deepest YAML node that `loc` reaches."""
     node = root
     line = node.start_mark.line + 1 if node is not None else None
@@ -59,8 +65,10 @@ def _node_line(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None
     return line
 
 
-def parse_policy(text: str, source: str = "<policy>") -> Policy:
-    """Validate policy text; raise `PolicyError` listing every problem with its line."""
+def compose_mapping(
+    text: str, source: str, what: str = "policy"
+) -> tuple[yaml.Node | None, dict[str, Any]]:
+    """Parse YAML text into (node tree for line numbers, data); it must be a mapping."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -70,16 +78,28 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         problem = getattr(exc, "problem", None) or str(exc)
         raise PolicyError(source, [PolicyProblem("", line, f"YAML syntax: {problem}")]) from exc
     if not isinstance(data, dict):
-        raise PolicyError(source, [PolicyProblem("", 1, "a policy must be a YAML mapping")])
+        raise PolicyError(source, [PolicyProblem("", 1, f"a {what} must be a YAML mapping")])
+    return root, data
+
+
+def validation_problems(exc: ValidationError, root: yaml.Node | None) -> list[PolicyProblem]:
+    """Each pydantic error as a problem at its field's YAML line."""
+    problems = []
+    for err in exc.errors(include_url=False):
+        at = tuple((err.get("ctx") or {}).get(YAML_AT, ()))
+        loc = tuple(err["loc"]) + at
+        path = ".".join(str(p) for p in loc)
+        problems.append(PolicyProblem(path, node_line(root, loc), err["msg"]))
+    return problems
+
+
+def parse_policy(text: str, source: str = "<policy>") -> Policy:
+    """Validate policy text; raise `PolicyError` listing every problem with its line."""
+    root, data = compose_mapping(text, source)
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False):
-            loc = tuple(err["loc"])
-            path = ".".join(str(p) for p in loc)
-            problems.append(PolicyProblem(path, _node_line(root, loc), err["msg"]))
-        raise PolicyError(source, problems) from exc
+        raise PolicyError(source, validation_problems(exc, root)) from exc
 
 
 def load_policy(path: str | Path) -> Policy:

@@ -7,11 +7,12 @@ functions without anyone mutating it underneath them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
@@ -318,11 +319,12 @@ class EnergyPolicy(_Strict):
     )
 
 
-class ClusterPolicy(_Strict):
-    """Where trials run. Workers are processes of their own (a crash fails one trial); reusing
-    one keeps its interpreter, torch and CUDA context, which on a GPU cost several times the
-    energy of a small trial."""
+class LocalClusterPolicy(_Strict):
+    """Trials in worker processes on this machine. Workers are processes of their own (a crash
+    fails one trial); reusing one keeps its interpreter, torch and CUDA context, which on a
+    GPU cost several times the energy of a small trial."""
 
+    kind: Literal["local"] = "local"
     reuse_workers: bool = Field(
         default=True, description="Run the next trial in the worker that finished the last."
     )
@@ -332,6 +334,22 @@ class ClusterPolicy(_Strict):
     max_trials_per_worker: int = Field(
         default=50, ge=1, description="Retire a worker after this many trials."
     )
+
+
+def _local_unless_said(value: Any) -> Any:
+    """A cluster section without ``kind`` is local: files written before there was a choice."""
+    if isinstance(value, dict) and "kind" not in value:
+        return {"kind": "local", **value}
+    return value
+
+
+ClusterPolicy = Annotated[
+    LocalClusterPolicy,  # the next adapter adds its member here: `| RayClusterPolicy`
+    BeforeValidator(_local_unless_said),
+    Field(discriminator="kind"),
+]
+"""Where trials run, chosen by ``cluster.kind`` (default ``local``); an unknown kind is an
+error naming ``kind``. ``adapters.cluster.make_cluster`` builds the adapter for each kind."""
 
 
 class AdvisorPolicy(_Strict):
@@ -406,7 +424,7 @@ class Policy(_Strict):
     approval: Literal["auto", "required"] = "auto"
     energy: EnergyPolicy = Field(default_factory=EnergyPolicy)
     serving: ServingPolicy = Field(default_factory=ServingPolicy)
-    cluster: ClusterPolicy = Field(default_factory=ClusterPolicy)
+    cluster: ClusterPolicy = Field(default_factory=LocalClusterPolicy)
     rollout: RolloutPolicy | None = Field(
         default=None,
         description="Canary rollout after blessing; without it a blessed model is promoted "
@@ -418,8 +436,9 @@ class Policy(_Strict):
         """Stable text form; the policy version is its hash."""
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
-    @property
+    @functools.cached_property
     def version(self) -> str:
+        """The hash of the canonical form: computed once (the model is frozen)."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
 
 

@@ -14,10 +14,20 @@ from pathlib import Path
 
 import pytest
 
+#: The one AIFACTORY_* variable the tests keep: where their PostgreSQL server is.
+KEPT_AIFACTORY_VARIABLES = frozenset({"AIFACTORY_TEST_PG"})
+
+# Isolation from the operator's shell: an exported AIFACTORY_DB_URL or AIFACTORY_STATE_DIR
+# must never reach the code under test, or the daemons and CLIs the tests start (they
+# inherit this environment). Removed at import, before anything reads settings.
+for _name in [n for n in os.environ if n.startswith("AIFACTORY_")]:
+    if _name not in KEPT_AIFACTORY_VARIABLES:
+        del os.environ[_name]
+
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from adapters.serving import ServingServer
-from adapters.store.db import Store
+from adapters.serving import ServingServer  # noqa: E402  (after the environment is clean)
+from adapters.store.db import Store  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("AIFACTORY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 TESTS = Path(__file__).parent

@@ -2,13 +2,17 @@
 daemon being killed: the stand-in for a real GPU in restore-after-crash tests.
 
 The state file is named by AIFACTORY_FAKE_NVML_STATE; the daemon loads this module when
-AIFACTORY_NVML_MODULE=fake_nvml_module (tests put this folder on PYTHONPATH).
+AIFACTORY_NVML_MODULE=fake_nvml_module (tests put this folder on PYTHONPATH). With
+AIFACTORY_FAKE_NVML_FREEZE_AT_MW=<milliwatts>, writing that limit is the last thing the
+process does: it is written, ``<state>.frozen`` says so, and the writing thread blocks for
+good, so a test can kill the process at exactly that point instead of guessing a moment.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -92,6 +96,14 @@ def nvmlDeviceSetPowerManagementLimit(h: int, mw: int) -> None:
     state["limit_mw"] = int(mw)
     state["writes"].append(int(mw))
     _save(state)
+    if os.environ.get("AIFACTORY_FAKE_NVML_FREEZE_AT_MW") == str(int(mw)):
+        frozen_path().write_text(str(os.getpid()))
+        threading.Event().wait()  # frozen right after the write, until killed
+
+
+def frozen_path() -> Path:
+    """Exists once a process froze after writing the limit it was told to freeze at."""
+    return _path().with_suffix(".frozen")
 
 
 def nvmlDeviceGetPowerUsage(h: int) -> int:

@@ -7,10 +7,10 @@ import math
 import pytest
 
 from agents.data import DataObservation, decide_data
-from agents.deployer import decide_deploy
+from agents.deployer import DeployObservation, decide_deploy
 from agents.drift import byte_histogram, js_divergence
 from agents.energy import J_PER_KWH, EnergyObservation, decide_energy
-from agents.evaluator import Scores, judge
+from agents.evaluator import EvalObservation, Scores, judge
 from agents.trainer import TrialSummary, choose_candidate, distributions, warm_start_params
 from policies import parse_policy
 from policies.model import Policy
@@ -179,32 +179,32 @@ def test_distributions_and_warm_start() -> None:
 
 
 def test_first_model_within_ceiling_is_blessed() -> None:
-    v = judge(Scores(3.0, 3.0), None, policy("gates: {max_bpb: 3.5}"))
+    v = judge(EvalObservation(Scores(3.0, 3.0), None), policy("gates: {max_bpb: 3.5}"))
     assert v.blessed and v.action.outcome == "taken"
 
 
 def test_ceiling_refuses() -> None:
-    v = judge(Scores(3.6, 3.0), None, policy("gates: {max_bpb: 3.5}"))
+    v = judge(EvalObservation(Scores(3.6, 3.0), None), policy("gates: {max_bpb: 3.5}"))
     assert not v.blessed and "ceiling" in v.action.reason
 
 
 def test_nan_candidate_is_never_blessed() -> None:
     for bad in (float("nan"), float("inf")):
-        v = judge(Scores(bad, 2.0), None, policy("gates: {max_bpb: 100}"))
+        v = judge(EvalObservation(Scores(bad, 2.0), None), policy("gates: {max_bpb: 100}"))
         assert not v.blessed and "NaN" in v.action.reason
-    assert not judge(None, None, policy()).blessed
+    assert not judge(EvalObservation(None, None), policy()).blessed
 
 
 def test_improvement_gate() -> None:
     p = policy("gates: {max_bpb: 9, min_improvement_pct: 1.0}")
-    assert not judge(Scores(2.99, 2.4), Scores(3.0, 2.4), p).blessed  # 0.33% < 1%
-    v = judge(Scores(2.9, 2.4), Scores(3.0, 2.4), p)
+    assert not judge(EvalObservation(Scores(2.99, 2.4), Scores(3.0, 2.4)), p).blessed  # 0.33% < 1%
+    v = judge(EvalObservation(Scores(2.9, 2.4), Scores(3.0, 2.4)), p)
     assert v.blessed and v.action.figures["improvement_pct"] == pytest.approx(3.3333, abs=1e-3)
 
 
 def test_reference_regression_gate() -> None:
     p = policy("gates: {max_bpb: 9, min_improvement_pct: 0, max_reference_regression_pct: 5}")
-    v = judge(Scores(2.5, 2.7), Scores(3.0, 2.4), p)
+    v = judge(EvalObservation(Scores(2.5, 2.7), Scores(3.0, 2.4)), p)
     assert not v.blessed and "reference data regresses" in v.action.reason
     assert math.isclose(v.action.figures["reference_regression_pct"], 12.5, rel_tol=1e-6)
 
@@ -214,29 +214,33 @@ def test_reference_regression_gate() -> None:
 
 def test_deploy_paths() -> None:
     auto, manual = policy(), policy("approval: required")
-    assert decide_deploy(True, 2, 1, auto).step == "promote"
-    assert decide_deploy(False, 2, 1, auto).step == "hold"
-    assert decide_deploy(True, None, 1, auto).step == "hold"
-    assert decide_deploy(True, 2, 1, manual).step == "await_approval"
-    assert decide_deploy(True, 2, 1, manual, approved=True).step == "promote"
-    rejected = decide_deploy(True, 2, 1, manual, approved=False)
+    assert decide_deploy(DeployObservation(True, 2, 1), auto).step == "promote"
+    assert decide_deploy(DeployObservation(False, 2, 1), auto).step == "hold"
+    assert decide_deploy(DeployObservation(True, None, 1), auto).step == "hold"
+    assert decide_deploy(DeployObservation(True, 2, 1), manual).step == "await_approval"
+    assert decide_deploy(DeployObservation(True, 2, 1, approved=True), manual).step == "promote"
+    rejected = decide_deploy(DeployObservation(True, 2, 1, approved=False), manual)
     assert rejected.step == "hold" and rejected.action.outcome == "refused"
 
 
 def test_unscorable_champion_is_named_in_the_verdict() -> None:
     p = policy("gates: {max_bpb: 3.5, min_improvement_pct: 5}")
-    v = judge(Scores(3.0, 3.0), Scores(float("nan"), 2.0), p, champion_problem="NaN scores")
+    v = judge(
+        EvalObservation(Scores(3.0, 3.0), Scores(float("nan"), 2.0), champion_problem="NaN scores"),
+        p,
+    )
     assert v.blessed and "champion could not be scored (NaN scores)" in v.action.reason
     assert v.action.figures["champion_problem"] == "NaN scores"
-    assert not judge(Scores(3.6, 3.0), None, p, champion_problem="corrupt").blessed
+    assert not judge(EvalObservation(Scores(3.6, 3.0), None, champion_problem="corrupt"), p).blessed
 
 
 def test_advice_within_agent_token_budget() -> None:
-    from agents.advisor import decide_advice
+    from agents.advisor import AdviceObservation, decide_advice
 
-    ok = decide_advice(used_today=100, budget=1000, prompt_tokens_estimate=200, max_tokens=100)
+    p = policy("budgets: {agent_llm_tokens_per_day: 1000}\nadvisor: {model: m, max_tokens: 100}")
+    ok = decide_advice(AdviceObservation(used_today=100, prompt_tokens_estimate=200), p)
     assert ok.outcome == "taken"
-    no = decide_advice(used_today=900, budget=1000, prompt_tokens_estimate=200, max_tokens=100)
+    no = decide_advice(AdviceObservation(used_today=900, prompt_tokens_estimate=200), p)
     assert no.outcome == "deferred" and no.figures["tokens_needed"] == 300
     assert "shortfall 200" in no.reason
 
@@ -414,10 +418,31 @@ def test_paired_bootstrap_gate() -> None:
     lower, mean = paired_bootstrap(champ, clear, confidence=0.95, resamples=2000, seed=0) or (0, 0)
     assert 4.0 < lower < mean < 6.0
     p = policy("gates: {max_bpb: 9, min_improvement_pct: 0.2}")
-    ok = judge(Scores(2.85, 2.4, clear), Scores(3.0, 2.4, champ), p)
+    ok = judge(EvalObservation(Scores(2.85, 2.4, clear), Scores(3.0, 2.4, champ)), p)
     assert ok.blessed and "lower bound" in ok.action.reason
     mean_noisy = 100 * (sum(champ) - sum(noisy)) / sum(champ)
     assert mean_noisy > 0.2  # the mean alone would pass ...
-    weak = judge(Scores(3.0 - 0.015, 2.4, noisy), Scores(3.0, 2.4, champ), p)
+    weak = judge(EvalObservation(Scores(3.0 - 0.015, 2.4, noisy), Scores(3.0, 2.4, champ)), p)
     assert not weak.blessed and "lower bound" in weak.action.reason  # ... the bound does not
     assert paired_bootstrap(champ[:10], clear, confidence=0.9, resamples=200, seed=0) is None
+
+
+def test_a_candidate_failing_the_serving_check_is_refused_whatever_its_scores() -> None:
+    p = policy("gates: {min_improvement_pct: 1.0, bootstrap: {enabled: false}}")
+    good = EvalObservation(Scores(2.9, 2.4), Scores(3.0, 2.4))
+    assert judge(good, p).blessed
+    v = judge(EvalObservation(Scores(2.9, 2.4), Scores(3.0, 2.4), serving_problem="empty"), p)
+    assert not v.blessed and v.action.outcome == "refused"
+    assert "load-and-query" in v.action.reason
+
+
+def test_a_rollout_policy_asks_for_a_canary_only_where_traffic_can_carry_it() -> None:
+    canary = policy("rollout: {steps: [50, 100]}")
+    live = DeployObservation(True, 2, 1, no_canary_because=None)
+    assert decide_deploy(live, canary).step == "canary"
+    off = decide_deploy(DeployObservation(True, 2, 1), canary)
+    assert off.step == "promote" and "serving is off" in off.action.reason
+    assert decide_deploy(DeployObservation(True, 2, None, no_canary_because=None), canary).step == (
+        "promote"  # a first model has no champion to compare with
+    )
+    assert decide_deploy(live, policy()).step == "promote"  # no rollout section

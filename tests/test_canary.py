@@ -13,7 +13,7 @@ from adapters.serving import ServedModel, ServingServer
 from adapters.store.db import Store
 from adapters.store.rollouts import RolloutBook
 from agents.canary import LiveFigures, judge_step, next_move
-from agents.evaluator import Scores, check_metric_gates, judge
+from agents.evaluator import EvalObservation, Scores, check_metric_gates, judge
 from policies.model import MetricGate, Policy, RolloutPolicy
 
 SPEC = RolloutPolicy(
@@ -188,11 +188,11 @@ def test_judge_refuses_a_slow_candidate_with_figures() -> None:
     )
     cand = Scores(2.0, 2.0, latency_ms_per_token=5.0, tokens_per_joule=10.0)
     champ = Scores(2.1, 2.0, latency_ms_per_token=2.0, tokens_per_joule=20.0)
-    v = judge(cand, champ, policy)
+    v = judge(EvalObservation(cand, champ), policy)
     assert not v.blessed and "latency_ms_per_token +150.00%" in v.action.reason
     assert v.action.figures["champion_tokens_per_joule"] == 20.0
     faster = Scores(2.0, 2.0, latency_ms_per_token=2.1, tokens_per_joule=19.0)
-    assert judge(faster, champ, policy).blessed
+    assert judge(EvalObservation(faster, champ), policy).blessed
 
 
 # traffic split -----------------------------------------------------------------------
@@ -207,16 +207,16 @@ def _post(client: httpx.Client, **body: object) -> httpx.Response:
 def test_traffic_split_windows_and_sampled_prompts(server: ServingServer) -> None:
     champ = ServedModel("m:v1", 1, FakeGenerator("one", delay_s=0))
     chall = ServedModel("m:v2", 2, FakeGenerator("two", delay_s=0, fail=True))
-    server.route(champ, chall, 30.0, sample_rate=1.0)
-    assert server.challenger is not None and server.challenger[1] == 30.0
-    server.take_window()
+    server.line("m").route(champ, chall, 30.0, sample_rate=1.0)
+    assert server.line("m").challenger is not None and server.line("m").challenger[1] == 30.0
+    server.line("m").take_window()
     with httpx.Client(base_url=server.url, timeout=10) as c:
         codes = [_post(c).status_code for _ in range(200)]
         pinned = _post(c, model="m:v1")
         missing = _post(c, model="m:v9")
         listed = {m["id"] for m in c.get("/v1/models").json()["data"]}
         health = c.get("/healthz").json()
-    window = server.take_window()
+    window = server.line("m").take_window()
     to_v2 = window.requests.get(2, 0)
     assert 30 <= to_v2 <= 90, to_v2  # ~30% of 200
     assert codes.count(500) == to_v2 == window.failures[2]
@@ -224,24 +224,25 @@ def test_traffic_split_windows_and_sampled_prompts(server: ServingServer) -> Non
     assert len(window.latencies_ms[1]) == window.requests[1]
     assert pinned.json()["model"] == "m:v1" and missing.status_code == 404
     assert len(window.prompts) == window.requests[1]  # only answered requests are sampled
-    assert listed == {"m:v1", "m:v2"} and health["canary"] == {"model": "m:v2", "weight_pct": 30.0}
-    assert server.take_window().requests == {}  # a new window starts empty
+    assert listed == {"m", "m:v1", "m:v2"}  # the line (what clients send) and pinned versions
+    assert health["lines"]["m"]["canary"] == {"model": "m:v2", "weight_pct": 30.0}
+    assert server.line("m").take_window().requests == {}  # a new window starts empty
 
 
 def test_same_user_stays_on_one_model_and_swap_ends_the_canary(server: ServingServer) -> None:
     champ = ServedModel("m:v1", 1, FakeGenerator("one", delay_s=0))
     chall = ServedModel("m:v2", 2, FakeGenerator("two", delay_s=0))
-    server.route(champ, chall, 50.0)
+    server.line("m").route(champ, chall, 50.0)
     with httpx.Client(base_url=server.url, timeout=10) as c:
         for user in ("alice", "bob", "carol", "dave"):
             seen = {_post(c, user=user).json()["model"] for _ in range(8)}
             assert len(seen) == 1, (user, seen)
-        server.swap(champ)
-        assert server.challenger is None
+        server.line("m").swap(champ)
+        assert server.line("m").challenger is None
         assert {_post(c).json()["model"] for _ in range(20)} == {"m:v1"}
         assert _post(c, model="m:v2").status_code == 404
     with pytest.raises(ValueError):
-        server.route(champ, chall, 150.0)
+        server.line("m").route(champ, chall, 150.0)
 
 
 # rollout store (SQLite and PostgreSQL) -------------------------------------------------
@@ -272,16 +273,16 @@ def test_rollout_book_lifecycle(store: Store) -> None:
 def test_prometheus_metrics_per_version_and_canary_share(server: ServingServer) -> None:
     champ = ServedModel("m:v1", 1, FakeGenerator("one", delay_s=0))
     chall = ServedModel("m:v2", 2, FakeGenerator("two", delay_s=0, fail=True))
-    server.route(champ, chall, 25.0)
+    server.line("m").route(champ, chall, 25.0)
     with httpx.Client(base_url=server.url, timeout=10) as c:
         _post(c, model="m:v1")
         _post(c, model="m:v2")
         r = c.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     text = r.text
-    assert 'aifactory_requests_total{version="v1"} 1.0' in text
-    assert 'aifactory_request_failures_total{version="v2"} 1.0' in text
-    assert 'aifactory_tokens_total{kind="completion",version="v1"}' in text
-    assert 'aifactory_request_latency_seconds_count{version="v2"} 1.0' in text
-    assert 'aifactory_traffic_share{role="challenger",version="v2"} 0.25' in text
-    assert 'aifactory_traffic_share{role="champion",version="v1"} 0.75' in text
+    assert 'aifactory_requests_total{line="m",version="v1"} 1.0' in text
+    assert 'aifactory_request_failures_total{line="m",version="v2"} 1.0' in text
+    assert 'aifactory_tokens_total{kind="completion",line="m",version="v1"}' in text
+    assert 'aifactory_request_latency_seconds_count{line="m",version="v2"} 1.0' in text
+    assert 'aifactory_traffic_share{line="m",role="challenger",version="v2"} 0.25' in text
+    assert 'aifactory_traffic_share{line="m",role="champion",version="v1"} 0.75' in text

@@ -97,12 +97,26 @@ class LoadClient(threading.Thread):
         self.join(10)
 
 
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, log: Path | None = None) -> Any:
+def wait_for(
+    cond: Callable[[], Any],
+    timeout: float,
+    what: str,
+    log: Path | None = None,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> Any:
+    """Poll ``cond`` until it holds; with ``proc``, fail at once if that process has exited
+    first (a dead daemon never gets there: do not sit out the deadline)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = cond()
         if value:
             return value
+        if proc is not None and proc.poll() is not None:
+            value = cond()  # it may have got there just before exiting
+            if value:
+                return value
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise AssertionError(f"exited ({proc.returncode}) before {what}\n{tail}")
         time.sleep(0.3)
     tail = log.read_text()[-3000:] if log and log.exists() else ""
     raise AssertionError(f"timed out waiting for {what}\n{tail}")
@@ -165,7 +179,8 @@ def test_daemon_serves_champion_and_stops_on_sigterm(tmp_path: Path) -> None:
         )
         base = served.serving_url
         models = httpx.get(f"{base}/v1/models", timeout=10).json()
-        assert models["data"][0]["id"] == f"tiny:v{champion}"
+        assert models["data"][0]["id"] == "tiny" and models["data"][0]["version"] == champion
+        assert f"tiny:v{champion}" in {m["id"] for m in models["data"]}
         answer = httpx.post(
             f"{base}/v1/completions",
             json={"model": "tiny", "prompt": "import ", "max_tokens": 12, "temperature": 0},
@@ -352,9 +367,9 @@ def test_bad_policy_is_refused_and_last_good_kept(tmp_path: Path) -> None:
         pol.write_text(
             TINY_POLICY.read_text().replace("min_improvement_pct: 0.0", "min_improvement_pct: 0.1")
         )
-        wait_for(
+        wait_for(  # applied between cycles: after the first one ends (slow on a loaded box)
             lambda: book.daemon_state("tiny").policy_version != good_version,
-            30,  # type: ignore[union-attr]
+            120,  # type: ignore[union-attr]
             "new policy",
             log,
         )
@@ -617,8 +632,12 @@ def test_hopeless_trial_is_pruned(tmp_path: Path) -> None:
 
 
 def test_power_limit_restored_after_kill9(tmp_path: Path) -> None:
-    """The daemon sets a (fake) GPU's power limit for a trial, is killed with -9, and the
-    next start restores the original limit before doing anything else."""
+    """The daemon sets a (fake) GPU's power limit for a trial and is killed with -9 right
+    after the write; the next start restores the original limit before doing anything else.
+
+    No moment is guessed: the fake NVML freezes the first daemon just after it wrote the
+    limit (its ``.frozen`` file says so), and every wait ends on an explicit signal (that
+    file, an audit row, the process's exit) or fails at once when the daemon has died."""
     state = tmp_path / "state"
     fake_state = tmp_path / "fake_gpu.json"
     env = {
@@ -631,7 +650,6 @@ def test_power_limit_restored_after_kill9(tmp_path: Path) -> None:
         **{
             TINY_LR: TINY_LR + "\n    power_limit_w: {type: categorical, choices: [300]}",
             "gates:": "energy: {gpu: nvml, allow_power_limits: true}\ngates:",
-            "tokens_per_trial: 60000": "tokens_per_trial: 2000000",
         },
     )
     url = f"sqlite:///{state / 'aifactory.db'}"
@@ -641,17 +659,14 @@ def test_power_limit_restored_after_kill9(tmp_path: Path) -> None:
         return int(json.loads(fake_state.read_text())["limit_mw"])
 
     log = tmp_path / "first.log"
-    with daemon(*args, log=log, env=env) as proc:
-        wait_for(
-            lambda: fake_state.exists() and limit_mw() == 300_000,
-            120,
-            "the power limit to be set",
-            log,
-        )
+    frozen = fake_state.with_suffix(".frozen")
+    freeze = {"AIFACTORY_FAKE_NVML_FREEZE_AT_MW": "300000"}
+    with daemon(*args, log=log, env=env | freeze) as proc:
+        wait_for(frozen.exists, 120, "the power limit to be written", log, proc)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
     assert limit_mw() == 300_000  # left changed by the kill
-    # restart: the original limit comes back at once; stop it again (cleanly) soon after
+    # restart: the original limit comes back at once; stop it (cleanly) right after
     log2 = tmp_path / "second.log"
     with daemon(*args, log=log2, env=env) as proc2:
         store = open_store(url)
@@ -661,13 +676,14 @@ def test_power_limit_restored_after_kill9(tmp_path: Path) -> None:
                 for e in AuditLog(store).events(agent="energy")
                 if e.action == "restore_gpu_setting"
             ],
-            60,
+            120,
             "the restore at start",
             log2,
+            proc2,
         )
         assert "at start" in restored[0].reason and restored[0].figures["restored"] == 700
         proc2.send_signal(signal.SIGTERM)
-        assert proc2.wait(60) == 0
+        assert proc2.wait(120) == 0
     state_after = json.loads(fake_state.read_text())
     assert state_after["limit_mw"] == 700_000  # restored on exit too
     assert 300_000 in state_after["writes"] and state_after["writes"][-1] == 700_000

@@ -3,10 +3,14 @@ on a fake NVML and the SQL journal on SQLite and PostgreSQL (the ``db_url`` fixt
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType, SimpleNamespace
 from typing import Any
 
@@ -18,9 +22,11 @@ from adapters.gpu import (
     NvmlGpu,
     SimulatedGpu,
 )
-from adapters.store import gpu_settings  # registers af_gpu_setting before create_all
 from adapters.store.db import Store
 from adapters.store.gpu_settings import SqlSettingsJournal
+
+TESTS = Path(__file__).parent
+ROOT = TESTS.parent
 
 # --- fake NVML over boards that outlive any one "process" ------------------------------------
 
@@ -110,13 +116,22 @@ def boards() -> list[Board]:
 
 @pytest.fixture
 def sql_store(db_url: str) -> Iterator[Store]:
-    assert gpu_settings.GpuSettingRow.__tablename__ == "af_gpu_setting"
     store = Store(db_url)
     store.create_all()
     try:
         yield store
     finally:
         store.dispose()
+
+
+def test_the_table_is_registered_with_the_others() -> None:
+    """af_gpu_setting is created by Store.create_all without importing the journal module."""
+    code = (
+        "import sys; from sqlmodel import SQLModel; import adapters.store.db; "
+        "assert 'af_gpu_setting' in SQLModel.metadata.tables; "
+        "assert 'adapters.store.gpu_settings' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
 
 
 # --- on both databases --------------------------------------------------------------------------
@@ -270,7 +285,7 @@ def test_sigterm_restores_then_runs_the_previous_handler(
     boards: list[Board], sigterm_calls: list[int]
 ) -> None:
     guard, _ = make_guard(boards, MemorySettingsJournal())
-    uninstall = guard.install_exit_hooks()
+    uninstall = guard.install_exit_hooks(signals=(signal.SIGTERM,))
     try:
         guard.apply_power_limit_w(0, 300.0, reason="cap")
         os.kill(os.getpid(), signal.SIGTERM)
@@ -279,6 +294,10 @@ def test_sigterm_restores_then_runs_the_previous_handler(
     finally:
         uninstall()
     assert signal.getsignal(signal.SIGTERM) != guard._on_signal  # the daemon's handler is back
+    # restored on the way out: nothing may change any more
+    refused = guard.apply_power_limit_w(0, 300.0, reason="late")
+    assert refused.status == "not_permitted" and "exiting" in refused.message
+    assert boards[0].limit_mw == 700_000
 
 
 def test_sigterm_during_the_write_is_handled_after_it(
@@ -286,7 +305,7 @@ def test_sigterm_during_the_write_is_handled_after_it(
 ) -> None:
     journal = MemorySettingsJournal()
     guard, _ = make_guard(boards, journal)
-    uninstall = guard.install_exit_hooks()
+    uninstall = guard.install_exit_hooks(signals=(signal.SIGTERM,))
 
     def sigterm_once() -> None:
         boards[0].on_set = None
@@ -300,3 +319,84 @@ def test_sigterm_during_the_write_is_handled_after_it(
     assert result.applied  # the write completed ...
     assert boards[0].limit_mw == 700_000  # ... and was undone by the deferred handler
     assert journal.pending() == [] and sigterm_calls == [signal.SIGTERM]
+
+
+def test_no_signal_is_taken_unless_asked(boards: list[Board], sigterm_calls: list[int]) -> None:
+    """The default leaves SIGTERM to its owner (a daemon whose handler only sets a flag)."""
+    guard, _ = make_guard(boards, MemorySettingsJournal())
+    before = signal.getsignal(signal.SIGTERM)
+    uninstall = guard.install_exit_hooks()
+    try:
+        assert signal.getsignal(signal.SIGTERM) is before
+        with pytest.raises(RuntimeError, match="already installed"):
+            guard.install_exit_hooks()
+    finally:
+        uninstall()
+    guard.install_exit_hooks()()  # installable again once removed
+
+
+# --- interpreter exit (a process of its own per case) ------------------------------------------
+
+_EXIT_SCRIPT = """
+import os, sys, threading
+sys.path[:0] = {path!r}
+import fake_nvml_module
+from adapters.gpu import GpuSettingsGuard, MemorySettingsJournal, NvmlGpu
+
+gpu = NvmlGpu(nvml=fake_nvml_module)
+guard = GpuSettingsGuard(gpu, MemorySettingsJournal(), gpu.devices())
+guard.install_exit_hooks(
+    on_restored=lambda rs: print("restored", [r.requested for r in rs], flush=True)
+)
+
+def limit():
+    return int(gpu.power_limit_w(0))
+
+def cap(watts):
+    assert guard.apply_power_limit_w(0, watts, reason="trial").applied
+
+cap(300.0)
+{ending}
+"""
+
+_ENDINGS = {
+    # the main thread dies with an exception the daemon's code never caught
+    "unhandled": "raise RuntimeError('boom')",
+    "sys_exit": "sys.exit(3)",
+    # sys.exit in another thread ends that thread only: the process lives on, then exits
+    "thread_sys_exit": "t = threading.Thread(target=sys.exit); t.start(); t.join()\n"
+    "print('alive at', limit(), flush=True)",
+    # the owner's clean-up restored, then a line's thread applied again before exiting
+    "after_cleanup": "guard.restore_all()\n"
+    "t = threading.Thread(target=cap, args=(250.0,)); t.start(); t.join()",
+    # a forked child that exits normally must leave the parent's settings alone
+    "forked_child": "pid = os.fork()\n"
+    "if pid == 0:\n    sys.exit(0)\n"
+    "os.waitpid(pid, 0)\nprint('after child', limit(), flush=True)",
+    # nothing runs: the journal (durable in the daemon) is restored at the next start
+    "os_exit": "sys.stdout.flush(); os._exit(0)",
+}
+
+
+@pytest.mark.parametrize("ending", sorted(_ENDINGS))
+def test_exit_hook_restores_on_interpreter_exit(tmp_path: Path, ending: str) -> None:
+    state = tmp_path / "gpu.json"
+    code = _EXIT_SCRIPT.format(path=[str(ROOT), str(TESTS)], ending=_ENDINGS[ending])
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "AIFACTORY_FAKE_NVML_STATE": str(state)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    final_mw = json.loads(state.read_text())["limit_mw"]
+    if ending == "os_exit":
+        assert res.returncode == 0 and final_mw == 300_000 and "restored" not in res.stdout
+        return
+    assert res.returncode == {"unhandled": 1, "sys_exit": 3}.get(ending, 0), res.stderr
+    assert final_mw == 700_000, res.stdout + res.stderr
+    assert res.stdout.count("restored [700.0]") == 1, res.stdout + res.stderr
+    if ending == "thread_sys_exit":
+        assert "alive at 300" in res.stdout
+    if ending == "forked_child":
+        assert res.stdout.index("after child 300") < res.stdout.index("restored")

@@ -9,15 +9,23 @@ import pytest
 
 from controller.cli import main
 from policies import PolicyError, load_policy, parse_policy
+from policies.model import LocalClusterPolicy
 
 ROOT = Path(__file__).parent.parent
 
 
 def test_shipped_policies_are_valid() -> None:
+    from policies.factory import is_factory_file, load_factory
+
     paths = [*sorted((ROOT / "configs").glob("*.yaml")), ROOT / "tests" / "configs" / "tiny.yaml"]
-    assert len(paths) >= 3
-    for path in paths:
+    paths += sorted((ROOT / "configs" / "lines").glob("*.yaml"))
+    factories = [p for p in paths if is_factory_file(p)]
+    policies = [p for p in paths if p not in factories]
+    assert len(policies) >= 6 and factories
+    for path in policies:
         assert load_policy(path).name
+    for path in [*factories, ROOT / "tests" / "configs" / "factory-tiny.yaml"]:
+        assert len(load_factory(path).lines) == 3
 
 
 def test_errors_name_field_and_line() -> None:
@@ -107,4 +115,26 @@ def test_cluster_section_defaults_and_errors() -> None:
     text = "name: x\ncluster:\n  reuse_workers: false\n  max_trials_per_worker: 0\n"
     with pytest.raises(PolicyError) as err:
         parse_policy(text, "p.yaml")
-    assert {(p.path, p.line) for p in err.value.problems} == {("cluster.max_trials_per_worker", 4)}
+    # the member's tag is in the path, as for data sources (data.source.directory.path)
+    assert {(p.path, p.line) for p in err.value.problems} == {
+        ("cluster.local.max_trials_per_worker", 4)
+    }
+
+
+@pytest.mark.parametrize(
+    "section",
+    ["", "cluster: {}\n", "cluster:\n  reuse_workers: false\n", "cluster: {kind: local}\n"],
+)
+def test_a_cluster_section_without_kind_is_local(section: str) -> None:
+    policy = parse_policy("name: x\n" + section)
+    assert isinstance(policy.cluster, LocalClusterPolicy) and policy.cluster.kind == "local"
+    assert policy.cluster.reuse_workers is ("reuse_workers: false" not in section)
+
+
+def test_an_unknown_cluster_kind_names_the_field() -> None:
+    with pytest.raises(PolicyError) as err:
+        parse_policy("name: x\ncluster:\n  kind: slurm\n", "p.yaml")
+    (problem,) = err.value.problems
+    assert problem.path == "cluster" and problem.line == 3
+    assert "'kind'" in problem.message and "'slurm'" in problem.message
+    assert "'local'" in problem.message  # and says what it could be

@@ -2,6 +2,7 @@
 
 A tiny deterministic fake generator stands in for the real model so these tests check the
 serving contract (status codes, payload shapes, streaming, swap safety, port lifecycle) quickly.
+Most tests serve one line (:data:`LINE`); the last ones serve several side by side.
 Streaming is tested both with the plain generator (the server chunks the finished text) and with
 one offering the optional ``stream`` method.
 """
@@ -22,7 +23,7 @@ import httpx
 import openai
 import pytest
 
-from adapters.serving import Completion, ServedModel, ServingError, ServingServer
+from adapters.serving import Completion, LineEndpoint, ServedModel, ServingError, ServingServer
 
 
 class FakeGenerator:
@@ -92,9 +93,14 @@ class StreamingFakeGenerator(FakeGenerator):
             self.closed.set()
 
 
-def _model(tag: str, version: int, streaming: bool = False, **kwargs: Any) -> ServedModel:
+LINE = "aifactory-default"
+
+
+def _model(
+    tag: str, version: int, streaming: bool = False, line: str = LINE, **kwargs: Any
+) -> ServedModel:
     cls = StreamingFakeGenerator if streaming else FakeGenerator
-    return ServedModel(f"aifactory-default:v{version}", version, cls(tag, **kwargs))
+    return ServedModel(f"{line}:v{version}", version, cls(tag, **kwargs), line=line)
 
 
 @pytest.fixture
@@ -148,36 +154,46 @@ def test_start_resolves_port_and_is_idempotent(server: ServingServer) -> None:
     assert server.port > 0
     assert server.url == f"http://127.0.0.1:{server.port}"
     server.start()  # second start is a no-op
-    assert httpx.get(server.url + "/healthz").json() == {"status": "ok", "model": None}
+    assert httpx.get(server.url + "/healthz").json() == {"status": "ok", "lines": {}}
 
 
-def test_503_and_empty_models_before_anything_is_served(client: httpx.Client) -> None:
+def test_503_and_empty_models_before_anything_is_served(
+    server: ServingServer, client: httpx.Client
+) -> None:
+    err = _assert_openai_error(_complete(client), 404)  # no such line yet
+    assert err["code"] == "model_not_found" and "nothing yet" in err["message"]
+    server.line(LINE)  # known, nothing loaded: "come back later", not "wrong name"
     err = _assert_openai_error(_complete(client), 503)
     assert "no model" in err["message"].lower()
     assert client.get("/v1/models").json() == {"object": "list", "data": []}
+    assert client.get("/healthz").json() == {"status": "ok", "lines": {LINE: {"model": None}}}
 
 
 def test_models_and_healthz_follow_swaps(server: ServingServer, client: httpx.Client) -> None:
     first = _model("A", 3)
-    assert server.swap(first) is None
-    assert server.current is first
+    assert server.line(LINE).swap(first) is None
+    assert server.line(LINE).current is first
     listing = client.get("/v1/models").json()
     assert listing["object"] == "list"
-    [entry] = listing["data"]
-    assert entry["id"] == "aifactory-default:v3"
-    assert entry["object"] == "model"
-    assert entry["owned_by"] == "aifactory"
-    assert isinstance(entry["created"], int)
-    assert client.get("/healthz").json() == {"status": "ok", "model": "aifactory-default:v3"}
+    alias, pinned = listing["data"]  # the line's name first, then its served version
+    assert (alias["id"], alias["line"], alias["version"]) == (LINE, LINE, 3)
+    assert "challenger" not in alias
+    assert (pinned["id"], pinned["line"], pinned["version"]) == ("aifactory-default:v3", LINE, 3)
+    for entry in (alias, pinned):
+        assert entry["object"] == "model"
+        assert entry["owned_by"] == "aifactory"
+        assert isinstance(entry["created"], int)
+    health = client.get("/healthz").json()
+    assert health == {"status": "ok", "lines": {LINE: {"model": "aifactory-default:v3"}}}
 
-    assert server.swap(None) is first
-    assert client.get("/healthz").json() == {"status": "ok", "model": None}
+    assert server.line(LINE).swap(None) is first
+    assert client.get("/healthz").json() == {"status": "ok", "lines": {LINE: {"model": None}}}
     assert client.get("/v1/models").json()["data"] == []
 
 
 def test_completion_shape_usage_and_metrics(server: ServingServer, client: httpx.Client) -> None:
     served = _model("A", 1)
-    server.swap(served)
+    server.line(LINE).swap(served)
     resp = _complete(client, prompt="abc", max_tokens=5, temperature=0.5, seed=7)
     assert resp.status_code == 200, resp.text
     data = resp.json()
@@ -198,7 +214,7 @@ def test_completion_shape_usage_and_metrics(server: ServingServer, client: httpx
     assert served.generator.calls[-1][1] == 8  # type: ignore[attr-defined]
     assert resp.json()["choices"][0]["finish_reason"] == "length"
 
-    stats = server.metrics()[1]
+    stats = server.metrics()[(LINE, 1)]
     assert stats["requests"] == 2
     assert stats["failures"] == 0
     assert stats["prompt_tokens"] == 3 + 11
@@ -207,7 +223,7 @@ def test_completion_shape_usage_and_metrics(server: ServingServer, client: httpx
 
 
 def test_unknown_model_is_404(server: ServingServer, client: httpx.Client) -> None:
-    server.swap(_model("A", 1))
+    server.line(LINE).swap(_model("A", 1))
     err = _assert_openai_error(_complete(client, model="gpt-4"), 404)
     assert err["code"] == "model_not_found"
     _assert_openai_error(_complete(client, model="aifactory-default:v2"), 404)
@@ -229,22 +245,24 @@ def test_unknown_model_is_404(server: ServingServer, client: httpx.Client) -> No
 def test_bad_bodies_are_400(
     server: ServingServer, client: httpx.Client, body: dict[str, Any]
 ) -> None:
-    server.swap(_model("A", 1))
+    server.line(LINE).swap(_model("A", 1))
     err = _assert_openai_error(client.post("/v1/completions", json=body), 400)
     assert err["type"] == "invalid_request_error"
 
 
 def test_stream_request_errors_are_plain_json(server: ServingServer, client: httpx.Client) -> None:
     # Checks that run before the first byte answer like non-streamed requests do.
+    _assert_openai_error(_complete(client, stream=True), 404)
+    server.line(LINE)
     _assert_openai_error(_complete(client, stream=True), 503)
     _assert_openai_error(_chat(client, stream=True), 503)
-    server.swap(_model("A", 1))
+    server.line(LINE).swap(_model("A", 1))
     _assert_openai_error(_complete(client, stream=True, model="gpt-4"), 404)
     _assert_openai_error(_chat(client, stream=True, messages=[]), 400)
 
 
 def test_malformed_json_is_400(server: ServingServer, client: httpx.Client) -> None:
-    server.swap(_model("A", 1))
+    server.line(LINE).swap(_model("A", 1))
     resp = client.post(
         "/v1/completions", content=b"{not json", headers={"content-type": "application/json"}
     )
@@ -252,18 +270,18 @@ def test_malformed_json_is_400(server: ServingServer, client: httpx.Client) -> N
 
 
 def test_generator_failure_is_500_and_counted(server: ServingServer, client: httpx.Client) -> None:
-    server.swap(_model("A", 4, fail=True))
+    server.line(LINE).swap(_model("A", 4, fail=True))
     err = _assert_openai_error(_complete(client), 500)
     assert err["type"] == "server_error"
-    assert server.metrics()[4]["failures"] == 1
+    assert server.metrics()[(LINE, 4)]["failures"] == 1
 
 
 def test_official_openai_client(server: ServingServer) -> None:
-    server.swap(_model("A", 2))
+    server.line(LINE).swap(_model("A", 2))
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
     try:
         models = client.models.list()
-        assert [m.id for m in models.data] == ["aifactory-default:v2"]
+        assert [m.id for m in models.data] == ["aifactory-default", "aifactory-default:v2"]
         result = client.completions.create(model="aifactory-default", prompt="hey", max_tokens=4)
         assert result.choices[0].text == "A:yeh"
         assert result.model == "aifactory-default:v2"
@@ -278,7 +296,7 @@ def test_official_openai_client(server: ServingServer) -> None:
 
 def test_chat_completion_with_openai_client(server: ServingServer) -> None:
     served = _model("A", 2)
-    server.swap(served)
+    server.line(LINE).swap(served)
     client = _openai(server)
     try:
         result = client.chat.completions.create(
@@ -305,13 +323,13 @@ def test_chat_completion_with_openai_client(server: ServingServer) -> None:
     assert result.usage is not None
     assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (len(prompt), 6)
     assert result.usage.total_tokens == len(prompt) + 6
-    stats = server.metrics()[2]
+    stats = server.metrics()[(LINE, 2)]
     assert (stats["requests"], stats["streamed_requests"], stats["failures"]) == (1, 0, 0)
 
 
 def test_chat_prompt_template_and_token_limits(server: ServingServer, client: httpx.Client) -> None:
     served = _model("A", 1)
-    server.swap(served)
+    server.line(LINE).swap(served)
     calls = served.generator.calls  # type: ignore[attr-defined]
     messages = [
         {"role": "developer", "content": "dev"},
@@ -332,9 +350,10 @@ def test_chat_prompt_template_and_token_limits(server: ServingServer, client: ht
 
 
 def test_chat_errors(server: ServingServer, client: httpx.Client) -> None:
+    server.line(LINE)
     err = _assert_openai_error(_chat(client), 503)
     assert err["code"] == "model_not_loaded"
-    server.swap(_model("A", 1))
+    server.line(LINE).swap(_model("A", 1))
     err = _assert_openai_error(_chat(client, model="gpt-4o"), 404)
     assert err["code"] == "model_not_found"
     _assert_openai_error(_chat(client, model="aifactory-default:v9"), 404)
@@ -370,7 +389,7 @@ _BAD_CHAT_BODIES: list[tuple[dict[str, Any], str]] = [
 
 def test_chat_bad_bodies_are_400(server: ServingServer, client: httpx.Client) -> None:
     # One server for all cases: each server stop costs uvicorn ~0.2 s.
-    server.swap(_model("A", 1))
+    server.line(LINE).swap(_model("A", 1))
     for body, hint in _BAD_CHAT_BODIES:
         err = _assert_openai_error(_chat(client, **body), 400)
         assert err["type"] == "invalid_request_error", body
@@ -382,7 +401,7 @@ def test_chat_bad_bodies_are_400(server: ServingServer, client: httpx.Client) ->
 def test_streaming_with_openai_client_matches_non_streamed(streaming: bool) -> None:
     srv = ServingServer(port=0, max_tokens_limit=64)  # long answers, so several pieces
     srv.start()
-    srv.swap(_model("A", 1, streaming=streaming))
+    srv.line(LINE).swap(_model("A", 1, streaming=streaming))
     oai = _openai(srv)
     prompt = "the quick brown fox jumps over the lazy dog"
     messages = [{"role": "user", "content": prompt}]
@@ -429,14 +448,14 @@ def test_streaming_with_openai_client_matches_non_streamed(streaming: bool) -> N
     finally:
         oai.close()
         srv.stop()
-    stats = srv.metrics()[1]
+    stats = srv.metrics()[(LINE, 1)]
     assert (stats["requests"], stats["streamed_requests"], stats["failures"]) == (5, 3, 0)
     chat_prompt = f"user: {prompt}\nassistant: "  # the fake answers with all of it reversed
     assert stats["completion_tokens"] == 2 * 40 + 3 * len(chat_prompt)
 
 
 def test_stream_wire_format(server: ServingServer, client: httpx.Client) -> None:
-    server.swap(_model("A", 1))
+    server.line(LINE).swap(_model("A", 1))
     body = {"model": "aifactory-default", "prompt": "abc", "stream": True}
     events = _sse_events(client, "/v1/completions", body)
     assert events[-1] == "[DONE]"
@@ -470,7 +489,7 @@ def test_stream_wire_format(server: ServingServer, client: httpx.Client) -> None
 def test_native_stream_without_totals_counts_bytes(
     server: ServingServer, client: httpx.Client
 ) -> None:
-    server.swap(_model("A", 1, streaming=True, report_totals=False))
+    server.line(LINE).swap(_model("A", 1, streaming=True, report_totals=False))
     body = {
         "model": "aifactory-default",
         "prompt": "héllo wörld",
@@ -484,18 +503,18 @@ def test_native_stream_without_totals_counts_bytes(
     assert events[-3]["choices"][0]["finish_reason"] == "length"  # 7 bytes >= max_tokens
     usage = {"prompt_tokens": 13, "completion_tokens": 7, "total_tokens": 20}  # UTF-8 bytes
     assert events[-2]["usage"] == usage
-    assert server.metrics()[1]["prompt_tokens"] == 13
+    assert server.metrics()[(LINE, 1)]["prompt_tokens"] == 13
 
 
 def test_stream_failures_are_reported_and_counted(server: ServingServer) -> None:
     oai = _openai(server)
     try:
         # Failing before the first piece: an ordinary 500.
-        server.swap(_model("A", 1, fail=True))
+        server.line(LINE).swap(_model("A", 1, fail=True))
         with pytest.raises(openai.InternalServerError):
             list(oai.completions.create(model="aifactory-default", prompt="hi", stream=True))
         # Failing mid-stream: an SSE error event, which the client raises.
-        server.swap(_model("B", 2, streaming=True, fail_after=1))
+        server.line(LINE).swap(_model("B", 2, streaming=True, fail_after=1))
         stream = oai.chat.completions.create(
             model="aifactory-default", messages=[{"role": "user", "content": "hi"}], stream=True
         )
@@ -507,25 +526,25 @@ def test_stream_failures_are_reported_and_counted(server: ServingServer) -> None
     # read the last event: give it a moment rather than race it
     deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline and not (
-        server.metrics().get(2, {}).get("failures") == 1
-        and server.current is not None
-        and server.current.generator.closed.is_set()  # type: ignore[attr-defined]
+        server.metrics().get((LINE, 2), {}).get("failures") == 1
+        and server.line(LINE).current is not None
+        and server.line(LINE).current.generator.closed.is_set()  # type: ignore[attr-defined]
     ):
         time.sleep(0.02)
     metrics = server.metrics()
     for version in (1, 2):
-        assert metrics[version]["requests"] == 1
-        assert metrics[version]["failures"] == 1
-        assert metrics[version]["streamed_requests"] == 1
-    assert server.current is not None
-    assert server.current.generator.closed.is_set()  # type: ignore[attr-defined]
+        assert metrics[(LINE, version)]["requests"] == 1
+        assert metrics[(LINE, version)]["failures"] == 1
+        assert metrics[(LINE, version)]["streamed_requests"] == 1
+    assert server.line(LINE).current is not None
+    assert server.line(LINE).current.generator.closed.is_set()  # type: ignore[attr-defined]
 
 
 def test_abandoned_stream_is_counted_and_stopped() -> None:
     served = _model("A", 1, streaming=True, piece_delay_s=0.05)
     srv = ServingServer(port=0, max_tokens_limit=400)
     srv.start()
-    srv.swap(served)
+    srv.line(LINE).swap(served)
     body = {"model": "aifactory-default", "prompt": "x" * 300, "max_tokens": 300, "stream": True}
     try:
         with (
@@ -534,10 +553,10 @@ def test_abandoned_stream_is_counted_and_stopped() -> None:
         ):
             assert next(resp.iter_lines()).startswith("data: ")
         deadline = time.monotonic() + 5.0
-        while 1 not in srv.metrics() and time.monotonic() < deadline:
+        while (LINE, 1) not in srv.metrics() and time.monotonic() < deadline:
             gc.collect()
             time.sleep(0.05)
-        stats = srv.metrics()[1]
+        stats = srv.metrics()[(LINE, 1)]
         assert stats["requests"] == 1 and stats["failures"] == 0
         assert 0 < stats["completion_tokens"] < 300  # counted what was really generated
         assert served.generator.closed.wait(2.0)  # type: ignore[attr-defined]
@@ -549,7 +568,7 @@ def test_abandoned_stream_is_counted_and_stopped() -> None:
 def test_litellm_against_the_server(server: ServingServer) -> None:
     os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # no network fetch at import
     litellm = pytest.importorskip("litellm")
-    server.swap(_model("A", 3))
+    server.line(LINE).swap(_model("A", 3))
     api = {"api_base": server.url + "/v1", "api_key": "x"}
     messages = [{"role": "user", "content": "hey"}]
 
@@ -571,12 +590,12 @@ def test_litellm_against_the_server(server: ServingServer) -> None:
     )
     assert text.choices[0].text == "A:olleh"
     assert text.usage.prompt_tokens == 5 and text.usage.completion_tokens == 5
-    assert server.metrics()[3]["requests"] == 3
+    assert server.metrics()[(LINE, 3)]["requests"] == 3
 
 
 def test_swap_during_streaming_load_never_fails(server: ServingServer) -> None:
     models = [_model("A", 1, delay_s=0.003), _model("B", 2, streaming=True, piece_delay_s=0.001)]
-    server.swap(models[0])
+    server.line(LINE).swap(models[0])
     per_thread, threads = 8, 6
     expected = {"aifactory-default:v1": "A:", "aifactory-default:v2": "B:"}
 
@@ -605,7 +624,7 @@ def test_swap_during_streaming_load_never_fails(server: ServingServer) -> None:
         futures = [pool.submit(worker, i) for i in range(threads)]
         swaps = 0
         while swaps < 20 or not all(f.done() for f in futures):
-            server.swap(models[(swaps + 1) % 2])
+            server.line(LINE).swap(models[(swaps + 1) % 2])
             swaps += 1
             time.sleep(0.005)
         results = [r for f in futures for r in f.result()]  # re-raises any worker failure
@@ -622,7 +641,7 @@ def test_swap_during_streaming_load_never_fails(server: ServingServer) -> None:
 
 def test_swap_under_load_never_fails_a_request(server: ServingServer) -> None:
     models = [_model("A", 1, delay_s=0.005), _model("B", 2, delay_s=0.005)]
-    server.swap(models[0])
+    server.line(LINE).swap(models[0])
     per_thread, threads = 25, 8
 
     def worker(idx: int) -> list[tuple[int, str, str]]:
@@ -639,7 +658,7 @@ def test_swap_under_load_never_fails_a_request(server: ServingServer) -> None:
         futures = [pool.submit(worker, i) for i in range(threads)]
         swaps = 0
         while swaps < 20 or not all(f.done() for f in futures):
-            server.swap(models[(swaps + 1) % 2])
+            server.line(LINE).swap(models[(swaps + 1) % 2])
             swaps += 1
             time.sleep(0.01)
         results = [r for f in futures for r in f.result()]
@@ -664,8 +683,8 @@ def test_stop_frees_port_and_taken_port_raises() -> None:
         assert c.get("/healthz").status_code == 200
         with pytest.raises(ServingError, match="in use"):
             ServingServer(port=port).start()
-        first.stop()
-        first.stop()  # idempotent
+        assert first.stop() is None  # clean
+        assert first.stop() is None  # idempotent
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/healthz")
 
@@ -685,3 +704,283 @@ def test_foreign_listener_on_port_raises() -> None:
         port = blocker.getsockname()[1]
         with pytest.raises(ServingError, match=f"127.0.0.1:{port}"):
             ServingServer(port=port).start()
+
+
+# production lines ------------------------------------------------------------------------
+
+
+def _ask(client: httpx.Client, model: str, **body: Any) -> tuple[int, str, str]:
+    """(status, answering model id, text) of one completion naming ``model``."""
+    resp = _complete(client, model=model, **body)
+    if resp.status_code != 200:
+        return resp.status_code, "", ""
+    data = resp.json()
+    return 200, data["model"], data["choices"][0]["text"]
+
+
+def test_line_handles_and_names(server: ServingServer) -> None:
+    a = server.line("a")
+    assert isinstance(a, LineEndpoint) and a.name == "a"
+    assert server.line("a") is a  # same handle on later calls
+    server.line("b")
+    assert server.lines() == ["a", "b"]
+    for bad in ("", "a:v1", "has space", "x" * 65):
+        with pytest.raises(ValueError):
+            server.line(bad)
+    gen = FakeGenerator("A")
+    assert ServedModel("a:v1", 1, gen).line == "a"  # the line follows from the id
+    assert _model("A", 7, line="a").model_id == "a:v7"
+    for model_id, version, line in [
+        ("a:v2", 1, ""),
+        ("a:v1", 1, "b"),
+        ("a b:v1", 1, ""),
+        ("v1", 1, ""),
+    ]:
+        with pytest.raises(ValueError):
+            ServedModel(model_id, version, gen, line=line)
+    with pytest.raises(ValueError, match="belongs to line 'b'"):
+        a.swap(_model("B", 1, line="b"))
+    with pytest.raises(ValueError, match="belongs to line 'b'"):
+        a.route(_model("A", 1, line="a"), _model("B", 2, line="b"), 10.0)
+    assert a.current is None and a.challenger is None
+
+
+def test_two_lines_at_v1_are_served_side_by_side(
+    server: ServingServer, client: httpx.Client
+) -> None:
+    a, b = _model("A", 1, line="a"), _model("B", 1, line="b")
+    server.line("a").swap(a)
+    server.line("b").swap(b)
+    assert _ask(client, "a", prompt="xyz") == (200, "a:v1", "A:zyx")
+    assert _ask(client, "b", prompt="xyz") == (200, "b:v1", "B:zyx")
+    assert _ask(client, "a:v1", prompt="xyz") == (200, "a:v1", "A:zyx")
+    assert _ask(client, "b:v1", prompt="xyz") == (200, "b:v1", "B:zyx")
+    chat = _chat(client, model="b").json()
+    assert chat["model"] == "b:v1" and chat["choices"][0]["message"]["content"].startswith("B:")
+    calls_a, calls_b = a.generator.calls, b.generator.calls  # type: ignore[attr-defined]
+    assert (len(calls_a), len(calls_b)) == (2, 3)
+    metrics = server.metrics()
+    assert set(metrics) == {("a", 1), ("b", 1)}
+    assert (metrics[("a", 1)]["requests"], metrics[("b", 1)]["requests"]) == (2, 3)
+    assert server.line("a").take_window().requests == {1: 2}
+    assert server.line("b").take_window().requests == {1: 3}
+
+
+def test_swap_and_canary_on_one_line_leave_the_other_untouched(
+    server: ServingServer, client: httpx.Client
+) -> None:
+    line_a, line_b = server.line("a"), server.line("b")
+    b1 = _model("B", 1, line="b")
+    line_a.swap(_model("A", 1, line="a"))
+    line_b.swap(b1)
+    line_a.route(_model("A", 1, line="a"), _model("A2", 2, line="a"), 50.0, sample_rate=1.0)
+    assert line_b.current is b1 and line_b.challenger is None
+    line_a.take_window(), line_b.take_window()
+    answers_a = [_ask(client, "a", prompt=f"prompt {i}") for i in range(40)]
+    answers_b = [_ask(client, "b", prompt=f"prompt {i}") for i in range(10)]
+    assert {m for _, m, _ in answers_a} == {"a:v1", "a:v2"}
+    assert {m for _, m, _ in answers_b} == {"b:v1"}
+    window_a, window_b = line_a.take_window(), line_b.take_window()
+    assert sum(window_a.requests.values()) == 40 and set(window_a.requests) == {1, 2}
+    assert window_b.requests == {1: 10} and window_b.prompts == []  # b samples nothing
+    assert len(window_a.prompts) == 40
+
+    stop = threading.Event()
+    models_a = [_model("A", 1, line="a"), _model("A3", 3, line="a")]
+
+    def swapping() -> None:
+        i = 0
+        while not stop.is_set():
+            line_a.swap(models_a[i % 2])
+            i += 1
+
+    swapper = threading.Thread(target=swapping)
+    swapper.start()
+    try:
+        during = [_ask(client, "b") for _ in range(20)]
+    finally:
+        stop.set()
+        swapper.join()
+    assert {(status, m, t[:2]) for status, m, t in during} == {(200, "b:v1", "B:")}
+    assert line_b.current is b1 and line_b.challenger is None and line_a.challenger is None
+    assert line_b.take_window().requests == {1: 20}
+
+
+def test_pinned_versions_per_line(server: ServingServer, client: httpx.Client) -> None:
+    line_a = server.line("a")
+    a1, a2 = _model("A", 1, line="a"), _model("A2", 2, line="a")
+    line_a.route(a1, a2, 0.0)
+    server.line("b").swap(_model("B", 1, line="b"))
+    assert line_a.challenger is not None and line_a.challenger[1] == 0.0
+    assert {_ask(client, "a")[1] for _ in range(10)} == {"a:v1"}  # 0 %: only when pinned
+    assert _ask(client, "a:v2", prompt="pq") == (200, "a:v2", "A2:qp")
+    assert _ask(client, "b:v1")[:2] == (200, "b:v1")
+    for missing in ("b:v2", "a:v3", "a:2", "a:", "a:v1:x"):
+        err = _assert_openai_error(_complete(client, model=missing), 404)
+        assert err["code"] == "model_not_found", missing
+        assert "'a', 'a:v1', 'a:v2', 'b', 'b:v1'" in err["message"]
+    line_a.route(a1, a2, 50.0)
+    for user in ("alice", "bob", "carol"):  # a stable draw per user within a line
+        assert len({_ask(client, "a", user=user)[1] for _ in range(6)}) == 1
+
+
+def test_unknown_line_is_404_json(server: ServingServer, client: httpx.Client) -> None:
+    server.line("a").swap(_model("A", 1, line="a"))
+    for model in ("c", "", "c:v1", "A"):
+        err = _assert_openai_error(_complete(client, model=model), 404)
+        assert err["type"] == "invalid_request_error" and err["code"] == "model_not_found"
+        assert "this server serves 'a', 'a:v1'" in err["message"]
+    _assert_openai_error(_chat(client, model="c", stream=True), 404)
+    huge = _assert_openai_error(_complete(client, model="z" * 100_000), 404)
+    assert len(huge["message"]) < 1000  # the client's name is not echoed whole
+    assert server.lines() == ["a"]  # asking never creates a line
+
+
+def test_remove_line(server: ServingServer, client: httpx.Client) -> None:
+    slow = _model("A", 1, line="a", delay_s=0.5)
+    handle = server.line("a")
+    handle.swap(slow)
+    server.line("b").swap(_model("B", 1, line="b"))
+    calls = slow.generator.calls  # type: ignore[attr-defined]
+
+    def ask_a() -> tuple[int, str, str]:
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            return _ask(c, "a")
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        in_flight = pool.submit(ask_a)
+        deadline = time.monotonic() + 5
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.remove_line("a") is True
+        assert in_flight.result()[:2] == (200, "a:v1")  # finished on what it started with
+    assert server.remove_line("a") is False
+    assert server.lines() == ["b"]
+    for model in ("a", "a:v1"):
+        _assert_openai_error(_complete(client, model=model), 404)
+    assert _ask(client, "b")[:2] == (200, "b:v1")
+    assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["b", "b:v1"]
+    assert set(client.get("/healthz").json()["lines"]) == {"b"}
+    assert server.metrics()[("a", 1)]["requests"] == 1  # counters outlive the line
+    assert handle.current is None  # the old handle is detached
+    with pytest.raises(ServingError, match="removed"):
+        handle.swap(slow)
+    fresh = server.line("a")
+    assert fresh is not handle and fresh.current is None
+    _assert_openai_error(_complete(client, model="a"), 503)
+
+
+def _serve_three(server: ServingServer) -> None:
+    """Lines a (v1), b (v4 with canary v5 at 20 %) and c (v1)."""
+    server.line("a").swap(_model("A", 1, line="a"))
+    server.line("b").route(_model("B", 4, line="b"), _model("B5", 5, line="b"), 20.0)
+    server.line("c").swap(_model("C", 1, line="c"))
+    server.line("d")  # known, nothing loaded: not listed
+
+
+def test_models_and_healthz_per_line(server: ServingServer, client: httpx.Client) -> None:
+    _serve_three(server)
+    data = client.get("/v1/models").json()["data"]
+    assert [m["id"] for m in data] == ["a", "a:v1", "b", "b:v4", "b:v5", "c", "c:v1"]
+    aliases = {m["id"]: m for m in data if ":" not in m["id"]}
+    assert set(aliases) == {"a", "b", "c"}
+    assert aliases["b"]["version"] == 4 and aliases["b"]["challenger"] == "b:v5"
+    assert "challenger" not in aliases["a"] and aliases["c"]["version"] == 1
+    oai = _openai(server)
+    try:  # every listed id is usable as ``model``
+        for entry in oai.models.list().data:
+            answer = oai.completions.create(model=entry.id, prompt="hi", max_tokens=2)
+            assert answer.model.split(":")[0] == entry.id.split(":")[0]
+            if ":" in entry.id:
+                assert answer.model == entry.id
+    finally:
+        oai.close()
+    assert client.get("/healthz").json() == {
+        "status": "ok",
+        "lines": {
+            "a": {"model": "a:v1"},
+            "b": {"model": "b:v4", "canary": {"model": "b:v5", "weight_pct": 20.0}},
+            "c": {"model": "c:v1"},
+            "d": {"model": None},
+        },
+    }
+
+
+def test_prometheus_metrics_per_line(server: ServingServer, client: httpx.Client) -> None:
+    _serve_three(server)
+    for model in ("a", "a", "b:v4", "b:v5", "c:v1"):
+        assert _ask(client, model)[0] == 200
+    text = client.get("/metrics").text
+    assert 'aifactory_requests_total{line="a",version="v1"} 2.0' in text
+    assert 'aifactory_requests_total{line="c",version="v1"} 1.0' in text
+    assert 'aifactory_requests_total{line="b",version="v5"} 1.0' in text
+    assert 'aifactory_request_failures_total{line="b",version="v4"} 0.0' in text
+    assert 'aifactory_tokens_total{kind="prompt",line="a",version="v1"} 10.0' in text
+    assert 'aifactory_request_latency_seconds_count{line="c",version="v1"} 1.0' in text
+    assert 'aifactory_traffic_share{line="a",role="champion",version="v1"} 1.0' in text
+    assert 'aifactory_traffic_share{line="b",role="champion",version="v4"} 0.8' in text
+    assert 'aifactory_traffic_share{line="b",role="challenger",version="v5"} 0.2' in text
+    assert 'line="d"' not in text
+
+
+def test_max_tokens_limit_per_line(server: ServingServer, client: httpx.Client) -> None:
+    a, b = _model("A", 1, line="a"), _model("B", 1, line="b")
+    server.line("a").swap(a)
+    server.line("b").swap(b)
+    calls_a, calls_b = a.generator.calls, b.generator.calls  # type: ignore[attr-defined]
+    server.line("a").max_tokens_limit = 3
+    assert server.line("a").max_tokens_limit == 3 and server.line("b").max_tokens_limit == 8
+    _complete(client, model="a", max_tokens=100)
+    _complete(client, model="b", max_tokens=100)
+    assert (calls_a[-1][1], calls_b[-1][1]) == (3, 8)
+    server.max_tokens_limit = 5  # lines without their own follow the server
+    server.line("a").max_tokens_limit = None
+    _chat(client, model="a")
+    _chat(client, model="b")
+    assert (calls_a[-1][1], calls_b[-1][1]) == (5, 5)
+    with pytest.raises(ValueError):
+        server.line("a").max_tokens_limit = 0
+
+
+class _BrokenSocket:
+    def close(self) -> None:
+        raise OSError(9, "Bad file descriptor")
+
+
+class _StuckThread:
+    def join(self, timeout: float | None = None) -> None:
+        return None
+
+    def is_alive(self) -> bool:
+        return True
+
+
+def test_stop_never_raises_and_reports_why() -> None:
+    srv = ServingServer(port=0)
+    srv.start()
+    real_sock, real_thread = srv._sock, srv._thread
+    assert real_sock is not None and real_thread is not None
+    srv._sock, srv._thread = _BrokenSocket(), _StuckThread()  # type: ignore[assignment]
+    try:
+        problem = srv.stop(timeout_s=0.1)
+        assert problem is not None
+        assert "did not stop" in problem and "Bad file descriptor" in problem
+        assert srv.stop() is None  # nothing left to stop
+    finally:
+        real_thread.join(10)  # the real uvicorn thread was told to exit
+        real_sock.close()
+    assert not real_thread.is_alive()
+
+    srv.start()  # a failed stop leaves a server that starts again
+    real_server, real_thread, real_sock = srv._server, srv._thread, srv._sock
+    assert real_server is not None and real_thread is not None and real_sock is not None
+    srv._server = object()  # type: ignore[assignment]  # shutdown itself blows up
+    srv._sock = _BrokenSocket()  # type: ignore[assignment]
+    try:
+        problem = srv.stop(timeout_s=0.1)
+        assert problem is not None and "shutdown failed: AttributeError" in problem
+    finally:
+        real_server.should_exit = True
+        real_thread.join(10)
+        real_sock.close()
+    assert not real_thread.is_alive()

@@ -8,11 +8,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapters.cluster.base import TrialJob, TrialOutcome
 from adapters.cluster.worker import worker_main
 from adapters.workload.protocol import TrainProgress
+
+if TYPE_CHECKING:  # pydantic stays out of the workers' start-up
+    from policies.model import ClusterPolicy, LocalClusterPolicy
 
 
 @dataclass
@@ -55,19 +58,30 @@ class LocalProcessCluster:
         self.worker_idle_s = worker_idle_s
         self.max_trials_per_worker = max_trials_per_worker
 
+    @classmethod
+    def from_spec(cls, spec: LocalClusterPolicy) -> LocalProcessCluster:
+        """The cluster a policy's ``cluster`` section (``kind: local``) asks for."""
+        return cls(
+            reuse_workers=spec.reuse_workers,
+            worker_idle_s=spec.worker_idle_s,
+            max_trials_per_worker=spec.max_trials_per_worker,
+        )
+
     @property
     def description(self) -> str:
         how = "reused" if self.reuse_workers else "one per trial"
         return f"local worker processes, {how}"
 
-    def configure(
-        self, *, reuse_workers: bool, worker_idle_s: float, max_trials_per_worker: int
-    ) -> None:
-        """Apply (new) reuse settings; a waiting worker started under other ones is retired."""
-        new = (reuse_workers, worker_idle_s, max_trials_per_worker)
+    def configure(self, spec: ClusterPolicy) -> bool:
+        """Apply an edited ``cluster`` section; a waiting worker started under other settings
+        is retired. False (nothing changed) for a section of another kind."""
+        if spec.kind != "local":
+            return False
+        new = (spec.reuse_workers, spec.worker_idle_s, spec.max_trials_per_worker)
         if new != (self.reuse_workers, self.worker_idle_s, self.max_trials_per_worker):
             self.close()
         self.reuse_workers, self.worker_idle_s, self.max_trials_per_worker = new
+        return True
 
     @property
     def worker_pid(self) -> int | None:

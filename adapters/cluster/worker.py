@@ -24,6 +24,7 @@ from typing import Any
 
 from adapters.cluster.base import TrialJob
 from adapters.energy import EnergyMeter, EnergyReading, probe_energy_meter
+from adapters.workload.loader import load_workload
 
 _PARENT_CHECK_S = 1.0
 _FIRST_JOB_WAIT_S = 60.0
@@ -129,8 +130,6 @@ def _run_job(job: TrialJob, conn: Connection, parent: int, meters: _Meters, fres
             usable = torch.cuda.is_available()
         meter, note, window = _begin(job, meters, usable)
         torch.set_num_threads(max(1, job.request.threads))
-        from adapters.workload.protocol import load_workload
-
         workload = load_workload(job.workload)
 
         def should_stop() -> bool:

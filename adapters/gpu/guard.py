@@ -5,11 +5,14 @@ through :class:`GpuSettingsGuard`, never through :class:`~adapters.gpu.base.GpuC
 directly. The guard writes the device's ORIGINAL value to a durable journal *before*
 changing anything, so whatever happens next the original can be restored:
 
-* normal exit -> :meth:`GpuSettingsGuard.restore_all` (``with guard:`` or an ``atexit``
-  hook from :meth:`GpuSettingsGuard.install_exit_hooks`);
-* SIGTERM -> the same hook, then the previous handler (the daemon's stop flag) runs;
-* crash or ``kill -9`` -> the journal still holds the original; the next start builds a
-  guard over the same journal and calls :meth:`~GpuSettingsGuard.restore_all` first.
+* normal exit -> the owner calls :meth:`GpuSettingsGuard.restore_all` (or ``with guard:``);
+* interpreter exit the owner's clean-up did not see (the main thread died before or inside
+  it, or another thread applied a setting after it) -> the ``atexit`` hook from
+  :meth:`GpuSettingsGuard.install_exit_hooks`, which also closes the guard;
+* a signal, for processes that have no stop flag of their own -> the same hook on the
+  signals asked for, then the previous handler;
+* crash, ``kill -9`` or ``os._exit`` -> the journal still holds the original; the next start
+  builds a guard over the same journal and calls :meth:`~GpuSettingsGuard.restore_all` first.
 
 Only the first change of a device+knob is journaled (later changes keep the first
 original). A refused write (no permission, unsupported, out of range) changes nothing,
@@ -154,15 +157,30 @@ class GpuSettingsGuard:
         self._applying_thread: int | None = None
         self._deferred_signal: tuple[int, FrameType | None] | None = None
         self._hooks: dict[int, Any] = {}
+        self._closed = False  # set once an exit path restored: nothing may change after it
+        self._on_restored: Callable[[list[ControlResult]], None] | None = None
+        self._owner_pid: int | None = None  # the process whose atexit hook this is
 
     # --- act -------------------------------------------------------------------------------
 
     def apply_power_limit_w(self, index: int, watts: float, reason: str) -> ControlResult:
-        """Journal the original (first change only), then write; refusals leave no entry."""
+        """Journal the original (first change only), then write; refusals leave no entry.
+
+        Once an exit hook has restored (the process is exiting), every call is refused.
+        """
         info = self._devices.get(index)
         if info is None:
             raise GpuError(f"guard has no GPU {index} (known: {sorted(self._devices)})")
         with self._lock:
+            if self._closed:
+                return ControlResult(
+                    "not_permitted",
+                    index,
+                    KNOB_POWER_LIMIT_W,
+                    None,
+                    watts,
+                    "the process is exiting: GPU settings were restored and stay so",
+                )
             outer = self._applying_thread is None
             self._applying_thread = threading.get_ident()
             try:
@@ -251,26 +269,68 @@ class GpuSettingsGuard:
 
     # --- exit paths --------------------------------------------------------------------------
 
-    def install_exit_hooks(self, signals: Iterable[int] = (signal.SIGTERM,)) -> Callable[[], None]:
-        """Restore at interpreter exit and on ``signals`` (main thread only for signals).
+    def install_exit_hooks(
+        self,
+        signals: Iterable[int] = (),
+        on_restored: Callable[[list[ControlResult]], None] | None = None,
+    ) -> Callable[[], None]:
+        """Restore at interpreter exit, and on ``signals`` (main thread only), then close.
 
-        The previous handler still runs after the restore (a daemon's stop flag keeps
-        working); a default disposition is re-delivered so the process ends as it would
-        have. Returns a function that removes the hooks again.
+        For the exit paths its owner's own clean-up does not reach: the main thread ending
+        (returning, raising, ``sys.exit``) before or inside that clean-up, or a thread that
+        applied a setting after it (``atexit`` runs once non-daemon threads have ended). Only
+        in the process that installed it (not in a forked child). After restoring, the guard
+        refuses every further change. ``on_restored`` gets what was restored (to audit it);
+        its errors are logged. Nothing runs on ``os._exit`` or ``kill -9``: the journal is
+        restored at the next start.
+
+        ``signals`` is for processes without a stop flag of their own. The handler runs on
+        the main thread between two bytecodes of whatever it interrupted and writes the
+        journal there; a daemon whose handler only sets a flag should pass none and restore
+        from its own clean-up. The previous handler runs after the restore; a default
+        disposition is re-delivered so the process ends as it would have.
+
+        Returns a function that removes the hooks again; installing twice is an error.
         """
-        atexit.register(self._restore_quietly)
+        if self._owner_pid is not None:
+            raise RuntimeError("exit hooks are already installed on this guard")
+        self._owner_pid, self._on_restored = os.getpid(), on_restored
+        atexit.register(self._restore_at_exit)
         if threading.current_thread() is threading.main_thread():
             for sig in signals:
                 self._hooks[sig] = signal.getsignal(sig)
                 signal.signal(sig, self._on_signal)
+        return self._uninstall_exit_hooks
 
-        def uninstall() -> None:
-            atexit.unregister(self._restore_quietly)
-            for sig, previous in list(self._hooks.items()):
+    def _uninstall_exit_hooks(self) -> None:
+        atexit.unregister(self._restore_at_exit)
+        for sig, previous in list(self._hooks.items()):
+            if signal.getsignal(sig) == self._on_signal:  # else someone replaced us: keep theirs
                 signal.signal(sig, previous)
-                del self._hooks[sig]
+            del self._hooks[sig]
+        self._owner_pid = self._on_restored = None
 
-        return uninstall
+    def _restore_at_exit(self) -> None:
+        """The exit hook: restore, report, and refuse changes from now on. A write still in
+        progress on another (daemon) thread is waited for, at most ``_SIGNAL_WAIT_S``."""
+        if os.getpid() != self._owner_pid:
+            return  # a forked child exiting: the settings belong to the parent
+        if not self._lock.acquire(timeout=_SIGNAL_WAIT_S):
+            log.error("GPU settings busy at exit; the journal restores them at next start")
+            return
+        try:
+            self._closed = True
+            results = self.restore_all()
+        except Exception:
+            log.exception("restoring GPU settings at exit failed; the journal keeps them")
+            return
+        finally:
+            self._lock.release()
+        if results and self._on_restored is not None:
+            try:
+                self._on_restored(results)
+            except Exception:
+                log.exception("reporting the GPU settings restored at exit failed")
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         """Restore, then hand over to the previous handler.
@@ -282,15 +342,7 @@ class GpuSettingsGuard:
         if self._applying_thread == threading.get_ident():
             self._deferred_signal = (signum, frame)
             return
-        if self._lock.acquire(timeout=_SIGNAL_WAIT_S):
-            try:
-                self._restore_quietly()
-            finally:
-                self._lock.release()
-        else:
-            log.error(
-                "GPU settings busy on signal %d; the journal restores them at next start", signum
-            )
+        self._restore_at_exit()
         previous = self._hooks.get(signum, signal.SIG_DFL)
         if callable(previous):
             previous(signum, frame)

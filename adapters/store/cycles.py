@@ -46,6 +46,13 @@ class CycleBook:
                     s.rollback()
         return version
 
+    def policy(self, version: str) -> Policy | None:
+        """The policy version as stored when a daemon adopted it (what it runs, not the
+        file on disk, which may have been edited since)."""
+        with self.store.session() as s:
+            row = s.get(PolicyVersionRow, version)
+        return Policy.model_validate_json(row.body) if row is not None else None
+
     # cycles ---------------------------------------------------------------------------
 
     def start(self, policy_name: str, policy_version: str, trigger: str) -> CycleRow:
@@ -107,6 +114,25 @@ class CycleBook:
                 .where(CycleRow.policy_name == policy_name, CycleRow.status == "completed")
             ).one()
 
+    def tick_counts(self) -> tuple[dict[str, int], dict[str, set[str]]]:
+        """Every line's completed cycles and the cycles waiting for a person, in two
+        queries (the factory's watch tick)."""
+        with self.store.session() as s:
+            done = s.exec(
+                select(CycleRow.policy_name, func.count())
+                .where(CycleRow.status == "completed")
+                .group_by(CycleRow.policy_name)
+            ).all()
+            waiting = s.exec(
+                select(CycleRow.policy_name, CycleRow.id).where(
+                    CycleRow.status == "awaiting_approval"
+                )
+            ).all()
+        awaiting: dict[str, set[str]] = {}
+        for name, cid in waiting:
+            awaiting.setdefault(name, set()).add(cid)
+        return {name: int(n) for name, n in done}, awaiting
+
     def recent(self, policy_name: str, limit: int = 10) -> list[CycleRow]:
         with self.store.session() as s:
             return list(
@@ -147,6 +173,24 @@ class CycleBook:
             for k, v in fields.items():
                 setattr(row, k, v)
             s.add(row)
+            s.commit()
+
+    def publish_states(self, states: dict[str, dict[str, Any]]) -> None:
+        """Every line's heartbeat in one transaction."""
+        if not states:
+            return
+        with self.store.session() as s:
+            rows = {
+                r.policy_name: r
+                for r in s.exec(
+                    select(DaemonStateRow).where(col(DaemonStateRow.policy_name).in_(states))
+                )
+            }
+            for policy_name, fields in states.items():
+                row = rows.get(policy_name) or DaemonStateRow(policy_name=policy_name)
+                for k, v in fields.items():
+                    setattr(row, k, v)
+                s.add(row)
             s.commit()
 
     def daemon_state(self, policy_name: str) -> DaemonStateRow | None:

@@ -51,6 +51,14 @@ class DataCatalog:
             ).all()
         return set(rows)
 
+    def known_hashes_by_line(self) -> dict[str, set[str]]:
+        """Every line's known file hashes in one query (the factory's watch tick)."""
+        out: dict[str, set[str]] = {}
+        with self.store.session() as s:
+            for name, sha in s.exec(select(DataFileRow.policy_name, DataFileRow.sha256)).all():
+                out.setdefault(name, set()).add(sha)
+        return out
+
     def file(self, policy_name: str, sha256: str) -> DataFileRow | None:
         with self.store.session() as s:
             return s.get(DataFileRow, (policy_name, sha256))

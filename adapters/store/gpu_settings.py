@@ -4,39 +4,19 @@ Where it sits in the loop: the *record* side of :class:`adapters.gpu.guard.GpuSe
 The guard writes a row here *before* it changes a device, so a daemon that crashes with a
 lowered power limit finds the original at its next start and puts it back. Rows are never
 deleted once a change happened; ``restored_at`` marks them done, so the table doubles as
-the history of every setting the controller changed, and why.
-
-This module must not import ``adapters.store.db`` at import time: ``tables.py`` imports it
-to register the table while ``db`` is still initialising (hence the lazy imports below).
+the history of every setting the controller changed, and why. The table itself
+(``GpuSettingRow``, ``af_gpu_setting``) lives in ``adapters.store.tables`` with the others.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from sqlalchemy import Column, Text
-from sqlmodel import Field, SQLModel, col, select
+from sqlmodel import col, select
 
 from adapters.gpu.guard import SettingsEntry
+from adapters.store.db import Store, utcnow_iso
+from adapters.store.tables import GpuSettingRow
 
-if TYPE_CHECKING:
-    from adapters.store.db import Store
-
-__all__ = ["GpuSettingRow", "SqlSettingsJournal"]
-
-
-class GpuSettingRow(SQLModel, table=True):
-    """One changed GPU setting: the value to go back to, and whether it went back."""
-
-    __tablename__ = "af_gpu_setting"
-    id: int | None = Field(default=None, primary_key=True)
-    device_uuid: str = Field(index=True, max_length=96)
-    knob: str = Field(max_length=32)
-    original_value: float
-    applied_value: float
-    applied_at: str
-    restored_at: str | None = Field(default=None, index=True)
-    reason: str = Field(sa_column=Column(Text, nullable=False))
+__all__ = ["SqlSettingsJournal"]
 
 
 def _entry(row: GpuSettingRow) -> SettingsEntry:
@@ -67,8 +47,6 @@ class SqlSettingsJournal:
         self, device_uuid: str, knob: str, original: float, applied: float, reason: str
     ) -> int:
         """Insert, or keep the pending entry's original and update what was applied."""
-        from adapters.store.db import utcnow_iso
-
         with self.store.session() as s:
             row = s.exec(
                 select(GpuSettingRow)
@@ -115,8 +93,6 @@ class SqlSettingsJournal:
 
     def mark_restored(self, entry_id: int) -> None:
         """Stamp the entry restored; a second call keeps the first stamp."""
-        from adapters.store.db import utcnow_iso
-
         with self.store.session() as s:
             row = s.get(GpuSettingRow, entry_id)
             if row is None:

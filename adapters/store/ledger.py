@@ -90,6 +90,11 @@ class Ledger:
                 ).all()
             )
 
+    def all_rows(self) -> list[LedgerRow]:
+        """Every line's rows (the factory's chargeback)."""
+        with self.store.session() as s:
+            return list(s.exec(select(LedgerRow).order_by(LedgerRow.created_at)).all())
+
     def totals(
         self,
         policy_name: str,
@@ -116,3 +121,17 @@ class Ledger:
                     out.estimated_joules += r.joules
                 out.by_kind[r.kind] = out.by_kind.get(r.kind, 0) + r.tokens
         return out
+
+
+def day_totals_by_line(ledger: Ledger, day: str) -> dict[str, tuple[int, float]]:
+    """(training tokens, joules of every kind) per line for one day: what the factory's
+    shared daily budgets count, lines since removed included."""
+    out: dict[str, tuple[int, float]] = {}
+    with ledger.store.session() as s:
+        for r in s.exec(select(LedgerRow).where(LedgerRow.day == day)):
+            tokens, joules = out.get(r.policy_name, (0, 0.0))
+            out[r.policy_name] = (
+                tokens + (r.tokens if r.kind == "train" else 0),
+                joules + r.joules,
+            )
+    return out

@@ -208,6 +208,12 @@ class ModelRegistry:
             row = s.get(AliasRow, (policy_name, alias))
         return row.version if row else None
 
+    def champions(self) -> dict[str, int]:
+        """Every line's champion version in one query (the factory's watch tick)."""
+        with self.store.session() as s:
+            rows = s.exec(select(AliasRow).where(AliasRow.alias == CHAMPION)).all()
+        return {r.policy_name: r.version for r in rows}
+
     def aliases(self, policy_name: str) -> dict[str, int]:
         with self.store.session() as s:
             rows = s.exec(select(AliasRow).where(AliasRow.policy_name == policy_name)).all()

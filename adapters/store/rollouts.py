@@ -73,6 +73,16 @@ class RolloutBook:
                 .order_by(col(RolloutRow.id).desc())
             ).first()
 
+    def all_active(self) -> dict[str, RolloutRow]:
+        """Every line's active rollout in one query (the newest per line)."""
+        with self.store.session() as s:
+            rows = s.exec(
+                select(RolloutRow)
+                .where(col(RolloutRow.status).in_(ACTIVE))
+                .order_by(col(RolloutRow.id))
+            ).all()
+        return {r.policy_name: r for r in rows}
+
     def recent(self, policy_name: str, limit: int = 10) -> list[RolloutRow]:
         with self.store.session() as s:
             return list(

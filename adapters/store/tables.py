@@ -39,6 +39,7 @@ class AuditEventRow(SQLModel, table=True):
     idem_key: str | None = Field(default=None, unique=True, max_length=200)
     prev_hash: str = Field(unique=True, max_length=64)
     hash: str = Field(max_length=64)
+    line: str | None = Field(default=None, index=True, max_length=64)
 
 
 class AuditHeadRow(SQLModel, table=True):
@@ -186,6 +187,7 @@ class DaemonStateRow(SQLModel, table=True):
     policy_version: str = ""
     energy_source: str = ""
     telemetry: str = Field(default="{}", sa_column=Column(Text, nullable=True))
+    owner: str | None = Field(default=None, max_length=64)  # the line's team (chargeback)
 
 
 class ApprovalRow(SQLModel, table=True):
@@ -243,4 +245,18 @@ class ParetoPointRow(SQLModel, table=True):
     params: str = Field(sa_column=_text())
 
 
-from adapters.store.gpu_settings import GpuSettingRow  # noqa: E402, F401  (registers af_gpu_setting)
+class GpuSettingRow(SQLModel, table=True):
+    """One changed GPU setting: the value to go back to, and whether it went back.
+
+    Written by ``adapters.store.gpu_settings.SqlSettingsJournal`` before the device changes.
+    """
+
+    __tablename__ = "af_gpu_setting"
+    id: int | None = Field(default=None, primary_key=True)
+    device_uuid: str = Field(index=True, max_length=96)
+    knob: str = Field(max_length=32)
+    original_value: float
+    applied_value: float
+    applied_at: str
+    restored_at: str | None = Field(default=None, index=True)
+    reason: str = Field(sa_column=Column(Text, nullable=False))

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from .loader import load_workload
 from .protocol import (
     Completion,
     EvalResult,
@@ -10,7 +11,6 @@ from .protocol import (
     TrainRequest,
     TrainResult,
     Workload,
-    load_workload,
 )
 
 _BYTELM = ("ARTEFACT_FORMAT", "ByteLMConfig", "ByteLMGenerator", "ByteLMWorkload")

@@ -4,12 +4,12 @@ The controller never knows what model it is retraining: it hands a workload a
 :class:`TrainRequest` (data files, a token budget, hyperparameters), gets back a
 :class:`TrainResult` and an artefact on disk, scores artefacts with ``evaluate`` and
 serves them through ``load``.  Keeping this surface small and plain-data lets third
-parties plug in their own workloads via :func:`load_workload`.
+parties plug in their own workloads (``adapters.workload.loader.load_workload`` resolves
+them). This module holds only the types, so any implementation may import it.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -22,11 +22,7 @@ __all__ = [
     "TrainRequest",
     "TrainResult",
     "Workload",
-    "load_workload",
 ]
-
-#: Methods an object must have to be accepted as a workload by :func:`load_workload`.
-_REQUIRED_METHODS: tuple[str, ...] = ("train", "evaluate", "load")
 
 
 @dataclass(frozen=True)
@@ -135,55 +131,3 @@ class Workload(Protocol):
     def load(self, artefact_path: str, threads: int = 1) -> TextGenerator:
         """Load a saved artefact for serving."""
         ...
-
-
-def load_workload(spec: str) -> Workload:
-    """Resolve a workload from configuration.
-
-    ``"bytelm"`` is the built-in byte-level transformer; anything else must be
-    ``"package.module:object"``.  A class is instantiated with no arguments.  Errors are
-    ``ValueError`` so a bad config line is reported as such, not as an import traceback.
-    """
-    spec = spec.strip()
-    if spec == "bytelm":
-        from .bytelm import ByteLMWorkload
-
-        return ByteLMWorkload()
-
-    module_name, sep, attr_path = spec.partition(":")
-    if not sep or not module_name or not attr_path:
-        raise ValueError(
-            f"invalid workload spec {spec!r}: expected 'bytelm' or 'package.module:object'"
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(
-            f"invalid workload spec {spec!r}: cannot import module {module_name!r} ({exc})"
-        ) from exc
-
-    obj: Any = module
-    for part in attr_path.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError as exc:
-            raise ValueError(
-                f"invalid workload spec {spec!r}: module {module_name!r} has no {attr_path!r}"
-            ) from exc
-
-    if isinstance(obj, type):
-        try:
-            obj = obj()
-        except Exception as exc:
-            raise ValueError(
-                f"invalid workload spec {spec!r}: cannot instantiate {attr_path!r} "
-                f"with no arguments ({exc})"
-            ) from exc
-
-    missing = [m for m in _REQUIRED_METHODS if not callable(getattr(obj, m, None))]
-    if missing:
-        raise ValueError(
-            f"invalid workload spec {spec!r}: {attr_path!r} is not a workload "
-            f"(missing method(s): {', '.join(missing)})"
-        )
-    return obj

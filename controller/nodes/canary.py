@@ -20,22 +20,21 @@ import queue
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from langgraph.types import interrupt
 
 from agents.actions import Action
 from agents.canary import LiveFigures, judge_step, next_move
+from controller.context import CycleInterrupted, CycleState, LineContext
 
 if TYPE_CHECKING:
     from adapters.serving import LiveWindow
-    from controller.cycle import CycleState, FactoryContext
 
 #: Most sampled prompts scored per step (both models score each one).
 MAX_SCORED_PROMPTS = 200
 #: Champion latencies kept across steps (the reference when it gets no traffic of its own).
 MAX_KEPT_LATENCIES = 5000
-_POLL_S = 0.5
 # How long the end of a step waits for prompts still being scored.
 _FINAL_SCORING_S = 2.0
 #: Scheduling priority of the scoring thread (Linux nice value): serving goes first.
@@ -43,26 +42,11 @@ SCORING_NICE = 19
 FINAL = ("promoted", "rolled_back", "aborted")
 
 
-class LiveTraffic(Protocol):
-    """What the rollout reads from serving: the live figures since the last call."""
-
-    def take_window(self) -> LiveWindow: ...
-
-    def take_prompts(self) -> list[str]: ...
-
-    @property
-    def current(self) -> Any: ...
-
-    @property
-    def challenger(self) -> tuple[Any, float] | None: ...
-
-
 class RolloutStage:
     """The ``canary`` and ``canary_review`` nodes of the production cycle."""
 
-    def __init__(self, ctx: FactoryContext, interrupted: type[Exception]) -> None:
+    def __init__(self, ctx: LineContext) -> None:
         self.ctx = ctx
-        self._interrupted = interrupted
 
     # deployer hand-over ------------------------------------------------------------------
 
@@ -147,8 +131,10 @@ class RolloutStage:
             deadline = time.monotonic() + spec.step_interval_s
             while time.monotonic() < deadline:
                 scorer.offer(ctx.traffic.take_prompts())
-                if ctx.stop_event.wait(min(_POLL_S, max(0.0, deadline - time.monotonic()))):
-                    raise self._interrupted(f"{cid}:canary:{step}")
+                if ctx.stop_event.wait(
+                    min(ctx.runtime.canary_poll_s, max(0.0, deadline - time.monotonic()))
+                ):
+                    raise CycleInterrupted(f"{cid}:canary:{step}")
                 ended = self._interference(cid, row, step, weight)
                 if ended is not None:
                     return ended
@@ -344,7 +330,7 @@ class RolloutStage:
 
 
 def roll_back(
-    ctx: FactoryContext,
+    ctx: LineContext,
     cid: str,
     version: int,
     reason: str,

@@ -1,0 +1,164 @@
+"""What one production line's cycle works with: its context (adapters, store, policy) and
+the state LangGraph checkpoints between nodes.
+
+Built by the line (`controller/line.py`) and handed to every node explicitly; nodes import
+these types from here, never from each other.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypedDict
+
+from adapters.cluster.base import Cluster
+from adapters.data_sources import DataSource
+from adapters.energy import EnergyReading
+from adapters.llm import Advisor
+from adapters.store.audit import AuditLog, LineAudit
+from adapters.store.cycles import CycleBook
+from adapters.store.datasets import DataCatalog
+from adapters.store.db import Store
+from adapters.store.ledger import Ledger
+from adapters.store.registry import CHAMPION, ModelRegistry, ModelVersion
+from adapters.store.rollouts import RolloutBook
+from adapters.workload.protocol import Workload
+from agents.actions import Action
+from controller.ingest import Ingestor
+from controller.progress import ProgressReporter
+from controller.settings import RuntimeSettings
+from policies.model import Policy
+
+if TYPE_CHECKING:
+    from adapters.serving import LiveWindow
+    from controller.budget import LineBudget
+
+
+class CycleInterrupted(Exception):
+    """The daemon (or this line) is stopping; the cycle stays checkpointed and resumes."""
+
+
+def _merge(a: dict[str, float] | None, b: dict[str, float] | None) -> dict[str, float]:
+    return {**(a or {}), **(b or {})}
+
+
+class CycleState(TypedDict, total=False):
+    cycle_id: str
+    trigger: str
+    dataset_version: str | None
+    retrain: bool
+    allowance: dict[str, Any] | None
+    trials: list[dict[str, Any]]
+    new_files: list[str]
+    champion_new_bpb: float | None
+    new_since: float | None
+    defer_for_h: float | None
+    candidate_version: int | None
+    blessed: bool
+    approved: bool | None
+    promoted: bool
+    rollout: str | None  # running | paused | promoted | rolled_back | aborted
+    canary_step: int
+    canary_extensions: int
+    canary_champion: dict[str, Any]
+    canary_carry: dict[str, Any]  # evidence of a step being extended
+    stage_s: Annotated[dict[str, float], _merge]
+
+
+class LiveTraffic(Protocol):
+    """What the canary reads from serving for its line: the live figures since the last
+    call, and what is served."""
+
+    def take_window(self) -> LiveWindow: ...
+
+    def take_prompts(self) -> list[str]: ...
+
+    @property
+    def current(self) -> Any: ...
+
+    @property
+    def challenger(self) -> tuple[Any, float] | None: ...
+
+
+@dataclass
+class LineContext:
+    """Everything one line's cycle touches, built once by the line and passed in explicitly."""
+
+    policy: Policy
+    store: Store
+    audit: AuditLog | LineAudit  # a line's view: its events carry the line
+    registry: ModelRegistry
+    ledger: Ledger
+    catalog: DataCatalog
+    book: CycleBook
+    cluster: Cluster
+    workload: Workload
+    workload_spec: str
+    source: DataSource
+    ingestor: Ingestor
+    trials_dir: Path
+    threads: int = 2
+    reporter: ProgressReporter = field(default_factory=ProgressReporter)
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    on_champion_changed: Callable[[], None] = lambda: None
+    advisor: Advisor | None = None
+    max_power_w: float = 0.0  # P_max for the Zeus-style cost (device maximum or host estimate)
+    set_power_limit: Callable[[float, str], str] = lambda watts, key: "no GPU: knob ignored"
+    power_knob_problem: str | None = "no GPU adapter"  # None: power limits may be set
+    power_limit_released: Callable[[str], None] = lambda key: None  # a trial ended
+    rollouts: RolloutBook | None = None
+    traffic: LiveTraffic | None = None  # the serving endpoint's live figures (canary)
+    budget: LineBudget | None = None  # this line's share of the factory's budgets
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+
+    @property
+    def name(self) -> str:
+        return self.policy.name
+
+    def record(self, action: Action, cycle_id: str, key: str) -> None:
+        self.audit.append(
+            agent=action.agent,
+            action=action.action,
+            outcome=action.outcome,
+            reason=action.reason,
+            figures=action.figures,
+            cycle_id=cycle_id,
+            policy_version=self.policy.version,
+            key=f"{cycle_id}:{key}",
+        )
+
+    def champion(self) -> ModelVersion | None:
+        v = self.registry.alias(self.name, CHAMPION)
+        return self.registry.get(self.name, v) if v is not None else None
+
+    def champion_version(self) -> int | None:
+        return self.registry.alias(self.name, CHAMPION)
+
+    # data the nodes share ------------------------------------------------------------
+
+    def holdouts(self, hashes: tuple[str, ...] | list[str]) -> list[str]:
+        """Paths of the held-out tails of the given files."""
+        return [str(self.ingestor.blob_paths(h)[1]) for h in hashes]
+
+    def trains(self, hashes: tuple[str, ...] | list[str]) -> list[str]:
+        """Paths of the training parts of the given files."""
+        return [str(self.ingestor.blob_paths(h)[0]) for h in hashes]
+
+    def evaluate(self, artefact: str, files: list[str]) -> Any:
+        return self.workload.evaluate(
+            artefact, files, max_bytes=self.policy.data.eval_max_bytes, threads=self.threads
+        )
+
+    def book_eval(self, key: str, cid: str, tokens: int, reading: EnergyReading) -> None:
+        """Evaluation work goes on the ledger too: it counts against the day's energy."""
+        self.ledger.record(
+            key=key,
+            policy_name=self.name,
+            cycle_id=cid,
+            kind="eval",
+            tokens=tokens,
+            joules=reading.joules,
+            method=reading.method,
+        )

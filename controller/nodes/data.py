@@ -1,0 +1,161 @@
+"""The data node: ingest new files, build the dataset version, measure drift, ask the data
+agent whether to retrain."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+from adapters.energy import HostCpuEnergyMeter
+from adapters.store.datasets import DatasetVersion
+from adapters.store.registry import ModelVersion
+from agents.actions import Action
+from agents.data import DataObservation, decide_data
+from agents.drift import js_divergence
+from controller.context import CycleState, LineContext
+
+
+class DataNode:
+    def __init__(self, ctx: LineContext) -> None:
+        self.ctx = ctx
+
+    def __call__(self, state: CycleState) -> dict[str, Any]:
+        ctx, cid = self.ctx, state["cycle_id"]
+        completed = ctx.book.completed_count(ctx.name)
+        report = ctx.ingestor.ingest(
+            ctx.source, completed, cycle_id=cid, policy_version=ctx.policy.version
+        )
+        dataset = ctx.catalog.latest(ctx.name)
+        fresh = [f.sha256 for f in ctx.catalog.unassigned(ctx.name)]
+        if fresh:
+            dataset = self._new_dataset(dataset, fresh, cid)
+        # "new" means no model has been trained on it yet: a deferred or failed cycle leaves
+        # its data new for the next one (re-running this node computes the same answer)
+        trained = self._last_trained_dataset()
+        new = (
+            sorted(set(dataset.file_hashes) - set(trained.file_hashes if trained else ()))
+            if dataset is not None
+            else []
+        )
+        if report.quarantined or fresh:
+            self._audit_ingest(cid, len(fresh), len(new), len(report.quarantined), dataset)
+        champion = ctx.champion()
+        obs = DataObservation(
+            new_files=len(new),
+            new_bytes=sum(f.size_bytes for f in ctx.catalog.files(ctx.name, new)),
+            quarantined=len(report.quarantined),
+            dataset_version=dataset.version if dataset else None,
+            has_champion=champion is not None,
+        )
+        if champion is not None and new:
+            obs = self._drift(obs, champion, new, cid)
+        decision = decide_data(obs, ctx.policy)
+        for i, action in enumerate(decision.actions):
+            ctx.record(action, cid, f"data:{action.action}:{i}")
+        ctx.reporter.info(f"[data] {decision.actions[-1].reason}")
+        first_seen = [f.first_seen for f in ctx.catalog.files(ctx.name, new) if f.first_seen]
+        return {
+            "dataset_version": obs.dataset_version,
+            "retrain": decision.retrain,
+            "new_files": new,
+            "champion_new_bpb": obs.champion_new_bpb,
+            "new_since": _iso_to_unix(min(first_seen)) if first_seen else None,
+        }
+
+    def _audit_ingest(
+        self, cid: str, fresh: int, new: int, quarantined: int, dataset: DatasetVersion | None
+    ) -> None:
+        ctx = self.ctx
+        ctx.record(
+            Action(
+                "data",
+                "ingest",
+                "taken",
+                f"{fresh} file(s) ingested into dataset "
+                f"{dataset.version if dataset else '-'}, {quarantined} quarantined",
+                {
+                    "ingested": fresh,
+                    "untrained_files": new,
+                    "quarantined": quarantined,
+                    "dataset_version": dataset.version if dataset else None,
+                    "source": ctx.source.description,
+                },
+            ),
+            cid,
+            "data:ingest",
+        )
+
+    def _last_trained_dataset(self) -> DatasetVersion | None:
+        versions = self.ctx.registry.versions(self.ctx.name)
+        return self.ctx.catalog.get(versions[-1].dataset_version) if versions else None
+
+    def _histogram(self, hashes: list[str] | tuple[str, ...]) -> list[int]:
+        hist = [0] * 256
+        for h in hashes:
+            for path in self.ctx.ingestor.blob_paths(h):
+                data = path.read_bytes()
+                for b in set(data):
+                    hist[b] += data.count(b)
+        return hist
+
+    def _new_dataset(
+        self, parent: DatasetVersion | None, new: list[str], cid: str
+    ) -> DatasetVersion:
+        ctx = self.ctx
+        files = sorted(set(parent.file_hashes if parent else ()) | set(new))
+        digest = hashlib.sha256("\n".join([ctx.name, *files]).encode()).hexdigest()
+        hist = list(parent.byte_hist) if parent else [0] * 256
+        hist = [a + b for a, b in zip(hist, self._histogram(new), strict=True)]
+        n_bytes = (parent.n_bytes if parent else 0) + sum(
+            r.size_bytes for r in ctx.catalog.files(ctx.name, new)
+        )
+        return ctx.catalog.create(
+            policy_name=ctx.name,
+            version=digest[:16],
+            parent=parent.version if parent else None,
+            file_hashes=files,
+            new_file_hashes=new,
+            n_bytes=n_bytes,
+            byte_hist=hist,
+            cycle_id=cid,
+        )
+
+    def _drift(
+        self, obs: DataObservation, champion: ModelVersion, new: list[str], cid: str
+    ) -> DataObservation:
+        """Both drift signals: byte-distribution JS, and the champion's loss on the new data."""
+        ctx = self.ctx
+        trained_on = ctx.catalog.get(champion.dataset_version)
+        js = js_divergence(self._histogram(new), trained_on.byte_hist) if trained_on else None
+        meter = HostCpuEnergyMeter(ctx.policy.energy.watts_per_core)
+        window = meter.begin()
+        tokens = 0
+        try:
+            artefact = ctx.registry.verified_path(champion)
+            scored = ctx.evaluate(artefact, ctx.holdouts(new))
+            new_bpb, tokens = scored.bpb, scored.tokens
+            ref_files = ctx.holdouts(trained_on.file_hashes) if trained_on else []
+            ref_bpb = None
+            if ref_files:
+                ref = ctx.evaluate(artefact, ref_files)
+                ref_bpb, tokens = ref.bpb, tokens + ref.tokens
+        except Exception as exc:  # a broken champion must not stop data handling
+            ctx.reporter.info(f"[data] champion could not be scored: {exc}")
+            new_bpb = ref_bpb = None
+        reading = meter.end(window)
+        ctx.book_eval(f"{cid}:drift-eval", cid, tokens, reading)
+        return DataObservation(
+            new_files=obs.new_files,
+            new_bytes=obs.new_bytes,
+            quarantined=obs.quarantined,
+            dataset_version=obs.dataset_version,
+            has_champion=True,
+            js_divergence=js,
+            champion_new_bpb=new_bpb,
+            champion_ref_bpb=ref_bpb,
+        )
+
+
+def _iso_to_unix(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()

@@ -1,0 +1,100 @@
+"""The evaluator node: candidate and champion scored on the same held-out data, the serving
+check, then the evaluator agent's gates.
+
+recent: held-out tails of the data the champion never saw (all data for a first model);
+reference: held-out tails of the data the champion was trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from adapters.energy import HostCpuEnergyMeter
+from adapters.store.registry import ModelVersion
+from agents.evaluator import EvalObservation, Scores, judge
+from controller.budget import eval_key
+from controller.context import CycleState, LineContext
+from controller.nodes.serving_check import ServingCheck, measure_serving
+
+
+class EvaluatorNode:
+    def __init__(self, ctx: LineContext) -> None:
+        self.ctx = ctx
+
+    def __call__(self, state: CycleState) -> dict[str, Any]:
+        ctx, cid = self.ctx, state["cycle_id"]
+        candidate = ctx.registry.get(ctx.name, int(state["candidate_version"] or 0))
+        dataset = ctx.catalog.get(state["dataset_version"] or "")
+        assert candidate is not None and dataset is not None
+        champion = ctx.champion()
+        champion_data = ctx.catalog.get(champion.dataset_version) if champion else None
+        unseen = sorted(
+            set(dataset.file_hashes) - set(champion_data.file_hashes if champion_data else ())
+        )
+        recent = ctx.holdouts(unseen or dataset.file_hashes)
+        reference = ctx.holdouts(champion_data.file_hashes) if champion_data else recent
+        meter = HostCpuEnergyMeter(ctx.policy.energy.watts_per_core)
+        window = meter.begin()
+        scorer = _Scorer(ctx, recent, reference)
+        cand = scorer.scores(candidate)
+        champ = scorer.scores(champion) if champion is not None else None
+        champion_problem = None
+        if champion is not None and (champ is None or not champ.finite):
+            champion_problem = scorer.problems.get(champion.version, "its scores are not finite")
+        served = ServingCheck(problem="not scored")
+        if cand is not None:
+            served = measure_serving(ctx, candidate, champion if champ is not None else None)
+            cand = replace(
+                cand, energy_method=served.method, **served.figures.get(candidate.version, {})
+            )
+            if champ is not None and champion is not None:
+                champ = replace(
+                    champ, energy_method=served.method, **served.figures.get(champion.version, {})
+                )
+        reading = meter.end(window)  # the serving check is evaluation work too: booked with it
+        ctx.book_eval(f"{cid}:eval", cid, scorer.tokens, reading)
+        if ctx.budget is not None:
+            ctx.budget.release(eval_key(cid))  # on the ledger now
+        verdict = judge(
+            EvalObservation(cand, champ, champion_problem, served.problem or None), ctx.policy
+        )
+        action = verdict.action.with_figures(
+            candidate=candidate.version,
+            champion=champion.version if champion else None,
+            recent_files=len(unseen or dataset.file_hashes),
+            reference_files=len(champion_data.file_hashes) if champion_data else 0,
+            eval_tokens=scorer.tokens,
+            eval_joules=round(reading.joules, 3),
+            energy_method=reading.method,
+            **({"serving_energy_method": served.method} if served.method else {}),
+        )
+        ctx.record(action, cid, "evaluator:bless")
+        verdict_text = "blessed" if verdict.blessed else "refused"
+        ctx.registry.set_verdict(ctx.name, candidate.version, verdict_text, action.figures)
+        ctx.reporter.info(
+            f"[evaluator] v{candidate.version} {verdict_text.upper()}: {action.reason}"
+        )
+        return {"blessed": verdict.blessed}
+
+
+class _Scorer:
+    """Scores models on the recent and reference sets, counting the tokens it reads and
+    keeping why a model could not be scored."""
+
+    def __init__(self, ctx: LineContext, recent: list[str], reference: list[str]) -> None:
+        self.ctx, self.recent, self.reference = ctx, recent, reference
+        self.tokens = 0
+        self.problems: dict[int, str] = {}
+
+    def scores(self, model: ModelVersion) -> Scores | None:
+        try:
+            path = self.ctx.registry.verified_path(model)
+            r = self.ctx.evaluate(path, self.recent)
+            f = self.ctx.evaluate(path, self.reference)
+            self.tokens += r.tokens + f.tokens
+            return Scores(r.bpb, f.bpb, tuple(r.chunk_bpb))
+        except Exception as exc:
+            self.problems[model.version] = f"{type(exc).__name__}: {exc}"
+            self.ctx.reporter.info(f"[evaluator] v{model.version} could not be scored: {exc}")
+            return None

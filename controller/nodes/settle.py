@@ -1,0 +1,118 @@
+"""Settling a trained or crashed trial: ledger row, Optuna `tell`, audit event.
+
+Each step is idempotent (keyed), so a resumed trainer repeats settling for any row saved
+but not yet settled, without doubling anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import optuna
+
+from adapters.store.tables import TrialRunRow
+from agents.actions import Action
+from agents.trainer import prune_action
+from controller.context import LineContext
+from controller.nodes.trial_run import TrialPlan, book_worker_startup, label
+
+
+def settle(
+    ctx: LineContext, study: optuna.Study, plan: TrialPlan, row: TrialRunRow, n: int
+) -> TrialRunRow:
+    """Book, tell and audit; the row ends `complete`, `failed` or `pruned`."""
+    r = json.loads(row.result or "{}")
+    tokens, joules = int(r.get("tokens") or 0), float(r.get("joules") or 0.0)
+    _book(ctx, row, r, tokens, joules)
+    bpb, cost = r.get("valid_bpb"), r.get("energy_cost")
+    multi = ctx.policy.tuning.objectives.kind != "quality"
+    pruned = bool(r.get("pruned"))
+    ok = (
+        row.status == "trained"
+        and not pruned
+        and bpb is not None
+        and math.isfinite(bpb)
+        and (not multi or cost is not None)
+    )
+    _tell(study, row, ok, pruned, [bpb, cost] if multi else bpb)
+    params = json.loads(row.params)
+    figures = {k: v for k, v in r.items() if k != "artefact_path"} | {"params": params}
+    text = label(plan, row, params, n)
+    audit_key = f"trainer:trial:{plan.index:03d}"
+    if pruned:
+        ctx.record(
+            prune_action(row.optuna_number, tokens, figures, ctx.policy), row.cycle_id, audit_key
+        )
+        ctx.reporter.trial_finished(f"{text}: pruned after {tokens:,} tokens")
+        row.status = "pruned"
+    elif ok:
+        ctx.record(
+            Action(
+                "trainer",
+                "run_trial",
+                "taken",
+                f"trial {row.optuna_number} finished: {bpb:.4f} bits/byte "
+                f"({r.get('stopped_reason')})",
+                figures,
+            ),
+            row.cycle_id,
+            audit_key,
+        )
+        method = r.get("energy_method") or "estimated"
+        tpj = f", {tokens / joules:,.0f} tokens/J {method}" if joules else ""
+        ctx.reporter.trial_finished(
+            f"{text}: {bpb:.4f} bits/byte, {tokens:,} tokens, {joules:,.0f} J {method}{tpj}"
+        )
+        row.status = "complete"
+    else:
+        first_error = row.error.splitlines()[0] if row.error else "unknown error"
+        ctx.record(
+            Action(
+                "trainer",
+                "run_trial",
+                "failed",
+                f"trial {row.optuna_number} failed: {first_error}",
+                figures | {"error": row.error[:500]},
+            ),
+            row.cycle_id,
+            audit_key,
+        )
+        ctx.reporter.trial_finished(f"{text}: FAILED ({first_error})")
+        row.status = "failed"
+    ctx.book.put_trial(row)
+    return row
+
+
+def _book(
+    ctx: LineContext, row: TrialRunRow, r: dict[str, Any], tokens: int, joules: float
+) -> None:
+    ctx.ledger.record(
+        key=row.key,
+        policy_name=ctx.name,
+        cycle_id=row.cycle_id,
+        kind="train",
+        tokens=tokens,
+        joules=joules,
+        method=r.get("energy_method") or "estimated",
+    )
+    worker = r.get("worker") or {}
+    if worker.get("startup_joules"):
+        book_worker_startup(
+            ctx,
+            row.key,
+            row.cycle_id,
+            float(worker["startup_joules"]),
+            worker.get("startup_method") or "estimated",
+        )
+
+
+def _tell(study: optuna.Study, row: TrialRunRow, ok: bool, pruned: bool, values: Any) -> None:
+    if row.optuna_number is None:
+        return
+    if ok:
+        study.tell(row.optuna_number, values, skip_if_finished=True)
+        return
+    state = optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.FAIL
+    study.tell(row.optuna_number, state=state, skip_if_finished=True)

@@ -1,0 +1,52 @@
+"""The line's Optuna study: one per policy and objective kind, in the store's database,
+owned by the daemon (ask/tell); trial workers never write it."""
+
+from __future__ import annotations
+
+import optuna
+
+from adapters.store.cycles import CycleBook
+from policies.model import Policy
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def study_name(policy: Policy) -> str:
+    kind = policy.tuning.objectives.kind
+    return f"aifactory-{policy.name}" + ("" if kind == "quality" else f"-{kind}")
+
+
+def open_study(policy: Policy, storage_url: str, cycle_number: int) -> optuna.Study:
+    """A study's directions cannot change, hence one per objective kind; it opens in
+    optuna-dashboard with the same database URL."""
+    tuning = policy.tuning
+    # a different but reproducible stream per cycle, so cycles do not repeat samples
+    seed = tuning.seed + cycle_number
+    sampler: optuna.samplers.BaseSampler = (
+        optuna.samplers.RandomSampler(seed=seed)
+        if tuning.sampler == "random"
+        else optuna.samplers.TPESampler(seed=seed)
+    )
+    # pruning is decided by agents.trainer.should_prune on token-aligned loss curves
+    # (progress arrives at irregular token counts, which step-indexed pruners cannot compare)
+    return optuna.create_study(
+        study_name=study_name(policy),
+        storage=optuna.storages.RDBStorage(storage_url),
+        directions=["minimize"] if tuning.objectives.kind == "quality" else ["minimize"] * 2,
+        sampler=sampler,
+        pruner=optuna.pruners.NopPruner(),
+        load_if_exists=True,
+    )
+
+
+def fail_orphans(study: optuna.Study, book: CycleBook, cid: str) -> None:
+    """Trials asked for but never recorded (a crash in between) must not stay RUNNING."""
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        key = t.user_attrs.get("trial_key")
+        if t.user_attrs.get("cycle") == cid and key and book.trial(key) is None:
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+
+
+def has_finished_trials(study: optuna.Study) -> bool:
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return bool(study.get_trials(deepcopy=False, states=done))

@@ -1,0 +1,245 @@
+"""The trainer node: plan the search, run the allowed trials one by one (each keyed, so a
+resumed node re-runs only the unfinished ones), choose the candidate, register it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import optuna
+
+from adapters.store.datasets import DatasetVersion
+from adapters.store.tables import TrialRunRow
+from agents.actions import Action
+from agents.energy import TrainingAllowance, TrialBudgetObservation, decide_trial_budget
+from agents.trainer import (
+    SearchObservation,
+    TrialSummary,
+    choose_candidate,
+    distributions,
+    pareto_front,
+    plan_search,
+)
+from controller.budget import eval_key
+from controller.context import CycleState, LineContext
+from controller.nodes.settle import settle
+from controller.nodes.study import fail_orphans, has_finished_trials, open_study
+from controller.nodes.trial_run import TrialPlan, TrialRunner
+
+
+class TrainerNode:
+    def __init__(self, ctx: LineContext) -> None:
+        self.ctx = ctx
+
+    def __call__(self, state: CycleState) -> dict[str, Any]:
+        ctx, cid = self.ctx, state["cycle_id"]
+        allowance = TrainingAllowance(**(state.get("allowance") or {}))
+        dataset = ctx.catalog.get(state["dataset_version"] or "")
+        assert dataset is not None
+        cycle = ctx.book.get(cid)
+        study = open_study(ctx.policy, ctx.store.url, cycle.number if cycle else 0)
+        fail_orphans(study, ctx.book, cid)
+        dists = self._plan(study, cid)
+        summaries = self._run_trials(study, dists, dataset, allowance, cid)
+        if ctx.budget is not None:
+            ctx.budget.want(0)  # no more trials this cycle: the share goes back to the pool
+        front = pareto_front(summaries)
+        if front:
+            ctx.book.save_pareto(cid, summaries, {t.key for t in front})
+        best, action = choose_candidate(summaries, ctx.policy)
+        if ctx.policy.tuning.objectives.kind != "quality":
+            action = action.with_figures(
+                pareto_front=[
+                    {"trial": t.number, "bpb": t.valid_bpb, "energy_cost": t.energy_cost}
+                    for t in front
+                ]
+            )
+        ctx.record(action, cid, "trainer:choose_candidate")
+        trials = [s.__dict__ for s in summaries]
+        if best is None:
+            if ctx.budget is not None:
+                ctx.budget.release(eval_key(cid))  # nothing to evaluate
+            return {"trials": trials, "candidate_version": None}
+        version = self._register(best, summaries, dataset, cid)
+        return {"trials": trials, "candidate_version": version}
+
+    def _plan(self, study: optuna.Study, cid: str) -> dict[str, Any]:
+        """The search space as it can be applied here, and the cycle's first trial."""
+        ctx = self.ctx
+        champion = ctx.champion()
+        plan = plan_search(
+            SearchObservation(
+                power_knob_problem=ctx.power_knob_problem,
+                champion_version=champion.version if champion else None,
+                champion_params=champion.params if champion else None,
+                study_has_finished_trials=has_finished_trials(study),
+            ),
+            ctx.policy,
+        )
+        dists = {k: v for k, v in distributions(ctx.policy).items() if k not in plan.drop}
+        for key, action in plan.actions:
+            if key != plan.first_trial_key:
+                ctx.record(action, cid, key)
+                continue
+            if ctx.audit.has_key(f"{cid}:{key}"):
+                continue  # enqueued before a crash: never twice
+            # intent first: a crash in between loses the first trial, never doubles it
+            ctx.record(action, cid, key)
+            study.enqueue_trial(plan.first_trial or {})
+        return dists
+
+    def _run_trials(
+        self,
+        study: optuna.Study,
+        dists: dict[str, Any],
+        dataset: DatasetVersion,
+        allowance: TrainingAllowance,
+        cid: str,
+    ) -> list[TrialSummary]:
+        ctx = self.ctx
+        runner = TrialRunner(ctx, study)
+        train_files, valid_files = (
+            ctx.trains(dataset.file_hashes),
+            ctx.holdouts(dataset.file_hashes),
+        )
+        summaries: list[TrialSummary] = []
+        for i in range(allowance.trials):
+            key = f"{cid}:trial:{i:03d}"
+            row = ctx.book.trial(key)
+            plan = TrialPlan(cid, i, key, dists, train_files, valid_files, 0, 0.0, [])
+            if row is None or row.status == "running":
+                budget, refusal = decide_trial_budget(
+                    TrialBudgetObservation(
+                        allowance,
+                        spent_tokens=sum(s.tokens for s in summaries),
+                        spent_joules=sum(s.joules for s in summaries),
+                        trials_left=allowance.trials - i,
+                    ),
+                    ctx.policy,
+                )
+                grant = (
+                    self._reserve(key, budget.max_tokens, budget.max_joules, cid, i)
+                    if (budget is not None)
+                    else None
+                )
+                if grant is None:
+                    if refusal is not None:
+                        ctx.record(refusal, cid, f"trainer:skip:{i:03d}")
+                    if row is not None:  # asked before a crash: it must not stay running
+                        row.status, row.error = "crashed", "not resumed: the allowance is spent"
+                        ctx.book.put_trial(row)
+                        summaries.append(_summary(settle(ctx, study, plan, row, i + 1)))
+                    break
+                plan = TrialPlan(
+                    cid,
+                    i,
+                    key,
+                    dists,
+                    train_files,
+                    valid_files,
+                    grant[0],
+                    grant[1],
+                    _curves(ctx.book.trials(cid)),
+                )
+                try:
+                    row = runner.run(plan, row)
+                    if row.status in ("trained", "crashed"):
+                        row = settle(ctx, study, plan, row, allowance.trials)
+                finally:
+                    if ctx.budget is not None:
+                        ctx.budget.release(key)  # on the ledger now (or it never ran)
+            elif row.status in ("trained", "crashed"):
+                row = settle(ctx, study, plan, row, allowance.trials)
+            summaries.append(_summary(row))
+        return summaries
+
+    def _reserve(
+        self, key: str, tokens: int, joules: float, cid: str, i: int
+    ) -> tuple[int, float] | None:
+        """Reserve the trial's tokens and joules in the factory's budgets (so concurrent
+        trials of other lines cannot overrun them together); None when nothing is left."""
+        ctx = self.ctx
+        if ctx.budget is None:
+            return tokens, joules
+        grant = ctx.budget.reserve(key, tokens, joules)
+        if grant.action is not None:
+            ctx.record(grant.action, cid, f"energy:reserve:{i:03d}")
+        if grant.tokens <= 0 or grant.joules <= 0:
+            return None
+        return grant.tokens, grant.joules
+
+    def _register(
+        self, best: TrialSummary, summaries: list[TrialSummary], dataset: DatasetVersion, cid: str
+    ) -> int:
+        ctx = self.ctx
+        model = ctx.registry.register(
+            policy_name=ctx.name,
+            key=f"{cid}:candidate",
+            artefact=best.artefact_path,
+            cycle_id=cid,
+            dataset_version=dataset.version,
+            trial_key=best.key,
+            params=best.params,
+            tokens=sum(s.tokens for s in summaries),
+            joules=sum(s.joules for s in summaries),
+            energy_method=_trial_method(ctx.book.trials(cid)),
+            valid_bpb=best.valid_bpb,
+        )
+        ctx.registry.set_challenger(
+            ctx.name,
+            model.version,
+            by="trainer-agent",
+            reason=f"candidate of {cid}",
+            key=f"{cid}:challenger",
+        )
+        ctx.record(
+            Action(
+                "trainer",
+                "register_candidate",
+                "taken",
+                f"registered v{model.version} from trial {best.number}",
+                {
+                    "version": model.version,
+                    "sha256": model.artefact_sha256,
+                    "dataset_version": dataset.version,
+                    "params": best.params,
+                    "cycle_tokens": model.tokens,
+                    "cycle_joules": round(model.joules, 3),
+                    "energy_method": model.energy_method,
+                },
+            ),
+            cid,
+            "trainer:register",
+        )
+        return model.version
+
+
+def _curves(rows: list[TrialRunRow]) -> list[list[tuple[int, float]]]:
+    """Loss curves of the cycle's finished, unpruned trials (what pruning compares against)."""
+    out = []
+    for r in rows:
+        result = json.loads(r.result or "{}")
+        if r.status == "complete" and not result.get("pruned") and result.get("curve"):
+            out.append([(int(t), float(v)) for t, v in result["curve"]])
+    return out
+
+
+def _summary(row: TrialRunRow) -> TrialSummary:
+    r = json.loads(row.result or "{}")
+    return TrialSummary(
+        key=row.key,
+        number=row.optuna_number,
+        status=row.status,
+        valid_bpb=r.get("valid_bpb"),
+        tokens=int(r.get("tokens") or 0),
+        joules=float(r.get("joules") or 0.0),
+        params=json.loads(row.params),
+        artefact_path=r.get("artefact_path") or "",
+        seconds=r.get("seconds"),
+        energy_cost=r.get("energy_cost"),
+    )
+
+
+def _trial_method(rows: list[TrialRunRow]) -> str:
+    methods = {json.loads(r.result or "{}").get("energy_method") for r in rows} - {None}
+    return "measured" if methods == {"measured"} else "estimated"

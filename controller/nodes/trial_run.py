@@ -1,0 +1,219 @@
+"""Running one trial: ask Optuna (or re-use the recorded ask), hand the job to the cluster,
+prune on the way, and save the result as `trained` or `crashed` (settling is separate).
+
+A row left `running` by a crash is re-run with the same Optuna trial and parameters.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from adapters.cluster.base import TrialJob, TrialOutcome
+from adapters.store.db import utcnow_iso
+from adapters.store.tables import TrialRunRow
+from adapters.workload.protocol import TrainRequest
+from agents.trainer import energy_cost, should_prune
+from controller.context import CycleInterrupted, LineContext
+from policies.model import PLACEMENT_PARAMS
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """What one trial of the cycle runs on and within."""
+
+    cid: str
+    index: int  # the trial's place in the cycle (its key ends with it)
+    key: str
+    dists: dict[str, Any]
+    train_files: list[str]
+    valid_files: list[str]
+    max_tokens: int
+    max_joules: float
+    earlier_curves: list[list[tuple[int, float]]]  # what pruning compares against
+
+
+def label(plan: TrialPlan, row: TrialRunRow, params: dict[str, Any], n: int) -> str:
+    parts = []
+    for k in plan.dists:
+        v = params.get(k)
+        parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
+    return f"[trainer] trial {plan.index + 1}/{n} (#{row.optuna_number}) {' '.join(parts)}"
+
+
+def book_worker_startup(ctx: LineContext, key: str, cid: str, joules: float, method: str) -> None:
+    """A fresh worker's start-up, booked once beside the trial that started it: the day's
+    budget counts it, the trial's own cost (which tuning compares) does not."""
+    ctx.ledger.record(
+        key=f"{key}:worker-startup",
+        policy_name=ctx.name,
+        cycle_id=cid,
+        kind="train",
+        tokens=0,
+        joules=joules,
+        method=method,
+    )
+
+
+class TrialRunner:
+    def __init__(self, ctx: LineContext, study: optuna.Study) -> None:
+        self.ctx = ctx
+        self.study = study
+
+    def run(self, plan: TrialPlan, row: TrialRunRow | None) -> TrialRunRow:
+        """Train one trial; returns its row saved as `trained` or `crashed` (not settled)."""
+        ctx = self.ctx
+        trial: optuna.Trial | None = None  # resumed trials are not pruned (no live handle)
+        if row is None:
+            trial, row = self._ask(plan)
+        params = json.loads(row.params)
+        placement: dict[str, Any] = {"device": str(params.get("device", "auto"))}
+        if "power_limit_w" in params:
+            placement["power_limit"] = ctx.set_power_limit(float(params["power_limit_w"]), plan.key)
+        text = label(plan, row, params, ctx.policy.tuning.trials_per_cycle)
+        ctx.reporter.trial_started(text, plan.max_tokens)
+        curve: list[tuple[int, float]] = []
+        prune: dict[str, Any] = {"now": False, "median": None}
+
+        def on_progress(p: Any) -> None:
+            ctx.reporter.trial_progress(p)
+            curve.append((int(p.tokens), float(p.loss)))
+            if trial is not None and ctx.policy.tuning.objectives.kind == "quality":
+                trial.report(p.loss, p.tokens)  # intermediate values for optuna-dashboard
+            if not prune["now"]:
+                prune["now"], prune["median"] = should_prune(
+                    p.tokens, p.loss, plan.max_tokens, plan.earlier_curves, ctx.policy
+                )
+
+        try:
+            outcome = ctx.cluster.run(
+                self._job(plan, row, params, placement),
+                on_progress=on_progress,
+                should_stop=lambda: ctx.stop_event.is_set() or bool(prune["now"]),
+            )
+        finally:
+            ctx.power_limit_released(plan.key)  # its share of the facility cap is free again
+        pruned = bool(prune["now"]) and not ctx.stop_event.is_set()
+        if outcome.status == "interrupted" and not pruned:
+            self._book_abandoned(plan, outcome)
+            ctx.reporter.trial_finished(f"{text}: interrupted (resumes on restart)")
+            raise CycleInterrupted(plan.key)
+        result = self._result(plan, outcome, placement, pruned, prune["median"], curve)
+        row.result = json.dumps(result, sort_keys=True, default=str)
+        row.status = "trained" if outcome.status == "ok" or pruned else "crashed"
+        row.error = outcome.error[:2000]
+        ctx.book.put_trial(row)
+        return row
+
+    def _ask(self, plan: TrialPlan) -> tuple[optuna.Trial, TrialRunRow]:
+        """Ask Optuna and write the trial's number and parameters *before* training."""
+        ctx = self.ctx
+        trial = self.study.ask(fixed_distributions=plan.dists)
+        trial.set_user_attr("trial_key", plan.key)
+        trial.set_user_attr("cycle", plan.cid)
+        params = {**ctx.policy.tuning.fixed, **trial.params}
+        row = TrialRunRow(
+            key=plan.key,
+            cycle_id=plan.cid,
+            study_name=self.study.study_name,
+            optuna_number=trial.number,
+            params=json.dumps(params, sort_keys=True),
+            status="running",
+            result="{}",
+        )
+        ctx.book.put_trial(row)
+        return trial, row
+
+    def _job(
+        self, plan: TrialPlan, row: TrialRunRow, params: dict[str, Any], placement: dict[str, Any]
+    ) -> TrialJob:
+        ctx = self.ctx
+        # placement knobs are applied by the controller; the rest goes to the workload
+        workload_params = {k: v for k, v in params.items() if k not in PLACEMENT_PARAMS}
+        return TrialJob(
+            key=plan.key,
+            workload=ctx.workload_spec,
+            request=TrainRequest(
+                params=workload_params,
+                train_files=plan.train_files,
+                valid_files=plan.valid_files,
+                max_tokens=plan.max_tokens,
+                out_path=str(ctx.trials_dir / plan.cid / f"trial-{plan.index:03d}.pt"),
+                seed=ctx.policy.tuning.seed + (row.optuna_number or 0),
+                threads=ctx.threads,
+                device=placement["device"],
+            ),
+            watts_per_core=ctx.policy.energy.watts_per_core,
+            prefer_gpu=ctx.policy.energy.prefer_gpu,
+            max_joules=plan.max_joules,
+        )
+
+    def _book_abandoned(self, plan: TrialPlan, outcome: TrialOutcome) -> None:
+        """The energy of an attempt abandoned at shutdown is still booked."""
+        ctx, energy, startup = self.ctx, outcome.energy, outcome.startup_energy
+        if energy is None:
+            return
+        attempt = f"{plan.key}:interrupted:{utcnow_iso()}"
+        ctx.ledger.record(
+            key=attempt,
+            policy_name=ctx.name,
+            cycle_id=plan.cid,
+            kind="train",
+            tokens=outcome.result.tokens if outcome.result else 0,
+            joules=energy.joules,
+            method=energy.method,
+        )
+        if startup is not None:
+            book_worker_startup(ctx, attempt, plan.cid, startup.joules, startup.method)
+
+    def _result(
+        self,
+        plan: TrialPlan,
+        outcome: TrialOutcome,
+        placement: dict[str, Any],
+        pruned: bool,
+        median: float | None,
+        curve: list[tuple[int, float]],
+    ) -> dict[str, Any]:
+        res, energy, startup = outcome.result, outcome.energy, outcome.startup_energy
+        tokens = res.tokens if res else 0
+        joules = energy.joules if energy else 0.0
+        seconds = res.seconds if res else 0.0
+        return {
+            "tokens": tokens,
+            "joules": joules,
+            "energy_method": energy.method if energy else "estimated",
+            "energy_source": energy.source if energy else "unknown (worker died)",
+            "valid_bpb": res.valid_bpb if res else None,
+            "seconds": seconds,
+            "device": res.device if res else "",
+            "precision": res.precision if res else "",
+            "stopped_reason": "pruned"
+            if pruned
+            else (outcome.stop_reason or (res.stopped_reason if res else "")),
+            "max_joules": round(plan.max_joules, 3),
+            "n_params": res.n_params if res else 0,
+            "artefact_path": "" if pruned else (res.artefact_path if res else ""),
+            "energy_cost": energy_cost(
+                self.ctx.policy,
+                tokens=tokens,
+                joules=joules,
+                seconds=seconds or 0.0,
+                max_power_w=self.ctx.max_power_w,
+            ),
+            "pruned": pruned,
+            "pruned_against_median_loss": median if pruned else None,
+            "placement": placement,
+            # which worker process ran it, and its how-manieth trial; a fresh worker's
+            # start-up is booked beside the trial (ledger), not in its cost (tuning)
+            "worker": {
+                "pid": outcome.worker_pid,
+                "trial": outcome.worker_trial,
+                "startup_joules": startup.joules if startup else 0.0,
+                "startup_method": startup.method if startup else None,
+            },
+            "curve": curve[:: max(1, len(curve) // 40)],
+        }

@@ -1,0 +1,347 @@
+"""The factory runner: set up what the lines share, start every line, tick, follow the
+factory file (a new line starts, a removed one drains), and shut down in layers.
+
+Shutdown: a signal sets the stop flag; every line is told to stop (a running trial is
+asked to stop, the cycle stays checkpointed); the runner waits for the lines, then stops
+the scheduler, serving, the clusters and restores GPU settings, each step on its own so a
+failing one never skips the next, all within `runtime.shutdown_deadline_s`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from rich.console import Console
+
+from adapters.cluster.slots import SlotPool
+from adapters.energy import probe_energy_meter
+from adapters.serving import ServingError, ServingServer
+from adapters.store.audit import AuditLog
+from adapters.store.cycles import CycleBook
+from adapters.store.datasets import DataCatalog
+from adapters.store.db import Store
+from adapters.store.ledger import Ledger
+from adapters.store.registry import ModelRegistry
+from adapters.store.rollouts import RolloutBook
+from adapters.telemetry import HostTelemetry
+from controller.budget import FactoryBudget
+from controller.factory_watch import FactoryWatch
+from controller.gpu import FactoryGpus
+from controller.line import FactoryServices, ProductionLine
+from controller.overview import read_view
+from controller.serving_sync import ServingSync
+from controller.settings import Settings
+from controller.summary import print_summary
+from policies.factory import Factory, load_factory, single_line_factory
+from policies.loader import PolicyError
+
+
+class FactoryRunner:
+    def __init__(self, settings: Settings, console: Console | None = None) -> None:
+        self.settings = settings
+        self.console = console or Console()
+        self.stop_event = threading.Event()
+        self.started = time.monotonic()
+        self._signal_name: str | None = None
+        self.services: FactoryServices | None = None
+        self.server: ServingServer | None = None
+        self.factory: Factory | None = None
+        self._last_beat = 0.0
+        self._shown: dict[str, dict[str, Any]] = {}  # each line's last published heartbeat
+
+    def _say(self, message: str) -> None:
+        self.console.print(message, highlight=False, markup=False)
+
+    def _install_signals(self) -> None:
+        """Only set a flag in the handler: printing or locking there could deadlock."""
+
+        def handler(signum: int, _frame: Any) -> None:
+            if self.stop_event.is_set():
+                os._exit(130)  # second signal: the operator insists
+            self._signal_name = signal.Signals(signum).name
+            self.stop_event.set()
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, handler)
+            signal.signal(signal.SIGTERM, handler)
+
+    def _load(self) -> Factory:
+        s = self.settings
+        return load_factory(s.factory) if s.factory else single_line_factory(s.policy)
+
+    # set-up ---------------------------------------------------------------------------
+
+    def _services(self, factory: Factory, cycles: int | None) -> FactoryServices:
+        s = self.settings
+        store = Store(s.resolved_db_url)
+        store.create_all()
+        audit = AuditLog(store)
+        gpus = FactoryGpus(store, audit, s.nvml_module)
+        first = factory.lines[0].policy
+        gpus.probe(first.energy.gpu if first.energy.prefer_gpu else "none")
+        limits = factory.spec.limits
+        gpus.facility_cap_w = limits.facility_power_cap_w
+        ledger = Ledger(store)
+        services = FactoryServices(
+            settings=s,
+            console=self.console,
+            store=store,
+            audit=audit,
+            registry=ModelRegistry(store, s.state_dir / "models"),
+            ledger=ledger,
+            catalog=DataCatalog(store),
+            book=CycleBook(store),
+            rollouts=RolloutBook(store),
+            scheduler=BackgroundScheduler(timezone="UTC"),
+            gpus=gpus,
+            slots=SlotPool(limits.slots),
+            started=self.started,
+            many_lines=len(factory.lines) > 1 or s.factory is not None,
+            cycles=cycles,
+        )
+        if limits.energy_kwh_per_day is not None or limits.training_tokens_per_day is not None:
+            services.budget = FactoryBudget(factory.spec, ledger, audit)
+        return services
+
+    def _start_serving(self, services: FactoryServices) -> bool:
+        s = self.settings
+        if not s.serve:
+            return True
+        max_tokens = max(line.policy.serving.max_tokens for line in self.factory.lines)
+        self.server = ServingServer(s.host, s.port, max_tokens_limit=max_tokens)
+        try:
+            self.server.start()
+        except ServingError as exc:
+            self._say(f"[serving] {exc}")
+            return False
+        services.serving = ServingSync(self.server, self._say)
+        return True
+
+    def _audit_start(self, services: FactoryServices, energy_note: str) -> None:
+        factory = self.factory
+        assert factory is not None
+        services.audit.append(
+            agent="controller",
+            action="start_daemon",
+            outcome="taken",
+            reason=f"daemon pid {os.getpid()} started factory {factory.spec.name}@"
+            f"{factory.spec.version} with line(s) {', '.join(factory.names)}",
+            figures={
+                "db": _redact(services.store.url),
+                "state_dir": str(self.settings.state_dir),
+                "energy": energy_note,
+                "gpu": services.gpus.note,
+                "lines": list(factory.names),
+                "slots": factory.spec.limits.slots,
+                "factory": str(factory.path) if factory.path else None,
+            },
+            policy_version=factory.lines[0].policy.version,
+        )
+        self._say(
+            f"[daemon] factory {factory.spec.name} ({len(factory.lines)} line(s): "
+            f"{', '.join(factory.names)}); store {_redact(services.store.url)}; "
+            f"energy: {energy_note}; GPU: {services.gpus.note}"
+        )
+
+    # main -----------------------------------------------------------------------------
+
+    def run(self, cycles: int | None = None) -> int:
+        s = self.settings
+        # first of all: a SIGTERM during start-up must still run the clean exit below
+        self._install_signals()
+        s.ensure_dirs()
+        try:
+            self.factory = self._load()
+        except PolicyError as exc:
+            self._say(f"[policy] {exc}")
+            return 2
+        self.services = services = self._services(self.factory, cycles)
+        first = self.factory.lines[0].policy
+        meter, energy_note = probe_energy_meter(
+            prefer_gpu=first.energy.prefer_gpu, watts_per_core=first.energy.watts_per_core
+        )
+        with contextlib.suppress(Exception):
+            meter.close()  # type: ignore[attr-defined]
+        self._audit_start(services, energy_note)
+        if not self._start_serving(services):
+            return 3
+        self.telemetry = HostTelemetry(first.energy.watts_per_core)
+        self.watch = FactoryWatch(self, self.factory)
+        services.scheduler.add_job(
+            self.tick, IntervalTrigger(seconds=s.tick_s), id="tick", coalesce=True, max_instances=1
+        )
+        try:
+            with services.store.checkpointer() as checkpointer:
+                services.checkpointer = checkpointer
+                for line in self.factory.lines:
+                    self.add_line(line.policy, line.path, line.spec.owner)
+                services.scheduler.start()
+                self._wait(cycles)
+                self._stop_lines()
+        finally:
+            self._shutdown()
+        return self._exit_code(cycles)
+
+    def add_line(self, policy: Any, path: Path, owner: str) -> ProductionLine:
+        services = self.services
+        assert services is not None
+        line = ProductionLine(services, policy, path, owner)
+        services.lines[line.name] = line
+        if services.budget is not None:
+            services.budget.set_lines(self.watch.line_specs(), self.watch.factory.spec)
+        line.start()
+        return line
+
+    def _wait(self, cycles: int | None) -> None:
+        services = self.services
+        assert services is not None
+        while not self.stop_event.wait(0.5):
+            lines = list(services.lines.values())
+            for line in lines:
+                if not line.alive and line.draining.is_set():
+                    self.watch.remove(line)
+            if cycles is not None and not any(line.alive for line in lines):
+                return
+
+    def tick(self) -> None:
+        """Between cycles: each line's watch, serving, served tokens, telemetry, heartbeat.
+        Runs on the scheduler's thread and never takes the daemon down."""
+        services = self.services
+        if services is None:
+            return
+        try:
+            self.watch.check()
+            lines = list(services.lines.values())
+            view = read_view(services.registry, services.rollouts, services.book, services.catalog)
+            for line in lines:
+                _guarded(self._say, f"line {line.name}", lambda ln=line: ln.tick(view))
+            if services.serving is not None:
+                services.serving.book_served_tokens({ln.name: ln.ctx for ln in lines})
+            self._heartbeats(lines)
+        except Exception as exc:
+            self._say(f"[daemon] tick error: {type(exc).__name__}: {exc}")
+
+    def _heartbeats(self, lines: list[ProductionLine]) -> None:
+        """Every line's heartbeat in one write: at once when what it shows changed, else
+        every `runtime.heartbeat_s` (an idle factory of many lines writes little)."""
+        services = self.services
+        assert services is not None
+        now = time.monotonic()
+        due = now - self._last_beat >= self.settings.runtime.heartbeat_s
+        states = {ln.name: ln.heartbeat() for ln in lines}
+        shown = {
+            n: {k: v for k, v in st.items() if k != "heartbeat_at"} for n, st in states.items()
+        }
+        changed = {n: st for n, st in states.items() if shown[n] != self._shown.get(n)}
+        if not due and not changed:
+            return
+        if due:
+            sample = self.telemetry.sample().as_dict() | services.gpus.sample()
+            changed = {n: st | {"telemetry": json.dumps(sample)} for n, st in states.items()}
+            self._last_beat = now
+        services.book.publish_states(changed)
+        self._shown.update({n: shown[n] for n in changed})
+
+    # shutdown -------------------------------------------------------------------------
+
+    def _stop_lines(self) -> None:
+        services = self.services
+        assert services is not None
+        if self.stop_event.is_set():
+            self._say(f"[daemon] {self._signal_name or 'stop'}: current steps checkpointed")
+        for line in services.lines.values():
+            line.stop()
+        deadline = time.monotonic() + self.settings.runtime.line_join_s
+        for line in services.lines.values():
+            line.join(max(0.1, deadline - time.monotonic()))
+
+    def _shutdown(self) -> None:
+        """Every step on its own: one that fails never skips the rest; a watchdog ends the
+        process if the whole takes longer than the deadline."""
+        services = self.services
+        if services is None:
+            return
+        watchdog = threading.Timer(self.settings.runtime.shutdown_deadline_s, os._exit, (1,))
+        watchdog.daemon = True
+        watchdog.start()
+        lines = list(services.lines.values())
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("stop lines", lambda: [ln.stop() for ln in lines]),
+            ("scheduler", lambda: services.scheduler.shutdown(wait=False)),
+            (
+                "heartbeat",
+                lambda: services.book.publish_states(
+                    {ln.name: ln.heartbeat(stopped=True) for ln in lines}
+                ),
+            ),
+        ]
+        if services.serving is not None:
+            ctxs = {ln.name: ln.ctx for ln in lines}
+            steps.append(("served tokens", lambda: services.serving.book_served_tokens(ctxs)))
+        if self.server is not None:
+            server = self.server
+            steps.append(("serving", lambda: _report(self._say, "serving", server.stop())))
+        # a waiting trial worker holds memory (and a CUDA context)
+        steps += [(f"cluster {ln.name}", ln.ctx.cluster.close) for ln in lines]
+        steps.append(("GPU settings", lambda: services.gpus.restore("on exit", None)))
+        for what, step in steps:
+            _guarded(self._say, what, step)
+        done = sum(ln.done for ln in lines)
+        _guarded(
+            self._say,
+            "audit",
+            lambda: services.audit.append(
+                agent="controller",
+                action="stop_daemon",
+                outcome="taken",
+                reason=f"daemon pid {os.getpid()} stopped after {done} cycle(s)",
+                figures={"cycles": done, "lines": [ln.name for ln in lines]},
+                policy_version=lines[0].ctx.policy.version if lines else None,
+            ),
+        )
+        _guarded(self._say, "summary", lambda: print_summary(self.console, lines))
+        _guarded(self._say, "store", services.store.dispose)
+        watchdog.cancel()
+
+    def _exit_code(self, cycles: int | None) -> int:
+        services = self.services
+        if services is None:
+            return 0
+        failed = [
+            r.cycle_id for ln in services.lines.values() for r in ln.runs if r.status == "failed"
+        ]
+        if cycles is not None and failed:
+            self._say(f"[daemon] failed cycle(s): {', '.join(failed)} (see `aifactory audit`)")
+            return 1
+        return 0
+
+
+def _report(say: Callable[[str], None], what: str, problem: str | None) -> None:
+    if problem:
+        say(f"[daemon] {what}: {problem}")
+
+
+def _guarded(say: Callable[[str], None], what: str, step: Callable[[], Any]) -> None:
+    try:
+        step()
+    except Exception as exc:
+        say(f"[daemon] {what}: {type(exc).__name__}: {exc}")
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url

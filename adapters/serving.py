@@ -419,7 +419,7 @@ class LineEndpoint:
     """One production line's place on the server: its routing, live window and token limit.
 
     Got from :meth:`ServingServer.line`; it is what the controller drives for that line and
-    satisfies ``controller.rollout.LiveTraffic``. Nothing here reaches another line. After
+    satisfies ``controller.context.LiveTraffic``. Nothing here reaches another line. After
     :meth:`ServingServer.remove_line` the handle is detached: it serves nothing, and
     ``swap``/``route`` raise instead of silently loading a model no request can reach.
     """

@@ -28,6 +28,8 @@ class EnergyObservation:
     # this line's share of the factory's shared budgets (None: no factory-wide limit)
     share_tokens_left: int | None = None
     share_joules_left: float | None = None
+    share_trials: int | None = None  # of the planned trials, how many the share holds now
+    share_pending: bool = False  # other lines hold reservations that may come back today
     share_reason: str = ""
 
 
@@ -152,10 +154,6 @@ def decide_energy(obs: EnergyObservation, policy: Policy) -> EnergyDecision:
         return deferral
     tokens_left = min(day_tokens_left, b.training_tokens_per_cycle or day_tokens_left)
     joules_left = min(day_joules_left, cycle_joules_budget or day_joules_left)
-    if obs.share_tokens_left is not None:
-        tokens_left = min(tokens_left, obs.share_tokens_left)
-    if obs.share_joules_left is not None:
-        joules_left = min(joules_left, obs.share_joules_left)
     fit = min(planned, tokens_left // per_trial, int(joules_left // trial_joules))
     allowance = TrainingAllowance(
         trials=fit,
@@ -238,25 +236,25 @@ def _timing(obs: EnergyObservation, policy: Policy) -> tuple[EnergyDecision | No
 def _factory_share(
     obs: EnergyObservation, per_trial: int, trial_joules: float, figures: dict[str, object]
 ) -> EnergyDecision | None:
-    """Deferred when the line's share of the factory's budgets cannot hold one trial."""
-    if obs.share_tokens_left is None and obs.share_joules_left is None:
+    """Deferred when the line's share of the factory's budgets holds no trial and nothing
+    held by other lines may come back today. The share does not trim the cycle: each trial
+    reserves its own share when it starts (what others leave by then is used too)."""
+    if obs.share_trials is None:
         return None
     figures |= {
+        "share_trials": obs.share_trials,
         "share_tokens_left": obs.share_tokens_left,
         "share_joules_left": None
         if obs.share_joules_left is None
         else round(obs.share_joules_left, 3),
+        "share_held_by_others": obs.share_pending,
     }
-    if obs.share_tokens_left is not None and obs.share_tokens_left < per_trial:
-        what = f"{obs.share_tokens_left} tokens, one trial needs {per_trial}"
-    elif obs.share_joules_left is not None and obs.share_joules_left < trial_joules:
-        what = f"{obs.share_joules_left:.0f} J, one trial needs {trial_joules:.0f} J"
-    else:
+    if obs.share_trials > 0 or obs.share_pending:
         return None
     return _no(
         "deferred",
-        f"this line's share of the factory's budgets holds {what}; waiting "
-        f"({obs.share_reason or 'the factory allocation'})",
+        f"this line's share of the factory's budgets holds no trial today "
+        f"({obs.share_reason or 'the factory allocation'}); waiting for tomorrow",
         figures | {"budget": "factory share"},
     )
 

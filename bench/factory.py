@@ -1,6 +1,6 @@
 """Three lines under one factory: shared energy budget and wall time, through the real daemon.
 
-    python -m bench.factory [--kwh 0.0012] [--trials 6] [--repeats 3] [--out FILE]
+    python -m bench.factory [--kwh 5.6e-05] [--trials 6] [--repeats 3] [--out FILE]
 
 (1) Shared budget. Three tiny lines whose demand (trials x expected joules) exceeds the
 factory's daily energy limit run one cycle each in one factory (`slots: 2`). From the
@@ -110,7 +110,10 @@ def shared_budget(work: Path, kwh: float, trials: int) -> dict[str, Any]:
                 for e in audit.events(agent="trainer", line=name)
                 if e.action in ("run_trial", "prune_trial") and e.outcome != "refused"
             ),
-            "entitlement_j": _first(figures, "entitlement_joules"),
+            "entitlement_j": figures.get("joules_entitlement"),
+            "spent_over_entitlement": round(totals.joules / figures["joules_entitlement"], 2)
+            if figures.get("joules_entitlement")
+            else None,
             "guarantee_pct": LINES[name][2],
             "allocation": alloc[0].reason if alloc else "",
         }
@@ -131,15 +134,6 @@ def shared_budget(work: Path, kwh: float, trials: int) -> dict[str, Any]:
     }
 
 
-def _first(figures: dict[str, Any], key: str) -> Any:
-    for k, v in figures.items():
-        if k == key:
-            return v
-        if isinstance(v, dict) and key in v:
-            return v[key]
-    return None
-
-
 def wall_time(work: Path) -> dict[str, float]:
     for name, (eras, *_rest) in LINES.items():
         (work / f"{name}.yaml").write_text(line_yaml(name, eras, 2))
@@ -153,7 +147,7 @@ def wall_time(work: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kwh", type=float, default=0.0012, help="the factory's daily limit")
+    parser.add_argument("--kwh", type=float, default=5.6e-05, help="the factory's daily limit")
     parser.add_argument("--trials", type=int, default=6, help="trials each line wants")
     parser.add_argument("--repeats", type=int, default=3, help="wall-time repeats (median)")
     parser.add_argument("--out", type=Path, help="write the JSON result here")

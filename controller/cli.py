@@ -31,14 +31,17 @@ def _settings(args: argparse.Namespace) -> Settings:
             overrides[name] = value
     if getattr(args, "no_serve", False):
         overrides["serve"] = False
+    if getattr(args, "policy", None) is not None and getattr(args, "factory", None) is None:
+        overrides["factory"] = None  # an explicit --policy wins over AIFACTORY_FACTORY
     return Settings(**overrides)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, line: bool = True) -> None:
     p.add_argument("--state-dir", type=Path, help="state directory (AIFACTORY_STATE_DIR)")
     p.add_argument("--db", dest="db_url", help="database URL (AIFACTORY_DB_URL)")
     p.add_argument("--policy", type=Path, help="policy file (AIFACTORY_POLICY)")
-    p.add_argument("--line", help="the production line meant (a factory runs several)")
+    if line:
+        p.add_argument("--line", help="the production line meant (a factory runs several)")
 
 
 def _positive_int(text: str) -> int:
@@ -55,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="start the daemon")
-    _common(run)
+    _common(run, line=False)
     run.add_argument(
         "--factory", type=Path, help="factory file: many lines in one daemon (AIFACTORY_FACTORY)"
     )
@@ -140,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         cycles = 1 if args.once else args.cycles
         return FactoryRunner(settings, console).run(cycles=cycles)
+    args.stale_s = settings.runtime.status_stale_s
     return _offline(args, settings, console)
 
 
@@ -208,9 +212,11 @@ def _offline(args: argparse.Namespace, settings: Settings, console: Console) -> 
             return _audit(args, audit, console)
         if args.command == "report" and args.by == "line":
             return _chargeback(args, store, book, console)
+        if args.command in ("approve", "reject"):  # an approval id names its line
+            return _decide(args, book, audit, console)
         if args.command == "status" and not args.line and len(book.policy_names()) > 1:
             return _status_all(args, store, book, registry, console)
-        name = _policy_name(settings, book, args.line)
+        name = _policy_name(settings, book, args.line, explicit=args.policy is not None)
         if args.command == "status":
             return _status(args, name, store, book, registry, console)
         if args.command == "models":
@@ -219,8 +225,6 @@ def _offline(args: argparse.Namespace, settings: Settings, console: Console) -> 
             return _report(args, name, store, registry, console)
         if args.command == "rollback":
             return _rollback(args, name, registry, audit, console)
-        if args.command in ("approve", "reject"):
-            return _decide(args, book, audit, console)
         if args.command == "rollout":
             return _rollout(args, name, store, audit, console)
     finally:
@@ -228,20 +232,22 @@ def _offline(args: argparse.Namespace, settings: Settings, console: Console) -> 
     return 1
 
 
-def _policy_name(settings: Settings, book: Any, line: str | None = None) -> str:
-    """The production line meant: --line, else the policy file's name, else the only one in
-    the store."""
+def _policy_name(
+    settings: Settings, book: Any, line: str | None = None, explicit: bool = False
+) -> str:
+    """The production line meant: --line; else the policy file's name, when the file was
+    named or the store holds no other line; else the only line in the store. Never a guess
+    between several lines: a rollback of the wrong line is worse than a question."""
+    names = book.policy_names()
     if line:
-        if line not in book.policy_names():
+        if line not in names:
             raise SystemExit(
-                f"no production line {line!r} in the store (lines: "
-                f"{', '.join(book.policy_names()) or 'none'})"
+                f"no production line {line!r} in the store (lines: {', '.join(names) or 'none'})"
             )
         return line
     try:
-        return load_policy(settings.policy).name
+        name = load_policy(settings.policy).name
     except PolicyError as exc:
-        names = book.policy_names()
         if len(names) == 1:
             return str(names[0])
         raise SystemExit(
@@ -249,6 +255,11 @@ def _policy_name(settings: Settings, book: Any, line: str | None = None) -> str:
             f"({exc.problems[0] if exc.problems else exc}) and the store holds "
             f"{', '.join(names) or 'none'}; pass --line NAME"
         ) from exc
+    if explicit or not (set(names) - {name}):
+        return name
+    raise SystemExit(
+        f"the store holds several production lines ({', '.join(names)}); pass --line NAME"
+    )
 
 
 def _daemon_alive(pid: int, heartbeat_at: str, stale_s: float = 120.0) -> bool:
@@ -371,7 +382,7 @@ def _status_data(
         "daemon": None
         if state is None
         else {
-            "running": _daemon_alive(state.pid, state.heartbeat_at),
+            "running": _daemon_alive(state.pid, state.heartbeat_at, args.stale_s),
             "pid": state.pid,
             "heartbeat_at": state.heartbeat_at,
             "next_cycle_at": state.next_cycle_at,
@@ -483,6 +494,13 @@ def _chargeback(args: argparse.Namespace, store: Any, book: Any, console: Consol
         if state is not None and state.owner:
             owners[name] = state.owner
     charge = build_chargeback(Ledger(store).all_rows(), owners)
+    if args.csv is not None:
+        text = charge.to_csv()
+        if str(args.csv) == "-":
+            sys.stdout.write(text)
+        else:
+            args.csv.write_text(text)
+        return 0
     if args.json:
         print(json.dumps(charge.as_dict(), indent=2))
         return 0

@@ -112,6 +112,10 @@ class LineContext:
     traffic: LiveTraffic | None = None  # the serving endpoint's live figures (canary)
     budget: LineBudget | None = None  # this line's share of the factory's budgets
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    study_storage: Callable[[], Any] = lambda: None  # the factory's one Optuna storage
+    # held around in-process energy windows (evaluation, drift): process CPU time would
+    # count two lines' concurrent windows twice
+    measuring: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def name(self) -> str:

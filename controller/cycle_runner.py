@@ -62,7 +62,10 @@ class CycleRunner:
         config = {"configurable": {"thread_id": cid}, "recursion_limit": RECURSION_LIMIT}
         try:
             result = self.graph.invoke(payload, config, durability="sync")
-        except CycleInterrupted:
+        except Exception as exc:
+            if not isinstance(exc, CycleInterrupted) and not ctx.stop_event.is_set():
+                return self._failed(cid, trigger, exc)
+            # stopping: whatever broke under a closing store is no failure of the cycle
             ctx.audit.append(
                 agent="controller",
                 action="interrupt_cycle",
@@ -73,8 +76,6 @@ class CycleRunner:
                 policy_version=ctx.policy.version,
             )
             return None
-        except Exception as exc:
-            return self._failed(cid, trigger, exc)
         self._attempts.pop(cid, None)
         if result.get("__interrupt__"):
             ctx.book.finish(cid, "awaiting_approval", {})

@@ -1,16 +1,18 @@
 """The factory file, watched: a line added to it starts, a line removed drains (no new
 cycles; its champion serves until its last cycle has ended, then it leaves serving), and
-new priorities, guarantees or limits apply to the next allocation. The file is applied
-whole or not at all: an edit with any problem is refused (audited) and the factory goes
-on as it was."""
+new priorities, guarantees, owners or limits apply to the next allocation. The file is
+applied whole or not at all: an edit with any problem, or a new line that cannot be built,
+is refused (audited) and the factory goes on as it was."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Protocol
 
+from controller.budget import FactoryBudget
 from controller.line import FactoryServices, ProductionLine
-from policies.factory import Factory, FactoryLine, LineSpec, load_factory
+from policies.factory import Factory, LineSpec, load_factory
 from policies.loader import PolicyError
 from policies.model import Policy
 
@@ -20,7 +22,7 @@ class LineHost(Protocol):
 
     services: FactoryServices | None
 
-    def add_line(self, policy: Policy, path: Path, owner: str) -> ProductionLine: ...
+    def add_line(self, spec: LineSpec, policy: Policy, path: Path) -> ProductionLine | None: ...
 
 
 class FactoryWatch:
@@ -28,6 +30,13 @@ class FactoryWatch:
         self.runner = runner
         self.factory = factory
         self._mtime = self._stat()
+        self._lock = threading.Lock()  # the tick applies edits, the runner removes lines
+
+    @property
+    def services(self) -> FactoryServices:
+        services = self.runner.services
+        assert services is not None
+        return services
 
     def _stat(self) -> float | None:
         path = self.factory.path
@@ -35,17 +44,6 @@ class FactoryWatch:
             return path.stat().st_mtime if path is not None else None
         except OSError:
             return None
-
-    def line_specs(self) -> dict[str, tuple[LineSpec, Policy]]:
-        """Each running line's spec and the policy it runs now."""
-        services = self.runner.services
-        assert services is not None
-        specs = {line.name: line.spec for line in self.factory.lines}
-        return {
-            name: (specs[name], line.ctx.policy)
-            for name, line in services.lines.items()
-            if name in specs
-        }
 
     def check(self) -> None:
         if self.factory.path is None:
@@ -57,44 +55,95 @@ class FactoryWatch:
         try:
             new = load_factory(self.factory.path)
         except PolicyError as exc:
-            self._audit(
-                "refused",
-                f"{self.factory.path} has errors; the factory goes on as "
-                f"it was: " + "; ".join(str(p) for p in exc.problems),
-                {},
+            problems = "; ".join(str(p) for p in exc.problems)
+            self._refuse(
+                f"{self.factory.path} has errors; the factory goes on as it was: {problems}"
             )
-            self.runner.services.say(f"[factory] refused:\n{exc}")  # type: ignore[union-attr]
+            self.services.say(f"[factory] refused:\n{exc}")
             return
-        self._apply(new)
+        with self._lock:
+            self._apply(new)
 
     def _apply(self, new: Factory) -> None:
-        services = self.runner.services
-        assert services is not None
-        old_names = set(self.factory.names)
+        services = self.services
+        fresh = [ln for ln in new.lines if ln.name not in services.lines]
+        built: list[ProductionLine] = []
+        for line in fresh:  # build every new line first: all of them, or none
+            try:
+                built.append(ProductionLine(services, line.spec, line.policy, line.path))
+            except Exception as exc:
+                self._refuse(
+                    f"line {line.name} ({line.path}) cannot start: "
+                    f"{type(exc).__name__}: {exc}; the factory goes on as it was"
+                )
+                return
+        gone = set(self.factory.names) - set(new.names)
         self.factory = new
-        services.slots.resize(new.spec.limits.slots)
+        services.slots.resize(new.spec.limits.slots, timeout_s=0)  # running trials finish
         services.gpus.facility_cap_w = new.spec.limits.facility_power_cap_w
-        for line in new.lines:
-            if line.name not in services.lines:
-                self._start(line)
-        for name in old_names - set(new.names):
-            self._drain(services.lines[name])
-        if services.budget is not None:
-            services.budget.set_lines(self.line_specs(), new.spec)
+        self._update_budget(new)
+        self._update_lines(new)
+        for line in built:
+            self._start(line)
+        for name in gone:
+            line = services.lines.get(name)
+            if line is not None and not line.draining.is_set():
+                self._drain(line)
         self._audit(
             "taken",
             f"factory {new.spec.name}@{new.spec.version}: lines {', '.join(new.names)}",
             {"lines": list(new.names), "slots": new.spec.limits.slots},
         )
 
-    def _start(self, line: FactoryLine) -> None:
-        self.runner.add_line(line.policy, line.path, line.spec.owner)
+    def _update_budget(self, new: Factory) -> None:
+        """Limits added to a factory without any start the shared budgets now."""
+        services = self.services
+        limits = new.spec.limits
+        if services.budget is None and (
+            limits.energy_kwh_per_day is not None or limits.training_tokens_per_day is not None
+        ):
+            services.budget = FactoryBudget(new.spec, services.ledger, services.audit)
+            for name, line in services.lines.items():
+                services.budget.set_line(name, line.spec, line.ctx.policy)
+                line.ctx.budget = services.budget.line(name)
+        if services.budget is not None:
+            services.budget.set_spec(new.spec)
+
+    def _update_lines(self, new: Factory) -> None:
+        """Owners, priorities, guarantees and weights of running lines; a line removed and
+        listed again before its drain ended goes on as before."""
+        services = self.services
+        for entry in new.lines:
+            line = services.lines.get(entry.name)
+            if line is None:
+                continue
+            line.spec = entry.spec
+            if services.budget is not None:
+                services.budget.set_line(entry.name, entry.spec, line.ctx.policy)
+            if line.draining.is_set():
+                line.undrain()
+                self._audit(
+                    "taken",
+                    f"line {entry.name} is listed again: no longer draining",
+                    {},
+                    "add_line",
+                    entry.name,
+                )
+
+    def _start(self, line: ProductionLine) -> None:
+        services = self.services
+        services.lines[line.name] = line
+        if services.budget is not None:
+            services.budget.set_line(line.name, line.spec, line.ctx.policy)
+            line.ctx.budget = services.budget.line(line.name)
+        line.start()
         self._audit(
             "taken",
             f"line {line.name} added ({line.path}, owner {line.spec.owner}, "
             f"priority {line.spec.priority})",
-            {"line": line.name},
+            {},
             "add_line",
+            line.name,
         )
 
     def _drain(self, line: ProductionLine) -> None:
@@ -103,31 +152,46 @@ class FactoryWatch:
             "taken",
             f"line {line.name} removed from the factory file: draining (no new "
             "cycles; it serves until its last cycle has ended)",
-            {"line": line.name},
+            {},
             "drain_line",
+            line.name,
         )
 
     def remove(self, line: ProductionLine) -> None:
-        """A drained line's thread has ended: it leaves serving and the factory."""
-        services = self.runner.services
-        assert services is not None
-        services.lines.pop(line.name, None)
+        """A drained line's thread has ended: it leaves serving, the budgets and the factory."""
+        with self._lock:
+            if line.alive or not line.draining.is_set():
+                return  # listed again meanwhile
+            self._remove(line)
+
+    def _remove(self, line: ProductionLine) -> None:
+        services = self.services
+        line.unschedule()
         if services.serving is not None:
+            services.serving.book_served_tokens()  # its last tokens are its own
             services.serving.server.remove_line(line.name)
+        if services.budget is not None:
+            services.budget.drop_line(line.name)
+        services.lines.pop(line.name, None)
         line.ctx.cluster.close()
-        self._audit(
-            "taken", f"line {line.name} drained and gone", {"line": line.name}, "remove_line"
-        )
+        self._audit("taken", f"line {line.name} drained and gone", {}, "remove_line", line.name)
+
+    def _refuse(self, reason: str) -> None:
+        self._audit("refused", reason, {})
 
     def _audit(
-        self, outcome: str, reason: str, figures: dict[str, object], action: str = "reload_factory"
+        self,
+        outcome: str,
+        reason: str,
+        figures: dict[str, object],
+        action: str = "reload_factory",
+        line: str | None = None,
     ) -> None:
-        services = self.runner.services
-        assert services is not None
-        services.audit.append(
+        self.services.audit.append(
             agent="controller",
             action=action,
             outcome=outcome,  # type: ignore[arg-type]
             reason=reason,
             figures=figures | {"factory": self.factory.spec.name},
+            line=line,
         )

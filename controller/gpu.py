@@ -87,11 +87,23 @@ class FactoryGpus:
             )
 
     def set_power_limit(self, policy: Policy, watts: float, key: str) -> str:
-        """Apply a trial's power limit, within the facility cap shared by concurrent trials."""
+        """Apply a trial's power limit within the facility cap. Trials share the device, so one
+        trial at a time may hold its limit (trials of several lines may run at once)."""
         assert self.guard is not None
         device = self.gpu.devices()[0]
         cap = self.facility_cap_w or policy.energy.facility_power_cap_w
         with self._lock:
+            holder = next((k for k in self._active if k != key), None)
+            if holder is not None:  # one device, one limit: the trial holding it keeps it
+                status = f"refused: trial {holder} holds GPU {device.index}'s power limit"
+                self._audit(
+                    policy,
+                    key,
+                    "refused",
+                    status + "; this trial runs at it",
+                    {"requested_w": watts, "holder": holder},
+                )
+                return status
             self._active[key] = PowerRequest(
                 key, watts, device.power_limit_min_w, device.power_limit_max_w
             )
@@ -136,6 +148,7 @@ class FactoryGpus:
             figures=figures,
             key=f"{key}:power",
             policy_version=policy.version,
+            line=policy.name,
         )
 
     def sample(self) -> dict[str, Any]:

@@ -7,7 +7,9 @@ are quarantined: copied aside for inspection, recorded, audited, and never read 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +74,15 @@ class Ingestor:
         self._seen: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha
 
     def blob_paths(self, sha: str) -> tuple[Path, Path]:
-        return self.data_dir / f"{sha}.train.txt", self.data_dir / f"{sha}.holdout.txt"
+        """The file's training part and held-out tail, split by this line's policy. Each line
+        keeps its own (two lines may split the same file differently); blobs written before
+        lines had folders of their own are still found where they are."""
+        own = self.data_dir / self.policy_name
+        train, holdout = own / f"{sha}.train.txt", own / f"{sha}.holdout.txt"
+        legacy = self.data_dir / f"{sha}.train.txt", self.data_dir / f"{sha}.holdout.txt"
+        if not train.exists() and legacy[0].exists():
+            return legacy
+        return train, holdout
 
     def _hash(self, path: Path) -> tuple[str, bytes | None]:
         st = path.stat()
@@ -158,8 +168,8 @@ class Ingestor:
                 continue
             train, holdout = split_text(data.decode("utf-8"), self.data_policy.holdout_fraction)
             train_path, holdout_path = self.blob_paths(sha)
-            train_path.write_text(train, encoding="utf-8")
-            holdout_path.write_text(holdout, encoding="utf-8")
+            _write_atomically(train_path, train)
+            _write_atomically(holdout_path, holdout)
             if self.catalog.record_file(
                 DataFileRow(
                     sha256=sha,
@@ -222,3 +232,11 @@ class Ingestor:
                 blob_path=str(kept),
             )
         )
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """A reader (another line's evaluation, a crash) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -10,6 +10,7 @@ cycle mixes two policy versions.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -24,7 +25,7 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from rich.console import Console
 
-from adapters.cluster import make_cluster
+from adapters.cluster import make_cluster, reconfigure
 from adapters.cluster.base import Cluster
 from adapters.cluster.slots import SlotPool, SlottedCluster
 from adapters.data_sources import make_source
@@ -42,15 +43,19 @@ from controller.cycle_runner import CycleRun, CycleRunner
 from controller.gpu import FactoryGpus
 from controller.graph import build_cycle_graph
 from controller.ingest import Ingestor
+from controller.nodes.study import open_storage
 from controller.overview import FactoryView
 from controller.progress import ProgressReporter
 from controller.settings import Settings
 from controller.watch import PolicyWatch
+from policies.factory import LineSpec
 from policies.model import Policy
 
 #: An idle line's thread wakes this often to look at its staged policy and drain state
 #: (each of those also wakes it at once with a request of its own).
 _IDLE_WAKE_S = 5.0
+#: How long a line waits after trouble of its own (audited) before it tries again.
+_TROUBLE_S = 5.0
 
 
 @dataclass
@@ -73,9 +78,20 @@ class FactoryServices:
     checkpointer: Any = None
     serving: Any = None  # ServingSync, when the factory serves
     budget: Any = None  # FactoryBudget, when the factory has shared limits
+    energy_note: str = ""  # how energy is measured here (for `aifactory status`)
     many_lines: bool = False
     cycles: int | None = None  # --cycles/--once: each line stops after this many
     lines: dict[str, ProductionLine] = field(default_factory=dict)
+    measuring: threading.Lock = field(default_factory=threading.Lock)
+    _optuna: Any = None
+    _optuna_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def study_storage(self) -> Any:
+        """The factory's one Optuna storage, made on first use (by the first trainer)."""
+        with self._optuna_lock:
+            if self._optuna is None:
+                self._optuna = open_storage(self.store.url)
+            return self._optuna
 
     def say(self, message: str) -> None:
         self.console.print(message, highlight=False, markup=False)
@@ -83,11 +99,11 @@ class FactoryServices:
 
 class ProductionLine:
     def __init__(
-        self, services: FactoryServices, policy: Policy, path: Path, owner: str = "default"
+        self, services: FactoryServices, spec: LineSpec, policy: Policy, path: Path
     ) -> None:
         self.services = services
+        self.spec = spec  # the factory file's entry: owner, priority, guarantee, weight
         self.path = path
-        self.owner = owner
         self.stop_event = threading.Event()
         self.draining = threading.Event()
         self.requests: queue.Queue[tuple[str, str]] = queue.Queue()
@@ -142,6 +158,8 @@ class ProductionLine:
             advisor=make_advisor(policy.advisor),
             rollouts=s.rollouts,
             runtime=st.runtime,
+            study_storage=s.study_storage,
+            measuring=s.measuring,
         )
         self._wire_gpu(ctx)
         if s.serving is not None:
@@ -176,6 +194,17 @@ class ProductionLine:
     # the line's thread ------------------------------------------------------------------
 
     def _loop(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                if self.cycles is None:
+                    self._prepare()
+                if not self._step():
+                    return
+            except Exception as exc:  # a line's own trouble never ends its thread
+                self._trouble(exc)
+
+    def _prepare(self) -> None:
+        """The line's graph and its first request: resume an unfinished cycle, or start."""
         s = self.services
         self.graph = build_cycle_graph(self.ctx, s.checkpointer)
         self.cycles = CycleRunner(
@@ -187,23 +216,53 @@ class ProductionLine:
         elif s.cycles is None:
             self.requests.put(("cycle", "start"))
         self.schedule_cycles()
-        while not self.stop_event.is_set():
-            if self.draining.is_set() and not self.busy.is_set() and self._settled():
-                break
-            self.watch.apply_staged(self, busy=self.busy.is_set())
-            if s.cycles is not None and self.requests.empty() and not self.awaiting():
-                if self.done >= s.cycles:
-                    break
-                self.requests.put(("cycle", "cycles"))
-            try:  # stop, drain and a staged policy wake the line with a request of their own
-                kind, arg = self.requests.get(timeout=_IDLE_WAKE_S)
-            except queue.Empty:
-                continue
-            self._handle(kind, arg)
+
+    def _step(self) -> bool:
+        """One turn of the loop; False when the line is done (drained, or --cycles reached)."""
+        s = self.services
+        if self.draining.is_set() and not self.busy.is_set() and self._settled():
+            return False
+        self.watch.apply_staged(self)
+        if s.cycles is not None and self.requests.empty() and not self.awaiting():
+            if self.done >= s.cycles:
+                return False
+            self.requests.put(("cycle", "cycles"))
+        try:  # stop, drain and a staged policy wake the line with a request of their own
+            kind, arg = self.requests.get(timeout=_IDLE_WAKE_S)
+        except queue.Empty:
+            return True
+        self._handle(kind, arg)
+        return True
+
+    def _trouble(self, exc: Exception) -> None:
+        """Audited, then a pause: the line tries again (a failing store, an unloadable
+        workload in a valid edit), the others never notice."""
+        error = f"{type(exc).__name__}: {exc}"
+        self.say(f"[daemon] line {self.name}: {error}; trying again in {_TROUBLE_S:g}s")
+        with contextlib.suppress(Exception):
+            self.ctx.audit.append(
+                agent="controller",
+                action="line_error",
+                outcome="failed",
+                reason=f"line {self.name}: {error}; trying again in {_TROUBLE_S:g}s",
+                figures={"error": error[:2000]},
+                policy_version=self.ctx.policy.version,
+            )
+        self.stop_event.wait(_TROUBLE_S)
 
     def stop(self) -> None:
         self.stop_event.set()
         self.requests.put(("wake", ""))
+
+    def undrain(self) -> None:
+        """Listed in the factory file again before its drain ended: it goes on as before."""
+        self.draining.clear()
+        if self.alive:
+            self.schedule_cycles()
+            self.requests.put(("wake", ""))
+        else:  # its thread had just ended
+            self.cycles = None
+            self.start()
 
     def drain(self) -> None:
         """No new cycles; the thread ends once nothing of the line is running or waiting."""
@@ -288,13 +347,13 @@ class ProductionLine:
         self.watch.check(self)
         if self._serving_differs(view):
             self.sync_serving()
-        if self.busy.is_set() or not self.requests.empty() or self.draining.is_set():
+        if self.busy.is_set() or not self.requests.empty():
             return
         waiting = view.awaiting.get(self.name, set())
         answered = self.answered(waiting) if waiting else []
-        if answered:
+        if answered:  # a draining line too: its paused cycle must end for it to go
             self.requests.put(("resume", answered[0]))
-        elif not waiting:
+        elif not waiting and not self.draining.is_set():
             ctx = self.ctx
             completed = view.completed.get(self.name, 0)
             if ctx.ingestor.pending(ctx.source, completed, view.known.get(self.name, set())):
@@ -303,7 +362,7 @@ class ProductionLine:
     def _serving_differs(self, view: FactoryView) -> bool:
         """Does the endpoint serve something other than the registry and rollout say?"""
         serving = self.services.serving
-        if serving is None or self.draining.is_set():
+        if serving is None:
             return False
         endpoint = serving.server.line(self.name)
         current, challenger = endpoint.current, endpoint.challenger
@@ -319,8 +378,9 @@ class ProductionLine:
         )
 
     def sync_serving(self) -> None:
+        """A draining line still serves (its champion, its canary) until it is removed."""
         serving = self.services.serving
-        if serving is not None and not self.draining.is_set():
+        if serving is not None:
             serving.sync(self.ctx)
 
     def heartbeat(self, stopped: bool = False) -> dict[str, Any]:
@@ -330,6 +390,7 @@ class ProductionLine:
         nxt = job.next_run_time if job is not None and not stopped else None
         endpoint = s.serving.server.line(self.name) if s.serving is not None else None
         served = endpoint.current if endpoint is not None and not stopped else None
+        stopped = stopped or not self.alive  # a line whose thread ended is not running
         return {
             "pid": 0 if stopped else os.getpid(),
             "heartbeat_at": utcnow_iso(),
@@ -338,7 +399,8 @@ class ProductionLine:
             "served_version": served.version if served is not None else None,
             "policy_version": self.ctx.policy.version,
             "policy_path": str(self.path),
-            "owner": self.owner,
+            "owner": self.spec.owner,
+            "energy_source": s.energy_note,
         }
 
     # scheduling ---------------------------------------------------------------------------
@@ -348,8 +410,8 @@ class ProductionLine:
 
     def schedule_cycles(self) -> None:
         s = self.services
-        if s.cycles is not None:
-            return  # --cycles/--once: the loop asks for cycles itself
+        if s.cycles is not None or self.draining.is_set():
+            return  # --cycles/--once: the loop asks for cycles itself; a drain asks for none
         sched = self.ctx.policy.triggers.schedule
         trigger: Any
         if sched.cron:
@@ -390,20 +452,26 @@ class ProductionLine:
     # a staged policy, applied by the line's thread ------------------------------------
 
     def adopt(self, policy: Policy) -> None:
-        """Switch every part that depends on the policy (between cycles)."""
+        """Switch every part that depends on the policy (between cycles). What can fail
+        (the workload's import, the data source, the advisor) is built first: a failure
+        leaves the line on its last good policy (audited by the line's trouble handler)."""
         ctx = self.ctx
         old = ctx.policy
+        workload = load_workload(policy.workload)
+        source, advisor = make_source(policy.data), make_advisor(policy.advisor)
         ctx.book.save_policy(policy, str(self.path))
-        ctx.policy = policy
-        ctx.advisor = make_advisor(policy.advisor)
-        ctx.source = make_source(policy.data)
+        ctx.policy, ctx.advisor, ctx.source = policy, advisor, source
         ctx.ingestor.data_policy = policy.data
-        ctx.workload = load_workload(policy.workload)
-        ctx.workload_spec = policy.workload
-        if policy.cluster != old.cluster or policy.workload != old.workload:
+        ctx.workload, ctx.workload_spec = workload, policy.workload
+        if policy.workload != old.workload:
             ctx.cluster.close()  # a waiting worker has the old workload's code imported
-            ctx.cluster = self._cluster(policy)
+        ctx.cluster = reconfigure(ctx.cluster, policy.cluster)
         self._wire_gpu(ctx)
+        serving = self.services.serving
+        if serving is not None:
+            serving.server.line(self.name).max_tokens_limit = policy.serving.max_tokens
+        if self.services.budget is not None:
+            self.services.budget.set_line(self.name, self.spec, policy)
         ctx.audit.append(
             agent="controller",
             action="reload_policy",
@@ -413,7 +481,8 @@ class ProductionLine:
             policy_version=policy.version,
         )
         self.say(f"[policy] now using {policy.name}@{policy.version}")
-        self.schedule_cycles()
+        if not self.draining.is_set():
+            self.schedule_cycles()
 
     @property
     def runs(self) -> list[CycleRun]:

@@ -118,6 +118,20 @@ class Chargeback:
             "total": self.total.as_dict(),
         }
 
+    def to_csv(self) -> str:
+        """One row per line, then per owner, then the factory's total (`level` says which)."""
+        rows = [
+            {"level": "line", "line": r.key, "owner": self.owner_of[r.key]} | r.as_dict()
+            for r in self.lines
+        ]
+        rows += [{"level": "owner", "line": "", "owner": r.key} | r.as_dict() for r in self.owners]
+        rows.append({"level": "total", "line": "", "owner": ""} | self.total.as_dict())
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
+
 
 def build_chargeback(rows: Iterable[LedgerRow], owners: dict[str, str]) -> Chargeback:
     """The ledger of every line, grouped by line and by the line's owner (`owners`: line ->

@@ -42,8 +42,9 @@ from controller.overview import read_view
 from controller.serving_sync import ServingSync
 from controller.settings import Settings
 from controller.summary import print_summary
-from policies.factory import Factory, load_factory, single_line_factory
+from policies.factory import Factory, LineSpec, load_factory, single_line_factory
 from policies.loader import PolicyError
+from policies.model import Policy
 
 
 class FactoryRunner:
@@ -57,6 +58,9 @@ class FactoryRunner:
         self.server: ServingServer | None = None
         self.factory: Factory | None = None
         self._last_beat = 0.0
+        # ends the process if a clean shutdown takes longer than the deadline
+        self._watchdog = threading.Timer(settings.runtime.shutdown_deadline_s, os._exit, (1,))
+        self._watchdog.daemon = True
         self._shown: dict[str, dict[str, Any]] = {}  # each line's last published heartbeat
 
     def _say(self, message: str) -> None:
@@ -124,7 +128,7 @@ class FactoryRunner:
         except ServingError as exc:
             self._say(f"[serving] {exc}")
             return False
-        services.serving = ServingSync(self.server, self._say)
+        services.serving = ServingSync(self.server, services.ledger, self._say)
         return True
 
     def _audit_start(self, services: FactoryServices, energy_note: str) -> None:
@@ -143,6 +147,11 @@ class FactoryRunner:
                 "gpu": services.gpus.note,
                 "lines": list(factory.names),
                 "slots": factory.spec.limits.slots,
+                "power_knob": {
+                    ln.name: services.gpus.knob_problem(ln.policy) or "permitted"
+                    for ln in factory.lines
+                },
+                "cluster": {ln.name: ln.policy.cluster.kind for ln in factory.lines},
                 "factory": str(factory.path) if factory.path else None,
             },
             policy_version=factory.lines[0].policy.version,
@@ -172,6 +181,7 @@ class FactoryRunner:
         )
         with contextlib.suppress(Exception):
             meter.close()  # type: ignore[attr-defined]
+        services.energy_note = energy_note
         self._audit_start(services, energy_note)
         if not self._start_serving(services):
             return 3
@@ -183,22 +193,40 @@ class FactoryRunner:
         try:
             with services.store.checkpointer() as checkpointer:
                 services.checkpointer = checkpointer
-                for line in self.factory.lines:
-                    self.add_line(line.policy, line.path, line.spec.owner)
-                services.scheduler.start()
-                self._wait(cycles)
-                self._stop_lines()
+                try:
+                    for line in self.factory.lines:
+                        self.add_line(line.spec, line.policy, line.path)
+                    services.scheduler.start()
+                    self._wait(cycles)
+                finally:
+                    self._stop_lines()  # while the checkpointer is open: steps end checkpointed
         finally:
             self._shutdown()
         return self._exit_code(cycles)
 
-    def add_line(self, policy: Any, path: Path, owner: str) -> ProductionLine:
+    def add_line(self, spec: LineSpec, policy: Policy, path: Path) -> ProductionLine | None:
+        """Build and start a line; one that cannot be built (its workload does not import,
+        its data source is unusable) is audited and left out, and the others go on."""
         services = self.services
         assert services is not None
-        line = ProductionLine(services, policy, path, owner)
+        try:
+            line = ProductionLine(services, spec, policy, path)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            services.audit.append(
+                agent="controller",
+                action="add_line",
+                outcome="failed",
+                reason=f"line {policy.name} ({path}) cannot start: {error}",
+                figures={"error": error[:2000]},
+                policy_version=policy.version,
+                line=policy.name,
+            )
+            self._say(f"[daemon] line {policy.name} cannot start: {error}")
+            return None
         services.lines[line.name] = line
         if services.budget is not None:
-            services.budget.set_lines(self.watch.line_specs(), self.watch.factory.spec)
+            services.budget.set_line(line.name, spec, policy)
         line.start()
         return line
 
@@ -226,7 +254,7 @@ class FactoryRunner:
             for line in lines:
                 _guarded(self._say, f"line {line.name}", lambda ln=line: ln.tick(view))
             if services.serving is not None:
-                services.serving.book_served_tokens({ln.name: ln.ctx for ln in lines})
+                services.serving.book_served_tokens()
             self._heartbeats(lines)
         except Exception as exc:
             self._say(f"[daemon] tick error: {type(exc).__name__}: {exc}")
@@ -255,14 +283,19 @@ class FactoryRunner:
     # shutdown -------------------------------------------------------------------------
 
     def _stop_lines(self) -> None:
+        """The scheduler first (no tick adds a line now), then every line is told to stop and
+        awaited, all under the shutdown deadline's watchdog."""
         services = self.services
         assert services is not None
+        self._watchdog.start()
+        _guarded(self._say, "scheduler", lambda: services.scheduler.shutdown(wait=True))
         if self.stop_event.is_set():
             self._say(f"[daemon] {self._signal_name or 'stop'}: current steps checkpointed")
-        for line in services.lines.values():
+        lines = list(services.lines.values())
+        for line in lines:
             line.stop()
         deadline = time.monotonic() + self.settings.runtime.line_join_s
-        for line in services.lines.values():
+        for line in lines:
             line.join(max(0.1, deadline - time.monotonic()))
 
     def _shutdown(self) -> None:
@@ -271,13 +304,11 @@ class FactoryRunner:
         services = self.services
         if services is None:
             return
-        watchdog = threading.Timer(self.settings.runtime.shutdown_deadline_s, os._exit, (1,))
-        watchdog.daemon = True
-        watchdog.start()
+        with contextlib.suppress(RuntimeError):
+            self._watchdog.start()  # already running unless the lines never started
         lines = list(services.lines.values())
         steps: list[tuple[str, Callable[[], Any]]] = [
             ("stop lines", lambda: [ln.stop() for ln in lines]),
-            ("scheduler", lambda: services.scheduler.shutdown(wait=False)),
             (
                 "heartbeat",
                 lambda: services.book.publish_states(
@@ -286,8 +317,7 @@ class FactoryRunner:
             ),
         ]
         if services.serving is not None:
-            ctxs = {ln.name: ln.ctx for ln in lines}
-            steps.append(("served tokens", lambda: services.serving.book_served_tokens(ctxs)))
+            steps.append(("served tokens", services.serving.book_served_tokens))
         if self.server is not None:
             server = self.server
             steps.append(("serving", lambda: _report(self._say, "serving", server.stop())))
@@ -311,7 +341,7 @@ class FactoryRunner:
         )
         _guarded(self._say, "summary", lambda: print_summary(self.console, lines))
         _guarded(self._say, "store", services.store.dispose)
-        watchdog.cancel()
+        self._watchdog.cancel()
 
     def _exit_code(self, cycles: int | None) -> int:
         services = self.services

@@ -12,22 +12,30 @@ import threading
 from collections.abc import Callable
 
 from adapters.serving import ServedModel, ServingServer
+from adapters.store.ledger import Ledger
 from adapters.store.registry import ModelVersion
 from controller.context import LineContext
 
 
 class ServingSync:
-    def __init__(self, server: ServingServer, say: Callable[[str], None]) -> None:
+    def __init__(self, server: ServingServer, ledger: Ledger, say: Callable[[str], None]) -> None:
         self.server = server
+        self.ledger = ledger
         self._say = say
-        self._lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}  # one per line: a slow load blocks no other
+        self._locks_lock = threading.Lock()
+        self._tokens_lock = threading.Lock()
         self._served_tokens: dict[tuple[str, int], int] = {}
+
+    def _line_lock(self, line: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._locks.setdefault(line, threading.Lock())
 
     def sync(self, ctx: LineContext) -> None:
         """Reconcile one line: the champion, and during a canary the challenger at its weight."""
         endpoint = self.server.line(ctx.name)
         endpoint.max_tokens_limit = ctx.policy.serving.max_tokens
-        with self._lock:
+        with self._line_lock(ctx.name):
             champion = ctx.champion()
             current = endpoint.current
             if champion is None:
@@ -125,16 +133,16 @@ class ServingSync:
         )
         self._say(f"[deployer] canary {ctx.name}:v{version} takes {after:g}% of traffic")
 
-    def book_served_tokens(self, contexts: dict[str, LineContext]) -> None:
-        """Tokens served since the last call go on the ledger, per line and model version."""
-        for (line, version), m in self.server.metrics().items():
-            ctx = contexts.get(line)
-            if ctx is None:
-                continue
-            total = int(m.get("prompt_tokens", 0) + m.get("completion_tokens", 0))
-            delta = total - self._served_tokens.get((line, version), 0)
-            if delta > 0:
-                ctx.ledger.record(
+    def book_served_tokens(self) -> None:
+        """Tokens served since the last call go on the ledger, per line and model version
+        (a line removed since included: its last tokens are its own)."""
+        with self._tokens_lock:
+            for (line, version), m in self.server.metrics().items():
+                total = int(m.get("prompt_tokens", 0) + m.get("completion_tokens", 0))
+                delta = total - self._served_tokens.get((line, version), 0)
+                if delta <= 0:
+                    continue
+                self.ledger.record(
                     key=f"serve:{os.getpid()}:{line}:{version}:{total}",
                     policy_name=line,
                     kind="serve",

@@ -87,10 +87,8 @@ class PolicyWatch:
             policy_version=line.ctx.policy.version,
         )
 
-    def apply_staged(self, line: WatchedLine, busy: bool) -> None:
+    def apply_staged(self, line: WatchedLine) -> None:
         """Line thread, between cycles: adopt the staged policy."""
-        if busy:
-            return
         with self._lock:
             policy, self._staged = self._staged, None
         if policy is not None and policy.version != line.ctx.policy.version:

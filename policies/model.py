@@ -433,8 +433,12 @@ class Policy(_Strict):
     advisor: AdvisorPolicy | None = None
 
     def canonical_json(self) -> str:
-        """Stable text form; the policy version is its hash."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Stable text form; the policy version is its hash. The cluster's default `kind`
+        is left out, so a policy written before kinds existed keeps its version."""
+        data = self.model_dump(mode="json")
+        if data["cluster"].get("kind") == "local":
+            del data["cluster"]["kind"]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @functools.cached_property
     def version(self) -> str:

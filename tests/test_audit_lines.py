@@ -48,3 +48,6 @@ def test_a_store_from_before_lines_is_upgraded_and_still_verifies(tmp_path: Path
     assert [(e.reason, e.line) for e in log.events()] == [("before", None), ("after", "a")]
     assert log.verify().ok
     new.dispose()
+    with sqlite3.connect(tmp_path / "old.db") as conn:
+        indexes = {row[1] for row in conn.execute("PRAGMA index_list(af_audit_event)")}
+    assert "ix_af_audit_event_line" in indexes

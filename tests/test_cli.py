@@ -23,7 +23,7 @@ from adapters.store.ledger import Ledger
 from adapters.store.registry import ModelRegistry, sha256_file
 from adapters.store.tables import AuditEventRow
 from controller.cli import main
-from policies.loader import load_policy
+from policies.loader import load_policy, parse_policy
 
 POLICY = "tiny"  # the name in tests/configs/tiny.yaml
 
@@ -655,3 +655,18 @@ def test_report_by_cycle_day_model_csv_json(env: Env, tmp_path: Path) -> None:
     assert lines[0].startswith("key,train_tokens") and len(lines) == 3
     rc, out = env.cli("report")
     assert rc == 0 and "tiny-c0001" in out and "measured+estimated" in out
+
+
+def test_several_lines_need_line_and_an_approval_names_its_own(env: Env) -> None:
+    for name in ("a", "b"):
+        env.book.save_policy(parse_policy(f"name: {name}"), f"{name}.yaml")
+    approval = env.book.request_approval("b", "b-c0001", 1)
+    base = ["--db", env.db_url, "--state-dir", str(env.state_dir)]
+    with pytest.raises(SystemExit, match="several production lines"):
+        main(["rollback", *base])  # never a guess: the default policy's line is not meant
+    assert main(["models", "--line", "b", *base]) == 0
+    with pytest.raises(SystemExit, match="no production line 'c'"):
+        main(["models", "--line", "c", *base])
+    # no line needed, even with a policy file that cannot be read
+    assert main(["approve", str(approval.id), "--policy", "/nonexistent.yaml", *base]) == 0
+    assert env.book.approvals("b")[0].status == "approved"

@@ -102,6 +102,9 @@ def test_factory_runs_three_lines_serves_each_and_audits_allocations(tmp_path: P
     assert audit.verify().ok
     allocations = [e for e in audit.events(agent="energy") if e.action == "allocate"]
     assert {e.reason.split(":", 1)[0] for e in allocations} == set(LINES)
+    first = {e.line: e for e in reversed(allocations)}  # each line's first allocation
+    assert "40% guarantee" in first["a"].reason and "20% guarantee" in first["b"].reason
+    assert "guarantee" not in first["c"].reason  # c has none
     assert all("kwh" in json.dumps(e.figures).lower() for e in allocations)
     with store.session() as s:
         versions = list(s.exec(select(ModelVersionRow)))

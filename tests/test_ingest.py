@@ -93,3 +93,47 @@ def test_check_and_split() -> None:
     text = "".join(f"line {i}\n" for i in range(100))
     train, hold = split_text(text, 0.1)
     assert train + hold == text and hold.startswith("line ") and 0 < len(hold) < len(text) / 5
+
+
+def test_two_lines_split_the_same_file_each_by_its_own_policy(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.create_all()
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "shared.txt").write_text("".join(f"line {i}\n" for i in range(200)))
+    splits = {}
+    for line, fraction in (("a", 0.1), ("b", 0.4)):
+        data = DataPolicy(
+            source=DirectorySource(kind="directory", path=str(inbox)),
+            holdout_fraction=fraction,
+            settle_s=0.0,
+        )
+        ing = Ingestor(
+            policy_name=line,
+            data_policy=data,
+            catalog=DataCatalog(store),
+            audit=AuditLog(store),
+            data_dir=tmp_path / "blobs",
+            quarantine_dir=tmp_path / "quarantine",
+        )
+        (sha,) = ing.ingest(
+            DirectoryDataSource(data.source),
+            0,
+            cycle_id=None,  # type: ignore[arg-type]
+            policy_version="v",
+        ).new_hashes
+        splits[line] = [p.read_text() for p in ing.blob_paths(sha)]
+    assert len(splits["b"][1]) > 3 * len(splits["a"][1])  # b holds out 40%, a 10%
+    assert splits["a"][0] + splits["a"][1] == splits["b"][0] + splits["b"][1]
+
+
+def test_blobs_from_before_line_folders_are_still_found(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.create_all()
+    ing, _ = make(store, tmp_path, tmp_path)
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / "abc.train.txt").write_text("old train")
+    (tmp_path / "blobs" / "abc.holdout.txt").write_text("old holdout")
+    train, holdout = ing.blob_paths("abc")
+    assert (train.read_text(), holdout.read_text()) == ("old train", "old holdout")
+    assert ing.blob_paths("new")[0] == tmp_path / "blobs" / "p" / "new.train.txt"

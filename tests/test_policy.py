@@ -138,3 +138,13 @@ def test_an_unknown_cluster_kind_names_the_field() -> None:
     assert problem.path == "cluster" and problem.line == 3
     assert "'kind'" in problem.message and "'slurm'" in problem.message
     assert "'local'" in problem.message  # and says what it could be
+
+
+def test_the_default_cluster_kind_leaves_the_version_as_it_was() -> None:
+    from policies.loader import parse_policy
+
+    plain = parse_policy("name: x\ncluster: {reuse_workers: false}\n")
+    tagged = parse_policy("name: x\ncluster: {kind: local, reuse_workers: false}\n")
+    assert plain.version == tagged.version
+    assert '"kind"' not in plain.canonical_json().split('"cluster"')[1].split("}")[0]
+    assert parse_policy("name: x\ncluster: {reuse_workers: true}\n").version != plain.version

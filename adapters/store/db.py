@@ -79,6 +79,9 @@ class Store:
                     conn.execute(
                         text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}')
                     )
+                    for index in table.indexes:  # and its index, as a new store has it
+                        if [c.name for c in index.columns] == [column.name]:
+                            index.create(conn, checkfirst=True)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -7,7 +7,7 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
-from adapters.energy import HostCpuEnergyMeter
+from adapters.energy import EnergyReading, HostCpuEnergyMeter
 from adapters.store.datasets import DatasetVersion
 from adapters.store.registry import ModelVersion
 from agents.actions import Action
@@ -121,6 +121,29 @@ class DataNode:
             cycle_id=cid,
         )
 
+    def _score_champion(
+        self, champion: ModelVersion, new: list[str], trained_on: DatasetVersion | None
+    ) -> tuple[float | None, float | None, int, EnergyReading]:
+        """The champion's bits/byte on the new data and on its own, in one energy window."""
+        ctx = self.ctx
+        meter = HostCpuEnergyMeter(ctx.policy.energy.watts_per_core)
+        window = meter.begin()
+        tokens = 0
+        new_bpb: float | None = None
+        ref_bpb: float | None = None
+        try:
+            artefact = ctx.registry.verified_path(champion)
+            scored = ctx.evaluate(artefact, ctx.holdouts(new))
+            new_bpb, tokens = scored.bpb, scored.tokens
+            ref_files = ctx.holdouts(trained_on.file_hashes) if trained_on else []
+            if ref_files:
+                ref = ctx.evaluate(artefact, ref_files)
+                ref_bpb, tokens = ref.bpb, tokens + ref.tokens
+        except Exception as exc:  # a broken champion must not stop data handling
+            ctx.reporter.info(f"[data] champion could not be scored: {exc}")
+            new_bpb = ref_bpb = None
+        return new_bpb, ref_bpb, tokens, meter.end(window)
+
     def _drift(
         self, obs: DataObservation, champion: ModelVersion, new: list[str], cid: str
     ) -> DataObservation:
@@ -128,22 +151,8 @@ class DataNode:
         ctx = self.ctx
         trained_on = ctx.catalog.get(champion.dataset_version)
         js = js_divergence(self._histogram(new), trained_on.byte_hist) if trained_on else None
-        meter = HostCpuEnergyMeter(ctx.policy.energy.watts_per_core)
-        window = meter.begin()
-        tokens = 0
-        try:
-            artefact = ctx.registry.verified_path(champion)
-            scored = ctx.evaluate(artefact, ctx.holdouts(new))
-            new_bpb, tokens = scored.bpb, scored.tokens
-            ref_files = ctx.holdouts(trained_on.file_hashes) if trained_on else []
-            ref_bpb = None
-            if ref_files:
-                ref = ctx.evaluate(artefact, ref_files)
-                ref_bpb, tokens = ref.bpb, tokens + ref.tokens
-        except Exception as exc:  # a broken champion must not stop data handling
-            ctx.reporter.info(f"[data] champion could not be scored: {exc}")
-            new_bpb = ref_bpb = None
-        reading = meter.end(window)
+        with ctx.measuring:  # one in-process measurement at a time: CPU time is per process
+            new_bpb, ref_bpb, tokens, reading = self._score_champion(champion, new, trained_on)
         ctx.book_eval(f"{cid}:drift-eval", cid, tokens, reading)
         return DataObservation(
             new_files=obs.new_files,

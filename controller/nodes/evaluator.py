@@ -7,15 +7,16 @@ reference: held-out tails of the data the champion was trained on.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from adapters.energy import HostCpuEnergyMeter
+from adapters.energy import EnergyReading, HostCpuEnergyMeter
 from adapters.store.registry import ModelVersion
 from agents.evaluator import EvalObservation, Scores, judge
 from controller.budget import eval_key
 from controller.context import CycleState, LineContext
 from controller.nodes.serving_check import ServingCheck, measure_serving
+from controller.retry import PermanentError
 
 
 class EvaluatorNode:
@@ -26,7 +27,11 @@ class EvaluatorNode:
         ctx, cid = self.ctx, state["cycle_id"]
         candidate = ctx.registry.get(ctx.name, int(state["candidate_version"] or 0))
         dataset = ctx.catalog.get(state["dataset_version"] or "")
-        assert candidate is not None and dataset is not None
+        if candidate is None or dataset is None:  # retrying cannot bring them back
+            raise PermanentError(
+                f"candidate v{state.get('candidate_version')} or dataset "
+                f"{state.get('dataset_version')} is not stored"
+            )
         champion = ctx.champion()
         champion_data = ctx.catalog.get(champion.dataset_version) if champion else None
         unseen = sorted(
@@ -34,6 +39,42 @@ class EvaluatorNode:
         )
         recent = ctx.holdouts(unseen or dataset.file_hashes)
         reference = ctx.holdouts(champion_data.file_hashes) if champion_data else recent
+        with ctx.measuring:  # one in-process measurement at a time: CPU time is per process
+            m = self._measure(candidate, champion, recent, reference)
+        ctx.book_eval(f"{cid}:eval", cid, m.tokens, m.reading)
+        if ctx.budget is not None:
+            ctx.budget.release(eval_key(cid))  # on the ledger now
+        verdict = judge(
+            EvalObservation(m.candidate, m.champion, m.champion_problem, m.served.problem or None),
+            ctx.policy,
+        )
+        action = verdict.action.with_figures(
+            candidate=candidate.version,
+            champion=champion.version if champion else None,
+            recent_files=len(unseen or dataset.file_hashes),
+            reference_files=len(champion_data.file_hashes) if champion_data else 0,
+            eval_tokens=m.tokens,
+            eval_joules=round(m.reading.joules, 3),
+            energy_method=m.reading.method,
+            **({"serving_energy_method": m.served.method} if m.served.method else {}),
+        )
+        ctx.record(action, cid, "evaluator:bless")
+        verdict_text = "blessed" if verdict.blessed else "refused"
+        ctx.registry.set_verdict(ctx.name, candidate.version, verdict_text, action.figures)
+        ctx.reporter.info(
+            f"[evaluator] v{candidate.version} {verdict_text.upper()}: {action.reason}"
+        )
+        return {"blessed": verdict.blessed}
+
+    def _measure(
+        self,
+        candidate: ModelVersion,
+        champion: ModelVersion | None,
+        recent: list[str],
+        reference: list[str],
+    ) -> _Measured:
+        """Both models' scores and the serving check, in one energy window."""
+        ctx = self.ctx
         meter = HostCpuEnergyMeter(ctx.policy.energy.watts_per_core)
         window = meter.begin()
         scorer = _Scorer(ctx, recent, reference)
@@ -53,29 +94,17 @@ class EvaluatorNode:
                     champ, energy_method=served.method, **served.figures.get(champion.version, {})
                 )
         reading = meter.end(window)  # the serving check is evaluation work too: booked with it
-        ctx.book_eval(f"{cid}:eval", cid, scorer.tokens, reading)
-        if ctx.budget is not None:
-            ctx.budget.release(eval_key(cid))  # on the ledger now
-        verdict = judge(
-            EvalObservation(cand, champ, champion_problem, served.problem or None), ctx.policy
-        )
-        action = verdict.action.with_figures(
-            candidate=candidate.version,
-            champion=champion.version if champion else None,
-            recent_files=len(unseen or dataset.file_hashes),
-            reference_files=len(champion_data.file_hashes) if champion_data else 0,
-            eval_tokens=scorer.tokens,
-            eval_joules=round(reading.joules, 3),
-            energy_method=reading.method,
-            **({"serving_energy_method": served.method} if served.method else {}),
-        )
-        ctx.record(action, cid, "evaluator:bless")
-        verdict_text = "blessed" if verdict.blessed else "refused"
-        ctx.registry.set_verdict(ctx.name, candidate.version, verdict_text, action.figures)
-        ctx.reporter.info(
-            f"[evaluator] v{candidate.version} {verdict_text.upper()}: {action.reason}"
-        )
-        return {"blessed": verdict.blessed}
+        return _Measured(cand, champ, champion_problem, served, scorer.tokens, reading)
+
+
+@dataclass(frozen=True)
+class _Measured:
+    candidate: Scores | None
+    champion: Scores | None
+    champion_problem: str | None
+    served: ServingCheck
+    tokens: int
+    reading: EnergyReading
 
 
 class _Scorer:

@@ -16,7 +16,15 @@ def study_name(policy: Policy) -> str:
     return f"aifactory-{policy.name}" + ("" if kind == "quality" else f"-{kind}")
 
 
-def open_study(policy: Policy, storage_url: str, cycle_number: int) -> optuna.Study:
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """One Optuna storage for the whole factory: made once, so lines starting together do
+    not race to create its tables, and no engine is left behind per cycle."""
+    return optuna.storages.RDBStorage(url)
+
+
+def open_study(
+    policy: Policy, storage: optuna.storages.BaseStorage, cycle_number: int
+) -> optuna.Study:
     """A study's directions cannot change, hence one per objective kind; it opens in
     optuna-dashboard with the same database URL."""
     tuning = policy.tuning
@@ -31,7 +39,7 @@ def open_study(policy: Policy, storage_url: str, cycle_number: int) -> optuna.St
     # (progress arrives at irregular token counts, which step-indexed pruners cannot compare)
     return optuna.create_study(
         study_name=study_name(policy),
-        storage=optuna.storages.RDBStorage(storage_url),
+        storage=storage,
         directions=["minimize"] if tuning.objectives.kind == "quality" else ["minimize"] * 2,
         sampler=sampler,
         pruner=optuna.pruners.NopPruner(),

@@ -4,6 +4,7 @@ resumed node re-runs only the unfinished ones), choose the candidate, register i
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import optuna
@@ -11,7 +12,12 @@ import optuna
 from adapters.store.datasets import DatasetVersion
 from adapters.store.tables import TrialRunRow
 from agents.actions import Action
-from agents.energy import TrainingAllowance, TrialBudgetObservation, decide_trial_budget
+from agents.energy import (
+    TrainingAllowance,
+    TrialBudget,
+    TrialBudgetObservation,
+    decide_trial_budget,
+)
 from agents.trainer import (
     SearchObservation,
     TrialSummary,
@@ -25,6 +31,7 @@ from controller.context import CycleState, LineContext
 from controller.nodes.settle import settle
 from controller.nodes.study import fail_orphans, has_finished_trials, open_study
 from controller.nodes.trial_run import TrialPlan, TrialRunner
+from controller.retry import PermanentError
 
 
 class TrainerNode:
@@ -35,9 +42,10 @@ class TrainerNode:
         ctx, cid = self.ctx, state["cycle_id"]
         allowance = TrainingAllowance(**(state.get("allowance") or {}))
         dataset = ctx.catalog.get(state["dataset_version"] or "")
-        assert dataset is not None
+        if dataset is None:  # retrying cannot bring it back
+            raise PermanentError(f"dataset version {state.get('dataset_version')} is not stored")
         cycle = ctx.book.get(cid)
-        study = open_study(ctx.policy, ctx.store.url, cycle.number if cycle else 0)
+        study = open_study(ctx.policy, ctx.study_storage(), cycle.number if cycle else 0)
         fail_orphans(study, ctx.book, cid)
         dists = self._plan(study, cid)
         summaries = self._run_trials(study, dists, dataset, allowance, cid)
@@ -107,61 +115,71 @@ class TrainerNode:
             key = f"{cid}:trial:{i:03d}"
             row = ctx.book.trial(key)
             plan = TrialPlan(cid, i, key, dists, train_files, valid_files, 0, 0.0, [])
+            if row is not None and row.status not in ("running", "trained", "crashed"):
+                summaries.append(_summary(row))  # settled before a restart
+                continue
             if row is None or row.status == "running":
-                budget, refusal = decide_trial_budget(
-                    TrialBudgetObservation(
-                        allowance,
-                        spent_tokens=sum(s.tokens for s in summaries),
-                        spent_joules=sum(s.joules for s in summaries),
-                        trials_left=allowance.trials - i,
-                    ),
-                    ctx.policy,
-                )
-                grant = (
-                    self._reserve(key, budget.max_tokens, budget.max_joules, cid, i)
-                    if (budget is not None)
-                    else None
-                )
-                if grant is None:
-                    if refusal is not None:
-                        ctx.record(refusal, cid, f"trainer:skip:{i:03d}")
-                    if row is not None:  # asked before a crash: it must not stay running
-                        row.status, row.error = "crashed", "not resumed: the allowance is spent"
-                        ctx.book.put_trial(row)
-                        summaries.append(_summary(settle(ctx, study, plan, row, i + 1)))
+                row = self._train(runner, plan, row, allowance, summaries)
+                if row is None:
                     break
-                plan = TrialPlan(
-                    cid,
-                    i,
-                    key,
-                    dists,
-                    train_files,
-                    valid_files,
-                    grant[0],
-                    grant[1],
-                    _curves(ctx.book.trials(cid)),
-                )
-                try:
-                    row = runner.run(plan, row)
-                    if row.status in ("trained", "crashed"):
-                        row = settle(ctx, study, plan, row, allowance.trials)
-                finally:
-                    if ctx.budget is not None:
-                        ctx.budget.release(key)  # on the ledger now (or it never ran)
-            elif row.status in ("trained", "crashed"):
+            else:  # trained or crashed before a restart: settle it now
                 row = settle(ctx, study, plan, row, allowance.trials)
             summaries.append(_summary(row))
         return summaries
 
+    def _train(
+        self,
+        runner: TrialRunner,
+        plan: TrialPlan,
+        row: TrialRunRow | None,
+        allowance: TrainingAllowance,
+        summaries: list[TrialSummary],
+    ) -> TrialRunRow | None:
+        """Run and settle one trial within its budget (None: no budget left for it)."""
+        ctx, cid, i = self.ctx, plan.cid, plan.index
+        budget, refusal = decide_trial_budget(
+            TrialBudgetObservation(
+                allowance,
+                spent_tokens=sum(s.tokens for s in summaries),
+                spent_joules=sum(s.joules for s in summaries),
+                trials_left=allowance.trials - i,
+            ),
+            ctx.policy,
+        )
+        grant = None
+        if budget is not None:
+            grant = self._reserve(plan.key, budget, allowance.joules_per_trial, cid, i)
+        if grant is None:
+            if refusal is not None:
+                ctx.record(refusal, cid, f"trainer:skip:{i:03d}")
+            if row is not None:  # asked before a crash: it must not stay running
+                row.status, row.error = "crashed", "not resumed: the allowance is spent"
+                ctx.book.put_trial(row)
+                summaries.append(_summary(settle(ctx, runner.study, plan, row, i + 1)))
+            return None
+        plan = replace(
+            plan,
+            max_tokens=grant[0],
+            max_joules=grant[1],
+            earlier_curves=_curves(ctx.book.trials(cid)),
+        )
+        try:
+            row = runner.run(plan, row)
+            return settle(ctx, runner.study, plan, row, allowance.trials)
+        finally:
+            if ctx.budget is not None:
+                ctx.budget.release(plan.key)  # on the ledger now (or it never ran)
+
     def _reserve(
-        self, key: str, tokens: int, joules: float, cid: str, i: int
+        self, key: str, budget: TrialBudget, expected_j: float, cid: str, i: int
     ) -> tuple[int, float] | None:
         """Reserve the trial's tokens and joules in the factory's budgets (so concurrent
         trials of other lines cannot overrun them together); None when nothing is left."""
         ctx = self.ctx
+        tokens, joules = budget.max_tokens, budget.max_joules
         if ctx.budget is None:
             return tokens, joules
-        grant = ctx.budget.reserve(key, tokens, joules)
+        grant = ctx.budget.reserve(key, tokens, joules, ctx.stop_event, expected_j)
         if grant.action is not None:
             ctx.record(grant.action, cid, f"energy:reserve:{i:03d}")
         if grant.tokens <= 0 or grant.joules <= 0:

@@ -6,8 +6,8 @@ is settled on the ledger, so concurrent trials of several lines cannot overrun a
 limit together; the worker stops a trial at its reserved joules (checked every second), so
 a line overshoots its allowance by at most one reporting interval. A cycle's evaluation is
 reserved (at an estimate) when the cycle plans its trials. A line whose share holds no
-useful part of a trial waits while other lines' trials hold reservations (what they leave
-unspent comes back), and stops when nothing can come back today.
+useful part of a trial waits while other lines are training (what they leave unspent comes
+back), and stops when nothing can come back today.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ class FactoryBudget:
         self._changed = threading.Condition(self._lock)  # a reservation ended
         self._lines: dict[str, _Claimant] = {}
         self._reserved: dict[str, tuple[str, int, float]] = {}  # key -> line, tokens, joules
+        self._waiting: set[str] = set()  # lines waiting in `reserve` for a share
 
     # the factory's side ------------------------------------------------------------------
 
@@ -142,14 +143,17 @@ class FactoryBudget:
             previous_joules=c.previous.allowed_joules if c.previous else None,
         )
 
-    def _held_by_others(self, name: str) -> bool:
-        """Do other lines' trials hold reservations right now? (An evaluation's reservation
-        does not count: its line may itself be waiting for a trial's share, and two lines
-        must never wait for each other.)"""
+    def _others_active(self, name: str) -> bool:
+        """Is another line's training under way: a trial holding a reservation, or trials
+        still wanted by a line that is not itself waiting for a share? What they leave
+        unspent comes back, so waiting for them is worth it. (Evaluations never count, and
+        neither do lines that wait: two lines never wait for each other.)"""
+        for key, (line, _, _) in self._reserved.items():
+            if line != name and not key.endswith(_EVAL_SUFFIX):
+                return True
         return any(
-            line != name
-            for key, (line, _, _) in self._reserved.items()
-            if not key.endswith(_EVAL_SUFFIX)
+            other != name and c.demand.trials > 0 and other not in self._waiting
+            for other, c in self._lines.items()
         )
 
     # the lines' side ------------------------------------------------------------------------
@@ -159,12 +163,17 @@ class FactoryBudget:
         with self._lock:
             self._lines[name].demand = want
             self._reserved[eval_key(cid)] = (name, 0, eval_j)
-            return self._allocate(), self._held_by_others(name)
+            return self._allocate(), self._others_active(name)
 
-    def want(self, name: str, trials: int) -> None:
-        with self._lock:
+    def want(self, name: str, trials: int, joules_per_trial: float | None = None) -> None:
+        """How many more trials the line wants, and what each costs as measured so far."""
+        with self._changed:
             if name in self._lines:
-                self._lines[name].demand.trials = trials
+                demand = self._lines[name].demand
+                demand.trials = trials
+                if joules_per_trial:
+                    demand.joules_per_trial = joules_per_trial
+            self._changed.notify_all()  # a line that wants less may free the others
 
     def reserve(
         self,
@@ -188,9 +197,13 @@ class FactoryBudget:
                 need_j = min(joules, expected_j) if expected_j > 0 else joules
                 useful = t >= PARTIAL_TRIAL * tokens and j >= PARTIAL_TRIAL * need_j
                 stopping = stop is not None and stop.is_set()
-                if useful or stopping or not self._held_by_others(name):
+                if useful or stopping or not self._others_active(name):
                     break
-                self._changed.wait(_WAIT_S)
+                self._waiting.add(name)
+                try:
+                    self._changed.wait(_WAIT_S)
+                finally:
+                    self._waiting.discard(name)
             if not useful:
                 t, j = 0, 0.0
             if t > 0 and j > 0:
@@ -242,9 +255,10 @@ class LineBudget:
         )
         return Share(shared, allowance)
 
-    def want(self, trials: int) -> None:
-        """How many more trials the line wants now (0: idle, its share is lendable)."""
-        self.factory.want(self.name, trials)
+    def want(self, trials: int, joules_per_trial: float | None = None) -> None:
+        """How many more trials the line wants now (0: idle, its share is lendable), and
+        what one costs as measured in this cycle (the plan's estimate until then)."""
+        self.factory.want(self.name, trials, joules_per_trial)
 
     def reserve(
         self,

@@ -101,7 +101,9 @@ def test_spend_on_the_ledger_counts_and_an_idle_guarantee_is_lent(store: Store) 
     share = budget.line("a").plan("a-c1", _obs(), _policy("a"), eval_j=100.0)
     assert share.observation.share_joules_left is not None
     assert share.observation.share_joules_left <= 500.0 - 100.0 + 1e-6
-    assert b.reserve("b:2", 100_000, TRIAL_J).joules == 0
+    stopping = threading.Event()
+    stopping.set()  # (a line training would make b wait for what a leaves: see below)
+    assert b.reserve("b:2", 100_000, TRIAL_J, stop=stopping).joules == 0
     events = [e for e in AuditLog(store).events(agent="energy") if e.action == "allocate"]
     assert len(events) == 1 and events[0].line == "a" and events[0].cycle_id == "a-c1"
     budget.line("a").release(eval_key("a-c1"))
@@ -113,3 +115,20 @@ def test_a_trial_capped_high_reserves_what_the_share_holds(store: Store) -> None
     budget = _budget(store)
     grant = budget.line("a").reserve("a:1", 100_000, 9e6, expected_j=TRIAL_J)
     assert 0.25 * TRIAL_J <= grant.joules <= 3000 and grant.action is None
+
+
+def test_a_line_waits_while_another_still_wants_trials_and_goes_when_it_is_done(
+    store: Store,
+) -> None:
+    budget = _budget(store)
+    a, b = budget.line("a"), budget.line("b")
+    a.plan("a-c1", _obs(), _policy("a"), eval_j=0.0)  # a wants 3 trials: 3000 J by priority
+    got: list[float] = []
+    waiter = threading.Thread(target=lambda: got.append(b.reserve("b:1", 100_000, TRIAL_J).joules))
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive()  # a's trials come first, and may leave some over
+    a.want(0)  # a is done: what it did not spend is b's
+    waiter.join(10)
+    assert got == [TRIAL_J]
+    budget.line("a").release(eval_key("a-c1"))

@@ -147,8 +147,10 @@ class TrainerNode:
             ctx.policy,
         )
         grant = None
-        if budget is not None:
-            grant = self._reserve(plan.key, budget, allowance.joules_per_trial, cid, i)
+        if budget is not None:  # a trial's need: as measured in this cycle, else the plan's
+            spent = [x.joules for x in summaries if x.joules > 0]
+            expected_j = sum(spent) / len(spent) if spent else allowance.joules_per_trial
+            grant = self._reserve(plan.key, budget, expected_j, cid, i)
         if grant is None:
             if refusal is not None:
                 ctx.record(refusal, cid, f"trainer:skip:{i:03d}")
@@ -165,10 +167,14 @@ class TrainerNode:
         )
         try:
             row = runner.run(plan, row)
-            return settle(ctx, runner.study, plan, row, allowance.trials)
+            row = settle(ctx, runner.study, plan, row, allowance.trials)
         finally:
             if ctx.budget is not None:
                 ctx.budget.release(plan.key)  # on the ledger now (or it never ran)
+        if ctx.budget is not None:  # what a trial costs here, measured: a truer demand
+            done = [*summaries, _summary(row)]
+            ctx.budget.want(allowance.trials - i - 1, sum(s.joules for s in done) / len(done))
+        return row
 
     def _reserve(
         self, key: str, budget: TrialBudget, expected_j: float, cid: str, i: int

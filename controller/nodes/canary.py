@@ -91,6 +91,7 @@ class RolloutStage:
     # canary ----------------------------------------------------------------------------
 
     def canary(self, state: CycleState) -> dict[str, Any]:
+        """One step: put the challenger at the step's weight, hold it, judge, act."""
         ctx, cid = self.ctx, state["cycle_id"]
         assert ctx.rollouts is not None
         row = ctx.rollouts.for_cycle(cid)
@@ -107,30 +108,59 @@ class RolloutStage:
             return self._promote(cid, row.challenger_version, f"canary ended: {why}")
         if row.decision == "abort":
             return self._aborted(cid, row, step, weight)
-        ctx.rollouts.update(
+        ended = self._put_in_service(cid, row, step, weight)
+        if ended is not None:
+            return ended
+        ctx.reporter.info(
+            f"[deployer] canary step {step + 1}/{len(steps)}: v{row.challenger_version} takes "
+            f"{weight:g}% for {spec.step_interval_s:g} s"
+            + (f" (extension {extensions})" if extensions else "")
+        )
+        held = self._hold(cid, row, step, weight, spec.step_interval_s)
+        if isinstance(held, dict):
+            return held
+        return self._judge(state, cid, row, (step, len(steps), weight, extensions), held)
+
+    def _put_in_service(self, cid: str, row: Any, step: int, weight: float) -> Any:
+        """The step's weight into the rollout row (serving follows); None when serving
+        carries the challenger, else the rollback that ends the canary."""
+        ctx = self.ctx
+        ctx.rollouts.update(  # type: ignore[union-attr]
             cid, step=step, weight_pct=weight, status="running", clear_decision=True
         )
         ctx.on_champion_changed()
-        served = ctx.traffic.challenger
-        serving = ctx.traffic.current
-        if served is None or served[0].version != row.challenger_version or serving is None:
+        served = ctx.traffic.challenger  # type: ignore[union-attr]
+        if (
+            served is None
+            or served[0].version != row.challenger_version
+            or (
+                ctx.traffic.current is None  # type: ignore[union-attr]
+            )
+        ):
             return self._roll_back(
                 cid,
                 row.challenger_version,
                 "the challenger could not be put in service (see the deployer's serve event)",
                 {"step": step, "weight_pct": weight},
             )
-        ctx.traffic.take_window()  # what came before this step is not its evidence
-        ctx.reporter.info(
-            f"[deployer] canary step {step + 1}/{len(steps)}: v{row.challenger_version} takes "
-            f"{weight:g}% for {spec.step_interval_s:g} s"
-            + (f" (extension {extensions})" if extensions else "")
-        )
+        ctx.traffic.take_window()  # type: ignore[union-attr]  # earlier traffic is not evidence
+        return None
+
+    def _hold(
+        self, cid: str, row: Any, step: int, weight: float, interval_s: float
+    ) -> tuple[LiveWindow, list[tuple[float, float]]] | dict[str, Any]:
+        """Hold the step for its interval, scoring sampled prompts as they come: (the step's
+        window, the paired losses), or what ended the rollout meanwhile."""
+        ctx = self.ctx
+        traffic = ctx.traffic
+        assert traffic is not None
+        serving, served = traffic.current, traffic.challenger
+        assert serving is not None and served is not None
         scorer = _PairedScorer(serving.generator, served[0].generator, ctx.reporter)
         try:
-            deadline = time.monotonic() + spec.step_interval_s
+            deadline = time.monotonic() + interval_s
             while time.monotonic() < deadline:
-                scorer.offer(ctx.traffic.take_prompts())
+                scorer.offer(traffic.take_prompts())
                 if ctx.stop_event.wait(
                     min(ctx.runtime.canary_poll_s, max(0.0, deadline - time.monotonic()))
                 ):
@@ -138,15 +168,30 @@ class RolloutStage:
                 ended = self._interference(cid, row, step, weight)
                 if ended is not None:
                     return ended
-            window = ctx.traffic.take_window()
+            window = traffic.take_window()
             scorer.offer(window.prompts)
-            pairs = scorer.finish(_FINAL_SCORING_S)
+            return window, scorer.finish(_FINAL_SCORING_S)
         finally:
             scorer.close()
+
+    def _judge(
+        self,
+        state: CycleState,
+        cid: str,
+        row: Any,
+        where: tuple[int, int, float, int],
+        held: tuple[LiveWindow, list[tuple[float, float]]],
+    ) -> dict[str, Any]:
+        """The canary agent's verdict on the step's evidence (with an extension's carried
+        over), audited, then its next move."""
+        ctx, spec = self.ctx, self.ctx.policy.rollout
+        assert spec is not None
+        step, n_steps, weight, extensions = where
+        window, scored = held
         carry = (state.get("canary_carry") or {}) if extensions else {}
         champion = _figures(window, row.champion_version).merged(_kept(carry.get("champion")))
         challenger = _figures(window, row.challenger_version).merged(_kept(carry.get("challenger")))
-        pairs = [tuple(x) for x in carry.get("pairs", [])] + pairs
+        pairs = [tuple(x) for x in carry.get("pairs", [])] + scored
         so_far = _kept(state.get("canary_champion")).merged(_figures(window, row.champion_version))
         verdict = judge_step(
             step=step,
@@ -167,7 +212,7 @@ class RolloutStage:
         ctx.record(action, cid, f"canary:step{step}:{extensions}")
         ctx.reporter.info(f"[deployer] {action.reason}")
         move = next_move(
-            verdict.outcome, step=step, n_steps=len(steps), extensions=extensions, policy=spec
+            verdict.outcome, step=step, n_steps=n_steps, extensions=extensions, policy=spec
         )
         base: dict[str, Any] = {"canary_champion": _dump(so_far), "canary_carry": {}}
         ended = self._interference(cid, row, step, weight)  # a last word before acting
@@ -192,7 +237,14 @@ class RolloutStage:
             return base | self._roll_back(
                 cid, row.challenger_version, action.reason, action.figures
             )
-        ctx.rollouts.update(cid, status="paused", reason=action.reason)
+        return base | self._pause(cid, row, step, weight, extensions, action.reason)
+
+    def _pause(
+        self, cid: str, row: Any, step: int, weight: float, extensions: int, reason: str
+    ) -> dict[str, Any]:
+        """Too little evidence and the policy says wait: a person answers (interrupt next)."""
+        ctx = self.ctx
+        ctx.rollouts.update(cid, status="paused", reason=reason)  # type: ignore[union-attr]
         ctx.record(
             Action(
                 "deployer",
@@ -206,7 +258,7 @@ class RolloutStage:
             cid,
             f"canary:pause{step}:{extensions}",
         )
-        return base | {"rollout": "paused"}
+        return {"rollout": "paused"}
 
     def canary_review(self, state: CycleState) -> dict[str, Any]:
         """Wait for a person's answer to a paused step (an interrupt that survives restarts).

@@ -181,10 +181,12 @@ class FactoryBudget:
         key: str,
         ask: tuple[int, float, float],
         stop: threading.Event | None,
+        wait: bool = True,
     ) -> tuple[int, float, str]:
         """(tokens, joules, why) reserved for a trial that may use up to `ask` = (tokens,
-        joules, and the joules it is expected to need); waits while the share holds less
-        than a useful part of it and other lines' trials hold reservations."""
+        joules, and the joules it is expected to need); waits (unless told not to) while
+        the share holds less than a useful part of it and other lines' trials hold
+        reservations."""
         tokens, joules, expected_j = ask
         with self._changed:
             demand = self._lines[name].demand
@@ -197,7 +199,7 @@ class FactoryBudget:
                 need_j = min(joules, expected_j) if expected_j > 0 else joules
                 useful = t >= PARTIAL_TRIAL * tokens and j >= PARTIAL_TRIAL * need_j
                 stopping = stop is not None and stop.is_set()
-                if useful or stopping or not self._others_active(name):
+                if useful or stopping or not wait or not self._others_active(name):
                     break
                 self._waiting.add(name)
                 try:
@@ -267,10 +269,14 @@ class LineBudget:
         joules: float,
         stop: threading.Event | None = None,
         expected_j: float = 0.0,
+        wait: bool = True,
     ) -> Grant:
         """Reserve a trial's tokens and joules (at most what it may use, at most the line's
-        current allowance); `expected_j`, what it should need, says what is worth running."""
-        t, j, reason = self.factory.reserve(self.name, key, (tokens, joules, expected_j), stop)
+        current allowance); `expected_j`, what it should need, says what is worth running.
+        ``wait=False``: answer at once (the line has trials of its own running)."""
+        t, j, reason = self.factory.reserve(
+            self.name, key, (tokens, joules, expected_j), stop, wait
+        )
         return _grant(tokens, min(joules, expected_j) if expected_j > 0 else joules, t, j, reason)
 
     def release(self, key: str) -> None:

@@ -390,6 +390,7 @@ def _status_data(
             "served_version": state.served_version,
             "energy": state.energy_source,
             "telemetry": json.loads(state.telemetry or "{}"),
+            "cluster": json.loads(state.cluster or "{}"),
         },
         "pending_approvals": [
             {"id": a.id, "cycle": a.cycle_id, "version": a.version}
@@ -461,12 +462,37 @@ def _print_status(out: dict[str, Any], console: Console) -> None:
             highlight=False,
             markup=False,
         )
+        for text in _cluster_lines(d["cluster"]):
+            console.print(text, highlight=False, markup=False)
     for a in out["pending_approvals"]:
         console.print(
             f"  approval {a['id']}: v{a['version']} from {a['cycle']} is waiting",
             highlight=False,
             markup=False,
         )
+
+
+def _cluster_lines(view: dict[str, Any]) -> list[str]:
+    """Where trials run: the cluster, its nodes with their resources, trials running where."""
+    if not view:
+        return []
+    head = f"  cluster:     {view.get('kind', '?')}"
+    if view.get("address"):
+        head += f" at {view['address']}"
+    if "slots" in view:
+        head += f", {view.get('slots_in_use', 0)}/{view['slots']} slot(s) in use"
+    out = [head]
+    for n in view.get("nodes", []):
+        res = ", ".join(
+            f"{k} {v:g}"
+            for k, v in sorted((n.get("resources") or {}).items())
+            if k not in ("memory", "object_store_memory")
+        )
+        state = "alive" if n.get("alive") else "dead"
+        out.append(f"    node {n.get('node')}: {state}" + (f" ({res})" if res else ""))
+    for key, where in sorted((view.get("running") or {}).items()):
+        out.append(f"    trial {key} on {where}")
+    return out
 
 
 def _status_all(

@@ -113,6 +113,7 @@ class LineContext:
     budget: LineBudget | None = None  # this line's share of the factory's budgets
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     study_storage: Callable[[], Any] = lambda: None  # the factory's one Optuna storage
+    trial_slots: Callable[[], int] = lambda: 1  # the factory's slots: caps parallel_trials
     # held around in-process energy windows (evaluation, drift): process CPU time would
     # count two lines' concurrent windows twice
     measuring: threading.Lock = field(default_factory=threading.Lock)

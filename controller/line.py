@@ -11,6 +11,7 @@ cycle mixes two policy versions.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import threading
@@ -26,7 +27,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from rich.console import Console
 
 from adapters.cluster import make_cluster, reconfigure
-from adapters.cluster.base import Cluster
+from adapters.cluster.base import Cluster, ClusterView
 from adapters.cluster.slots import SlotPool, SlottedCluster
 from adapters.data_sources import make_source
 from adapters.llm import make_advisor
@@ -159,6 +160,7 @@ class ProductionLine:
             rollouts=s.rollouts,
             runtime=st.runtime,
             study_storage=s.study_storage,
+            trial_slots=lambda: s.slots.slots,
             measuring=s.measuring,
         )
         self._wire_gpu(ctx)
@@ -401,7 +403,18 @@ class ProductionLine:
             "policy_path": str(self.path),
             "owner": self.spec.owner,
             "energy_source": s.energy_note,
+            "cluster": json.dumps(self._cluster_view(stopped), sort_keys=True, default=str),
         }
+
+    def _cluster_view(self, stopped: bool) -> dict[str, Any]:
+        """Where this line's trials run: the cluster's nodes and trials running where."""
+        cluster = self.ctx.cluster
+        if stopped or not isinstance(cluster, ClusterView):
+            return {}
+        try:
+            return cluster.status()
+        except Exception as exc:  # a view is never worth a failed heartbeat
+            return {"error": f"{type(exc).__name__}: {exc}"}
 
     # scheduling ---------------------------------------------------------------------------
 
@@ -472,6 +485,8 @@ class ProductionLine:
             serving.server.line(self.name).max_tokens_limit = policy.serving.max_tokens
         if self.services.budget is not None:
             self.services.budget.set_line(self.name, self.spec, policy)
+        if not self.services.many_lines:  # a factory of one line: its slots are its own
+            self.services.slots.resize(policy.tuning.parallel_trials, timeout_s=0)
         ctx.audit.append(
             agent="controller",
             action="reload_policy",

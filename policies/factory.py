@@ -258,10 +258,15 @@ def _duplicate_names(
 
 
 def single_line_factory(policy_path: str | Path) -> Factory:
-    """`--policy FILE`: a factory of that one line, with no factory limits and one slot."""
+    """`--policy FILE`: a factory of that one line, with no factory limits and as many slots
+    as the line runs trials at once (``tuning.parallel_trials``)."""
     p = Path(policy_path)
     policy = load_policy(p)
-    spec = FactoryPolicy(name=policy.name, lines=[LineSpec(policy=str(p), owner="default")])
+    spec = FactoryPolicy(
+        name=policy.name,
+        lines=[LineSpec(policy=str(p), owner="default")],
+        limits=FactoryLimits(slots=policy.tuning.parallel_trials),
+    )
     return Factory(spec=spec, path=None, lines=(FactoryLine(spec.lines[0], p.resolve(), policy),))
 
 

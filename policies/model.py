@@ -170,6 +170,13 @@ class TuningPolicy(_Strict):
         default_factory=lambda: {"d_model": 128, "n_layers": 2, "n_heads": 4, "context": 128}
     )
     warm_start: bool = True
+    parallel_trials: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Trials of a cycle that run at once (capped by the factory's slots); "
+        "TPE then samples with a constant liar so concurrent trials spread out.",
+    )
     baseline: dict[str, int | float | str | bool] | None = Field(
         default=None,
         description="The operator's known-good configuration: the first trial of a cold study.",
@@ -336,6 +343,46 @@ class LocalClusterPolicy(_Strict):
     )
 
 
+class RayClusterPolicy(_Strict):
+    """Trials on a Ray cluster: each runs in a Ray actor with the resources asked here, its
+    artefact sent back through Ray's object store, its energy measured on the node it ran on.
+    Ray is imported only in the daemon's driver processes, never in the daemon itself."""
+
+    kind: Literal["ray"]
+    address: str | None = Field(
+        default=None,
+        description="'auto', 'host:port' of a running cluster's head; none: start a head "
+        "on this machine for the daemon (stopped when it exits).",
+    )
+    num_cpus: float = Field(default=1.0, ge=0, description="CPUs a trial reserves.")
+    num_gpus: float | None = Field(
+        default=None,
+        ge=0,
+        description="GPUs a trial reserves; default 1 when its device asks for a GPU "
+        "('cuda...'), else 0.",
+    )
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources a trial needs, e.g. {gpu_a: 1}."
+    )
+    max_retries: int = Field(
+        default=1,
+        ge=0,
+        le=10,
+        description="Runs of a trial on another node after its node "
+        "was lost (the trial fails after that).",
+    )
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Ray's runtime_env for the trials (e.g. env_vars, py_modules for a "
+        "workload that the nodes do not have installed); passed to Ray as written.",
+    )
+    reuse_workers: bool = Field(
+        default=True, description="Keep a trial's actor (its torch import) for the next trial."
+    )
+    worker_idle_s: float = Field(default=300.0, gt=0)
+    max_trials_per_worker: int = Field(default=50, ge=1)
+
+
 def _local_unless_said(value: Any) -> Any:
     """A cluster section without ``kind`` is local: files written before there was a choice."""
     if isinstance(value, dict) and "kind" not in value:
@@ -344,7 +391,7 @@ def _local_unless_said(value: Any) -> Any:
 
 
 ClusterPolicy = Annotated[
-    LocalClusterPolicy,  # the next adapter adds its member here: `| RayClusterPolicy`
+    LocalClusterPolicy | RayClusterPolicy,
     BeforeValidator(_local_unless_said),
     Field(discriminator="kind"),
 ]
@@ -433,11 +480,14 @@ class Policy(_Strict):
     advisor: AdvisorPolicy | None = None
 
     def canonical_json(self) -> str:
-        """Stable text form; the policy version is its hash. The cluster's default `kind`
-        is left out, so a policy written before kinds existed keeps its version."""
+        """Stable text form; the policy version is its hash. Settings added since policies
+        were first versioned are left out while at their default (the cluster's `kind`,
+        `tuning.parallel_trials`), so a policy written before them keeps its version."""
         data = self.model_dump(mode="json")
         if data["cluster"].get("kind") == "local":
             del data["cluster"]["kind"]
+        if data["tuning"].get("parallel_trials") == 1:
+            del data["tuning"]["parallel_trials"]
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @functools.cached_property

@@ -7,15 +7,19 @@ elsewhere those tests skip with the reason.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 #: The one AIFACTORY_* variable the tests keep: where their PostgreSQL server is.
-KEPT_AIFACTORY_VARIABLES = frozenset({"AIFACTORY_TEST_PG"})
+KEPT_AIFACTORY_VARIABLES = frozenset({"AIFACTORY_TEST_PG", "AIFACTORY_TEST_RAY"})
 
 # Isolation from the operator's shell: an exported AIFACTORY_DB_URL or AIFACTORY_STATE_DIR
 # must never reach the code under test, or the daemons and CLIs the tests start (they
@@ -90,6 +94,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("pg_url")
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def e2e_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A daemon's database: SQLite in its state directory, or a fresh PostgreSQL one."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state' / 'aifactory.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
 @pytest.fixture
 def store(db_url: str) -> Iterator[Store]:
     s = Store(db_url)
@@ -109,3 +121,66 @@ def server() -> Iterator[ServingServer]:
         yield srv
     finally:
         srv.stop()
+
+
+class LoopbackRay:
+    """A Ray cluster on loopback for the tests: a head (resource ``head_node``) and a second
+    node (``node_1``), one CPU each; tests add and kill nodes of their own on it."""
+
+    def __init__(self, address: str, nodes: list[Any]) -> None:
+        self.address = address
+        self.nodes = nodes  # the nodes the tests started (stopped at the end), by pid
+
+    def add_node(self, resources: dict[str, float]) -> Any:
+        from adapters.cluster.ray_nodes import LOOPBACK_STORE_BYTES, add_node
+
+        node = add_node(self.address, 1, resources, LOOPBACK_STORE_BYTES)
+        self.nodes.append(node)
+        return node
+
+    def alive_actors(self) -> list[dict[str, Any]]:
+        """The live actors of the project's namespace, read in a process of its own (a test
+        process must not become a Ray driver)."""
+        code = (
+            "import json, ray\n"
+            f"ray.init(address='{self.address}', namespace='aifactory', log_to_driver=False)\n"
+            "from ray._private import state\n"
+            "acts = [a for a in state.actors().values() if a.get('State') == 'ALIVE']\n"
+            "print(json.dumps([{'id': a.get('ActorID'), 'class': a.get('ActorClassName')}"
+            " for a in acts]))\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[LoopbackRay]:
+    """The loopback cluster `.ci/run` started (AIFACTORY_TEST_RAY), else one started here
+    (and stopped at the end, by the ids of what was started). Without Ray: a failure in CI,
+    a skip with the reason elsewhere."""
+    address = os.environ.get("AIFACTORY_TEST_RAY")
+    if address:
+        cluster = LoopbackRay(address, [])
+    else:
+        try:
+            from adapters.cluster.ray_nodes import LOOPBACK_STORE_BYTES, start_head
+
+            head = start_head(None, 1, {"head_node": 1}, LOOPBACK_STORE_BYTES)
+            cluster = LoopbackRay(head.address, [head])
+            try:
+                cluster.add_node({"node_1": 1})
+            except Exception:
+                head.stop()
+                raise
+        except Exception as exc:
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"CI requires a Ray cluster: {exc}")
+            pytest.skip(f"cannot start a Ray cluster here: {exc}")
+    try:
+        yield cluster
+    finally:
+        for node in reversed(cluster.nodes):
+            node.stop()

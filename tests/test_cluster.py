@@ -193,7 +193,7 @@ def test_a_stopped_trial_leaves_its_worker_ready(tmp_path: Path, text_files: tup
             job(tmp_path, text_files, max_tokens=50_000_000), should_stop=stop.is_set
         )
         with contextlib.suppress(OSError):
-            cluster._worker.conn.send("stop")  # type: ignore[union-attr]  # a late, stale one
+            cluster._idle[-1].conn.send("stop")  # a late, stale one
         after = cluster.run(job(tmp_path, text_files))
     finally:
         cluster.close()

@@ -1,5 +1,6 @@
-"""One contract for every cluster (adapters/cluster/base.py): LocalProcessCluster, and the
-same inside a SlottedCluster over a one-slot pool shared with nobody.
+"""One contract for every cluster (adapters/cluster/base.py): LocalProcessCluster, the
+same inside a SlottedCluster over a one-slot pool shared with nobody, and RayCluster on a
+loopback Ray cluster (its worker is the driver process; the trial runs in a Ray actor).
 
 Tiny real trials in real worker processes: a good one returns ok with its energy, a crash
 fails that trial only, ``should_stop`` interrupts a running trial, ``close`` frees the
@@ -18,7 +19,9 @@ import pytest
 from crashy_workloads import params
 
 from adapters.cluster import Cluster, LocalProcessCluster, SlotPool, SlottedCluster, TrialJob
+from adapters.cluster.ray import RayCluster
 from adapters.workload.protocol import TrainRequest
+from policies.model import RayClusterPolicy
 
 WATTS_PER_CORE = 10.0
 
@@ -32,11 +35,20 @@ class Under:
         return self.pool is None or (self.pool.in_use == 0 and self.pool.holders() == [])
 
 
-@pytest.fixture(params=["local", "slotted"])
+@pytest.fixture(params=["local", "slotted", "ray"])
 def under(request: pytest.FixtureRequest) -> Iterator[Under]:
-    local = LocalProcessCluster()
+    if request.param == "ray":  # on the loopback cluster; the tests' own workloads travel
+        ray = request.getfixturevalue("ray_cluster")
+        spec = RayClusterPolicy(
+            kind="ray",
+            address=ray.address,
+            runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}},
+        )
+        inner: Cluster = RayCluster(spec)
+    else:
+        inner = LocalProcessCluster()
     pool = SlotPool(1) if request.param == "slotted" else None
-    cluster: Cluster = local if pool is None else SlottedCluster(local, pool, "line-a")
+    cluster: Cluster = inner if pool is None else SlottedCluster(inner, pool, "line-a")
     yield Under(cluster, pool)
     cluster.close()
 

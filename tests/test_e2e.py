@@ -400,13 +400,6 @@ def test_one_cycle_on_postgresql(tmp_path: Path, pg_url: str) -> None:
     store.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def e2e_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'state' / 'aifactory.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
 def test_approval_survives_restart_then_resumes(tmp_path: Path, e2e_db: str) -> None:
     state = tmp_path / "state"
     pol = policy_file(tmp_path, **{"gates:": "approval: required\ngates:"})

@@ -1,16 +1,18 @@
 """The cluster seam: run one training trial somewhere and report back.
 
 Contract: `run` blocks until the trial ends and never raises for a trial's own failure
-(a crash, an exception, a NaN); those come back as a `TrialOutcome` with status
+(a crash, an exception, a NaN, a lost node); those come back as a `TrialOutcome` with status
 "failed". It returns status "interrupted" when `should_stop` turned true (the daemon is
 shutting down): the trial was stopped and may be run again with the same parameters.
+`run` may be called from several threads at once (parallel trials); each call runs its own
+trial in its own worker.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from adapters.energy import EnergyReading
 from adapters.workload.protocol import TrainProgress, TrainRequest, TrainResult
@@ -39,6 +41,8 @@ class TrialOutcome:
     startup_energy: EnergyReading | None = None
     worker_pid: int | None = None
     worker_trial: int = 0  # 1 for a fresh worker's first trial, 2 for its second, ...
+    node: str = ""  # where it ran: "local:<host>" or "ray:<node id>@<ip>"
+    lost: tuple[str, ...] = ()  # earlier attempts lost with their node, and why (retried)
 
 
 class Cluster(Protocol):
@@ -56,4 +60,13 @@ class Cluster(Protocol):
 
     def close(self) -> None:
         """Free whatever the cluster keeps between trials (idle workers)."""
+        ...
+
+
+@runtime_checkable
+class ClusterView(Protocol):
+    """A cluster that can say what it is made of, for `aifactory status`."""
+
+    def status(self) -> dict[str, Any]:
+        """Its kind, nodes (with their resources) and trials running where."""
         ...

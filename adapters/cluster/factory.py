@@ -20,6 +20,7 @@ __all__ = ["ADAPTERS", "ConfigurableCluster", "make_cluster", "reconfigure"]
 #: ``cluster.kind`` -> ``"module:Class"``; the class has ``from_spec(spec)``.
 ADAPTERS: dict[str, str] = {
     "local": "adapters.cluster.local:LocalProcessCluster",
+    "ray": "adapters.cluster.ray:RayCluster",
 }
 
 

@@ -11,9 +11,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from adapters.cluster.base import Cluster, TrialJob, TrialOutcome
+from adapters.cluster.base import Cluster, ClusterView, TrialJob, TrialOutcome
 from adapters.cluster.factory import reconfigure
 from adapters.workload.protocol import TrainProgress
 
@@ -142,3 +142,8 @@ class SlottedCluster:
 
     def close(self) -> None:
         self.inner.close()
+
+    def status(self) -> dict[str, Any]:
+        """The inner cluster's view, with the factory's slots."""
+        view = self.inner.status() if isinstance(self.inner, ClusterView) else {}
+        return view | {"slots": self.pool.slots, "slots_in_use": self.pool.in_use}

@@ -55,8 +55,10 @@ class Ledger:
         cycle_id: str | None = None,
         day: str | None = None,
         model_version: int | None = None,
+        node: str | None = None,
     ) -> bool:
-        """Record once; returns False when this key was already on the books."""
+        """Record once; returns False when this key was already on the books. ``node``:
+        where a trial ran (the node its energy was measured on)."""
         row = LedgerRow(
             key=key,
             policy_name=policy_name,
@@ -68,6 +70,7 @@ class Ledger:
             method=method,
             created_at=utcnow_iso(),
             model_version=model_version,
+            node=node,
         )
         with self.store.session() as s:
             if s.get(LedgerRow, key) is not None:

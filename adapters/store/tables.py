@@ -170,6 +170,7 @@ class LedgerRow(SQLModel, table=True):
     method: str = ""  # measured | estimated | unmetered
     model_version: int | None = None  # serving rows: which version answered
     created_at: str = ""
+    node: str | None = Field(default=None, max_length=200)  # training rows: where it ran
 
 
 class DaemonStateRow(SQLModel, table=True):
@@ -188,6 +189,7 @@ class DaemonStateRow(SQLModel, table=True):
     energy_source: str = ""
     telemetry: str = Field(default="{}", sa_column=Column(Text, nullable=True))
     owner: str | None = Field(default=None, max_length=64)  # the line's team (chargeback)
+    cluster: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # JSON
 
 
 class ApprovalRow(SQLModel, table=True):

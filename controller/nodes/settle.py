@@ -38,6 +38,7 @@ def settle(
     )
     _tell(study, row, ok, pruned, [bpb, cost] if multi else bpb)
     params = json.loads(row.params)
+    _audit_lost_nodes(ctx, plan, row, r)
     figures = {k: v for k, v in r.items() if k != "artefact_path"} | {"params": params}
     text = label(plan, row, params, n)
     audit_key = f"trainer:trial:{plan.index:03d}"
@@ -45,7 +46,7 @@ def settle(
         ctx.record(
             prune_action(row.optuna_number, tokens, figures, ctx.policy), row.cycle_id, audit_key
         )
-        ctx.reporter.trial_finished(f"{text}: pruned after {tokens:,} tokens")
+        ctx.reporter.trial_finished(f"{text}: pruned after {tokens:,} tokens", row.key)
         row.status = "pruned"
     elif ok:
         ctx.record(
@@ -63,7 +64,8 @@ def settle(
         method = r.get("energy_method") or "estimated"
         tpj = f", {tokens / joules:,.0f} tokens/J {method}" if joules else ""
         ctx.reporter.trial_finished(
-            f"{text}: {bpb:.4f} bits/byte, {tokens:,} tokens, {joules:,.0f} J {method}{tpj}"
+            f"{text}: {bpb:.4f} bits/byte, {tokens:,} tokens, {joules:,.0f} J {method}{tpj}",
+            row.key,
         )
         row.status = "complete"
     else:
@@ -79,10 +81,32 @@ def settle(
             row.cycle_id,
             audit_key,
         )
-        ctx.reporter.trial_finished(f"{text}: FAILED ({first_error})")
+        ctx.reporter.trial_finished(f"{text}: FAILED ({first_error})", row.key)
         row.status = "failed"
     ctx.book.put_trial(row)
     return row
+
+
+def _audit_lost_nodes(
+    ctx: LineContext, plan: TrialPlan, row: TrialRunRow, r: dict[str, Any]
+) -> None:
+    """Each attempt of the trial lost with its node (and run again, or failed after the
+    last retry) is an audit event of its own."""
+    lost = list(r.get("lost_attempts") or [])
+    for n, why in enumerate(lost):
+        again = n + 1 < len(lost) or row.status == "trained"
+        ctx.record(
+            Action(
+                "trainer",
+                "retry_trial" if again else "lose_trial",
+                "taken" if again else "failed",
+                f"trial {row.optuna_number}: {why}; "
+                + ("run again on another node" if again else "no retry left"),
+                {"attempt": n + 1, "lost": why, "ran_on": r.get("node") or None},
+            ),
+            row.cycle_id,
+            f"trainer:trial:{plan.index:03d}:lost:{n + 1}",
+        )
 
 
 def _book(
@@ -96,6 +120,7 @@ def _book(
         tokens=tokens,
         joules=joules,
         method=r.get("energy_method") or "estimated",
+        node=r.get("node") or None,
     )
     worker = r.get("worker") or {}
     if worker.get("startup_joules"):
@@ -105,6 +130,7 @@ def _book(
             row.cycle_id,
             float(worker["startup_joules"]),
             worker.get("startup_method") or "estimated",
+            r.get("node") or None,
         )
 
 

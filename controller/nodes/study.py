@@ -33,7 +33,9 @@ def open_study(
     sampler: optuna.samplers.BaseSampler = (
         optuna.samplers.RandomSampler(seed=seed)
         if tuning.sampler == "random"
-        else optuna.samplers.TPESampler(seed=seed)
+        # a constant liar: trials running at once (parallel_trials) count as bad results
+        # while they run, so concurrent asks do not all sample the same point
+        else optuna.samplers.TPESampler(seed=seed, constant_liar=True)
     )
     # pruning is decided by agents.trainer.should_prune on token-aligned loss curves
     # (progress arrives at irregular token counts, which step-indexed pruners cannot compare)

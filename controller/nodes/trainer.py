@@ -1,5 +1,6 @@
-"""The trainer node: plan the search, run the allowed trials one by one (each keyed, so a
-resumed node re-runs only the unfinished ones), choose the candidate, register it."""
+"""The trainer node: plan the search, run the allowed trials (up to `parallel_trials` at
+once; each keyed, so a resumed node re-runs only the unfinished ones), choose the candidate,
+register it."""
 
 from __future__ import annotations
 
@@ -27,9 +28,10 @@ from agents.trainer import (
     plan_search,
 )
 from controller.budget import eval_key
-from controller.context import CycleState, LineContext
+from controller.context import CycleInterrupted, CycleState, LineContext
 from controller.nodes.settle import settle
 from controller.nodes.study import fail_orphans, has_finished_trials, open_study
+from controller.nodes.trial_pool import TrialPool
 from controller.nodes.trial_run import TrialPlan, TrialRunner
 from controller.retry import PermanentError
 
@@ -104,93 +106,25 @@ class TrainerNode:
         allowance: TrainingAllowance,
         cid: str,
     ) -> list[TrialSummary]:
+        """Run the cycle's trials, up to ``parallel_trials`` at once; rows settled before a
+        restart are kept, rows trained but not settled are settled, rows left `running`
+        run again with their Optuna number and parameters."""
         ctx = self.ctx
-        runner = TrialRunner(ctx, study)
-        train_files, valid_files = (
-            ctx.trains(dataset.file_hashes),
-            ctx.holdouts(dataset.file_hashes),
-        )
-        summaries: list[TrialSummary] = []
+        files = (ctx.trains(dataset.file_hashes), ctx.holdouts(dataset.file_hashes))
+        done: dict[int, TrialSummary] = {}
+        todo: list[tuple[TrialPlan, TrialRunRow | None]] = []
         for i in range(allowance.trials):
             key = f"{cid}:trial:{i:03d}"
             row = ctx.book.trial(key)
-            plan = TrialPlan(cid, i, key, dists, train_files, valid_files, 0, 0.0, [])
-            if row is not None and row.status not in ("running", "trained", "crashed"):
-                summaries.append(_summary(row))  # settled before a restart
-                continue
+            plan = TrialPlan(cid, i, key, dists, *files, 0, 0.0, [])
             if row is None or row.status == "running":
-                row = self._train(runner, plan, row, allowance, summaries)
-                if row is None:
-                    break
-            else:  # trained or crashed before a restart: settle it now
+                todo.append((plan, row))
+                continue
+            if row.status in ("trained", "crashed"):  # before a restart: settle it now
                 row = settle(ctx, study, plan, row, allowance.trials)
-            summaries.append(_summary(row))
-        return summaries
-
-    def _train(
-        self,
-        runner: TrialRunner,
-        plan: TrialPlan,
-        row: TrialRunRow | None,
-        allowance: TrainingAllowance,
-        summaries: list[TrialSummary],
-    ) -> TrialRunRow | None:
-        """Run and settle one trial within its budget (None: no budget left for it)."""
-        ctx, cid, i = self.ctx, plan.cid, plan.index
-        budget, refusal = decide_trial_budget(
-            TrialBudgetObservation(
-                allowance,
-                spent_tokens=sum(s.tokens for s in summaries),
-                spent_joules=sum(s.joules for s in summaries),
-                trials_left=allowance.trials - i,
-            ),
-            ctx.policy,
-        )
-        grant = None
-        if budget is not None:  # a trial's need: as measured in this cycle, else the plan's
-            spent = [x.joules for x in summaries if x.joules > 0]
-            expected_j = sum(spent) / len(spent) if spent else allowance.joules_per_trial
-            grant = self._reserve(plan.key, budget, expected_j, cid, i)
-        if grant is None:
-            if refusal is not None:
-                ctx.record(refusal, cid, f"trainer:skip:{i:03d}")
-            if row is not None:  # asked before a crash: it must not stay running
-                row.status, row.error = "crashed", "not resumed: the allowance is spent"
-                ctx.book.put_trial(row)
-                summaries.append(_summary(settle(ctx, runner.study, plan, row, i + 1)))
-            return None
-        plan = replace(
-            plan,
-            max_tokens=grant[0],
-            max_joules=grant[1],
-            earlier_curves=_curves(ctx.book.trials(cid)),
-        )
-        try:
-            row = runner.run(plan, row)
-            row = settle(ctx, runner.study, plan, row, allowance.trials)
-        finally:
-            if ctx.budget is not None:
-                ctx.budget.release(plan.key)  # on the ledger now (or it never ran)
-        if ctx.budget is not None:  # what a trial costs here, measured: a truer demand
-            done = [*summaries, _summary(row)]
-            ctx.budget.want(allowance.trials - i - 1, sum(s.joules for s in done) / len(done))
-        return row
-
-    def _reserve(
-        self, key: str, budget: TrialBudget, expected_j: float, cid: str, i: int
-    ) -> tuple[int, float] | None:
-        """Reserve the trial's tokens and joules in the factory's budgets (so concurrent
-        trials of other lines cannot overrun them together); None when nothing is left."""
-        ctx = self.ctx
-        tokens, joules = budget.max_tokens, budget.max_joules
-        if ctx.budget is None:
-            return tokens, joules
-        grant = ctx.budget.reserve(key, tokens, joules, ctx.stop_event, expected_j)
-        if grant.action is not None:
-            ctx.record(grant.action, cid, f"energy:reserve:{i:03d}")
-        if grant.tokens <= 0 or grant.joules <= 0:
-            return None
-        return grant.tokens, grant.joules
+            done[i] = _summary(row)
+        _CycleTrials(ctx, TrialRunner(ctx, study), allowance, done).run(todo)
+        return [done[i] for i in sorted(done)]
 
     def _register(
         self, best: TrialSummary, summaries: list[TrialSummary], dataset: DatasetVersion, cid: str
@@ -236,6 +170,136 @@ class TrainerNode:
             "trainer:register",
         )
         return model.version
+
+
+class _CycleTrials:
+    """The trials of one cycle still to run, run up to ``parallel_trials`` at once (capped
+    by the factory's slots): each within its budget, reserved before it starts, so
+    concurrent trials cannot overrun a budget together."""
+
+    def __init__(
+        self,
+        ctx: LineContext,
+        runner: TrialRunner,
+        allowance: TrainingAllowance,
+        done: dict[int, TrialSummary],
+    ) -> None:
+        self.ctx, self.runner, self.allowance, self.done = ctx, runner, allowance, done
+        self.pool = TrialPool(ctx, runner)
+        self.grants: dict[str, tuple[int, float]] = {}  # running trials' reservations
+        self.width = max(1, min(ctx.policy.tuning.parallel_trials, ctx.trial_slots()))
+
+    def run(self, todo: list[tuple[TrialPlan, TrialRunRow | None]]) -> None:
+        interrupted: CycleInterrupted | None = None
+        try:
+            while todo or self.pool:
+                while todo and len(self.pool) < self.width and interrupted is None:
+                    verdict = self._launch(*todo[0])
+                    if verdict == "wait":  # a running trial may leave some budget unspent
+                        break
+                    todo.pop(0)
+                    if verdict == "spent":
+                        self._close_unrun(todo)
+                        todo.clear()
+                if not self.pool:
+                    break
+                try:
+                    self._collect()
+                except CycleInterrupted as exc:  # the others are stopping too: collect them
+                    interrupted = interrupted or exc
+                if self.ctx.budget is not None:  # what a trial costs, measured: a truer demand
+                    self.ctx.budget.want(len(todo), self._mean_joules())
+        finally:
+            self.pool.abort()  # something raised: no trial outlives the node
+            for key in list(self.grants):
+                self._release(key)
+        if interrupted is not None:
+            raise interrupted
+
+    def _collect(self) -> None:
+        """The next trial to end: saved, settled, its reservation ended."""
+        live, outcome = self.pool.next_done()
+        try:
+            row = self.runner.finish(live, outcome)
+            row = settle(self.ctx, self.runner.study, live.plan, row, self.allowance.trials)
+            self.done[live.plan.index] = _summary(row)
+        finally:
+            self._release(live.plan.key)  # on the ledger now (or it runs again on resume)
+
+    def _launch(self, plan: TrialPlan, row: TrialRunRow | None) -> str:
+        """Start one trial: "started", "wait" (nothing fits while other trials of the cycle
+        run) or "spent" (nothing is left for it)."""
+        ctx, i = self.ctx, plan.index
+        budget, refusal = decide_trial_budget(self._observe(i), ctx.policy)
+        grant = None
+        if budget is not None:  # a trial's need: as measured in this cycle, else the plan's
+            expected_j = self._mean_joules() or self.allowance.joules_per_trial
+            grant = self._reserve(plan.key, budget, expected_j, plan.cid, i)
+        if grant is None:
+            if self.pool:
+                return "wait"
+            if refusal is not None:
+                ctx.record(refusal, plan.cid, f"trainer:skip:{i:03d}")
+            self._close_unrun([(plan, row)])
+            return "spent"
+        self.grants[plan.key] = grant
+        plan = replace(
+            plan,
+            max_tokens=grant[0],
+            max_joules=grant[1],
+            earlier_curves=_curves(ctx.book.trials(plan.cid)),
+            threads=max(1, ctx.threads // self.width),
+        )
+        self.pool.start(self.runner.prepare(plan, row))
+        return "started"
+
+    def _observe(self, i: int) -> TrialBudgetObservation:
+        """What the cycle has spent: settled trials as booked, running ones at the most
+        their reservation lets them spend."""
+        spent = list(self.done.values())
+        return TrialBudgetObservation(
+            self.allowance,
+            spent_tokens=sum(s.tokens for s in spent) + sum(t for t, _ in self.grants.values()),
+            spent_joules=sum(s.joules for s in spent) + sum(j for _, j in self.grants.values()),
+            trials_left=self.allowance.trials - i,
+        )
+
+    def _reserve(
+        self, key: str, budget: TrialBudget, expected_j: float, cid: str, i: int
+    ) -> tuple[int, float] | None:
+        """Reserve the trial's tokens and joules in the factory's budgets (so concurrent
+        trials of other lines cannot overrun them together); None when nothing is left.
+        While trials of this cycle run it does not wait for other lines: what its own
+        trials leave unspent comes back first, and it asks again when one ends."""
+        ctx = self.ctx
+        tokens, joules = budget.max_tokens, budget.max_joules
+        if ctx.budget is None:
+            return tokens, joules
+        grant = ctx.budget.reserve(
+            key, tokens, joules, ctx.stop_event, expected_j, wait=not self.pool
+        )
+        useless = grant.tokens <= 0 or grant.joules <= 0
+        if grant.action is not None and not (useless and self.pool):
+            ctx.record(grant.action, cid, f"energy:reserve:{i:03d}")
+        return None if useless else (grant.tokens, grant.joules)
+
+    def _release(self, key: str) -> None:
+        self.grants.pop(key, None)
+        if self.ctx.budget is not None:
+            self.ctx.budget.release(key)
+
+    def _close_unrun(self, todo: list[tuple[TrialPlan, TrialRunRow | None]]) -> None:
+        """Trials asked before a crash that will not run now must not stay `running`."""
+        for plan, row in todo:
+            if row is not None:
+                row.status, row.error = "crashed", "not resumed: the allowance is spent"
+                self.ctx.book.put_trial(row)
+                settled = settle(self.ctx, self.runner.study, plan, row, plan.index + 1)
+                self.done[plan.index] = _summary(settled)
+
+    def _mean_joules(self) -> float:
+        spent = [s.joules for s in self.done.values() if s.joules > 0]
+        return sum(spent) / len(spent) if spent else 0.0
 
 
 def _curves(rows: list[TrialRunRow]) -> list[list[tuple[int, float]]]:

@@ -7,7 +7,7 @@ A row left `running` by a crash is re-run with the same Optuna trial and paramet
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -34,6 +34,8 @@ class TrialPlan:
     max_tokens: int
     max_joules: float
     earlier_curves: list[list[tuple[int, float]]]  # what pruning compares against
+    threads: int = 0  # CPU threads for the trial (0: the daemon's setting); parallel trials
+    # split the daemon's threads between them
 
 
 def label(plan: TrialPlan, row: TrialRunRow, params: dict[str, Any], n: int) -> str:
@@ -44,7 +46,9 @@ def label(plan: TrialPlan, row: TrialRunRow, params: dict[str, Any], n: int) -> 
     return f"[trainer] trial {plan.index + 1}/{n} (#{row.optuna_number}) {' '.join(parts)}"
 
 
-def book_worker_startup(ctx: LineContext, key: str, cid: str, joules: float, method: str) -> None:
+def book_worker_startup(
+    ctx: LineContext, key: str, cid: str, joules: float, method: str, node: str | None = None
+) -> None:
     """A fresh worker's start-up, booked once beside the trial that started it: the day's
     budget counts it, the trial's own cost (which tuning compares) does not."""
     ctx.ledger.record(
@@ -55,18 +59,40 @@ def book_worker_startup(ctx: LineContext, key: str, cid: str, joules: float, met
         tokens=0,
         joules=joules,
         method=method,
+        node=node,
     )
 
 
+@dataclass
+class LiveTrial:
+    """A trial handed to the cluster: what it runs, and what its progress has shown."""
+
+    plan: TrialPlan
+    row: TrialRunRow
+    job: TrialJob
+    text: str  # its label for people
+    placement: dict[str, Any]
+    trial: optuna.Trial | None  # None when resumed (no live handle: intermediate values lost)
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    prune_now: bool = False
+    prune_median: float | None = None
+    started_at: str = field(default_factory=utcnow_iso)
+
+
 class TrialRunner:
+    """One trial's life on the daemon's side: ask and record it, build its job, and save what
+    the cluster returned. Running it (``ctx.cluster.run``) is the caller's, so that several
+    trials may run at once (``controller/nodes/trial_pool.py``)."""
+
     def __init__(self, ctx: LineContext, study: optuna.Study) -> None:
         self.ctx = ctx
         self.study = study
 
-    def run(self, plan: TrialPlan, row: TrialRunRow | None) -> TrialRunRow:
-        """Train one trial; returns its row saved as `trained` or `crashed` (not settled)."""
+    def prepare(self, plan: TrialPlan, row: TrialRunRow | None) -> LiveTrial:
+        """Ask Optuna (a row left `running` by a crash keeps its number and parameters),
+        apply the placement knobs, and announce the trial."""
         ctx = self.ctx
-        trial: optuna.Trial | None = None  # resumed trials are not pruned (no live handle)
+        trial: optuna.Trial | None = None
         if row is None:
             trial, row = self._ask(plan)
         params = json.loads(row.params)
@@ -74,34 +100,34 @@ class TrialRunner:
         if "power_limit_w" in params:
             placement["power_limit"] = ctx.set_power_limit(float(params["power_limit_w"]), plan.key)
         text = label(plan, row, params, ctx.policy.tuning.trials_per_cycle)
-        ctx.reporter.trial_started(text, plan.max_tokens)
-        curve: list[tuple[int, float]] = []
-        prune: dict[str, Any] = {"now": False, "median": None}
+        ctx.reporter.trial_started(text, plan.max_tokens, plan.key)
+        return LiveTrial(plan, row, self._job(plan, row, params, placement), text, placement, trial)
 
-        def on_progress(p: Any) -> None:
-            ctx.reporter.trial_progress(p)
-            curve.append((int(p.tokens), float(p.loss)))
-            if trial is not None and ctx.policy.tuning.objectives.kind == "quality":
-                trial.report(p.loss, p.tokens)  # intermediate values for optuna-dashboard
-            if not prune["now"]:
-                prune["now"], prune["median"] = should_prune(
-                    p.tokens, p.loss, plan.max_tokens, plan.earlier_curves, ctx.policy
-                )
-
-        try:
-            outcome = ctx.cluster.run(
-                self._job(plan, row, params, placement),
-                on_progress=on_progress,
-                should_stop=lambda: ctx.stop_event.is_set() or bool(prune["now"]),
+    def progress(self, live: LiveTrial, p: Any, others: list[list[tuple[int, float]]]) -> None:
+        """A progress report: show it, keep the curve, decide on pruning against the earlier
+        trials and the concurrent ones (``others``), at the same token count."""
+        ctx, plan = self.ctx, live.plan
+        ctx.reporter.trial_progress(p, plan.key)
+        live.curve.append((int(p.tokens), float(p.loss)))
+        if live.trial is not None and ctx.policy.tuning.objectives.kind == "quality":
+            live.trial.report(p.loss, p.tokens)  # intermediate values for optuna-dashboard
+        if not live.prune_now:
+            live.prune_now, live.prune_median = should_prune(
+                p.tokens, p.loss, plan.max_tokens, [*plan.earlier_curves, *others], ctx.policy
             )
-        finally:
-            ctx.power_limit_released(plan.key)  # its share of the facility cap is free again
-        pruned = bool(prune["now"]) and not ctx.stop_event.is_set()
+
+    def finish(self, live: LiveTrial, outcome: TrialOutcome) -> TrialRunRow:
+        """Save the trial `trained` or `crashed` (not settled). An interrupted trial's energy
+        is booked and :class:`CycleInterrupted` raised: it runs again on resume."""
+        ctx, plan, row = self.ctx, live.plan, live.row
+        ctx.power_limit_released(plan.key)  # its share of the facility cap is free again
+        pruned = live.prune_now and not ctx.stop_event.is_set()
         if outcome.status == "interrupted" and not pruned:
-            self._book_abandoned(plan, outcome)
-            ctx.reporter.trial_finished(f"{text}: interrupted (resumes on restart)")
+            self.book_abandoned(plan, outcome)
+            ctx.reporter.trial_finished(f"{live.text}: interrupted (resumes on restart)", plan.key)
             raise CycleInterrupted(plan.key)
-        result = self._result(plan, outcome, placement, pruned, prune["median"], curve)
+        result = self._result(plan, outcome, live.placement, pruned, live.prune_median, live.curve)
+        result |= {"started_at": live.started_at, "ended_at": utcnow_iso()}
         row.result = json.dumps(result, sort_keys=True, default=str)
         row.status = "trained" if outcome.status == "ok" or pruned else "crashed"
         row.error = outcome.error[:2000]
@@ -143,7 +169,7 @@ class TrialRunner:
                 max_tokens=plan.max_tokens,
                 out_path=str(ctx.trials_dir / plan.cid / f"trial-{plan.index:03d}.pt"),
                 seed=ctx.policy.tuning.seed + (row.optuna_number or 0),
-                threads=ctx.threads,
+                threads=plan.threads or ctx.threads,
                 device=placement["device"],
             ),
             watts_per_core=ctx.policy.energy.watts_per_core,
@@ -151,7 +177,7 @@ class TrialRunner:
             max_joules=plan.max_joules,
         )
 
-    def _book_abandoned(self, plan: TrialPlan, outcome: TrialOutcome) -> None:
+    def book_abandoned(self, plan: TrialPlan, outcome: TrialOutcome) -> None:
         """The energy of an attempt abandoned at shutdown is still booked."""
         ctx, energy, startup = self.ctx, outcome.energy, outcome.startup_energy
         if energy is None:
@@ -165,9 +191,12 @@ class TrialRunner:
             tokens=outcome.result.tokens if outcome.result else 0,
             joules=energy.joules,
             method=energy.method,
+            node=outcome.node or None,
         )
         if startup is not None:
-            book_worker_startup(ctx, attempt, plan.cid, startup.joules, startup.method)
+            book_worker_startup(
+                ctx, attempt, plan.cid, startup.joules, startup.method, outcome.node or None
+            )
 
     def _result(
         self,
@@ -215,5 +244,7 @@ class TrialRunner:
                 "startup_joules": startup.joules if startup else 0.0,
                 "startup_method": startup.method if startup else None,
             },
+            "node": outcome.node,
+            "lost_attempts": list(outcome.lost),
             "curve": curve[:: max(1, len(curve) // 40)],
         }

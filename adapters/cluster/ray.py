@@ -1,0 +1,122 @@
+"""Ray cluster: trials on the nodes of a Ray cluster (``cluster.kind: ray``).
+
+The daemon never imports Ray: each running trial has a driver process of its own
+(``adapters/cluster/ray_driver.py``), reused between trials like a local worker, which runs
+the trial in a Ray actor with the resources the policy asks for. A driver lost with its
+cluster (a head restarted) costs that trial; the next trial starts a new driver, which
+connects again. With ``address`` unset the cluster starts a head on this machine for
+itself (``adapters/cluster/ray_nodes.py``) and stops it on close.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from adapters.cluster.local import ProcessCluster
+from adapters.cluster.ray_driver import driver_main
+
+if TYPE_CHECKING:
+    from adapters.cluster.ray_nodes import RayNode
+    from policies.model import ClusterPolicy, RayClusterPolicy
+
+
+class RayCluster(ProcessCluster):
+    """Trials on Ray; ``status`` lists the cluster's nodes as last seen and where trials run."""
+
+    def __init__(self, spec: RayClusterPolicy) -> None:
+        super().__init__(
+            reuse_workers=spec.reuse_workers,
+            worker_idle_s=spec.worker_idle_s,
+            max_trials_per_worker=spec.max_trials_per_worker,
+        )
+        self.spec = spec
+        self._head: RayNode | None = None
+        self._head_lock = threading.Lock()
+        self._nodes: list[dict[str, Any]] = []
+
+    @classmethod
+    def from_spec(cls, spec: RayClusterPolicy) -> RayCluster:
+        return cls(spec)
+
+    @property
+    def address(self) -> str:
+        """Where the cluster is: the policy's address, or the head this daemon started."""
+        if self.spec.address:
+            return self.spec.address
+        return self._own_head().address
+
+    @property
+    def description(self) -> str:
+        where = self.spec.address or "a head started on this machine"
+        need = f"{self.spec.num_cpus:g} CPU"
+        if self.spec.num_gpus:
+            need += f", {self.spec.num_gpus:g} GPU"
+        if self.spec.resources:
+            need += ", " + ", ".join(f"{k}={v:g}" for k, v in self.spec.resources.items())
+        return (
+            f"Ray cluster at {where}; each trial an actor with {need}; "
+            f"{self.spec.max_retries} retry(ies) on a lost node"
+        )
+
+    def _own_head(self) -> RayNode:
+        from adapters.cluster.ray_nodes import start_head
+
+        with self._head_lock:
+            if self._head is None or self._head.launcher.poll() is not None:
+                self._head = start_head(num_cpus=os.cpu_count() or 1)
+            return self._head
+
+    def _target(self) -> tuple[Callable[..., None], tuple[Any, ...]]:
+        spec = {
+            "address": self.address,
+            "num_cpus": self.spec.num_cpus,
+            "num_gpus": self.spec.num_gpus,
+            "resources": dict(self.spec.resources),
+            "max_retries": self.spec.max_retries,
+            "namespace": "aifactory",
+            "runtime_env": dict(self.spec.runtime_env),
+        }
+        return driver_main, (spec,)
+
+    def _where_before_placed(self) -> str:
+        return "waiting for a Ray node"
+
+    def _placed(self, key: str, msg: tuple[Any, ...]) -> None:
+        super()._placed(key, msg)
+        if len(msg) > 3 and msg[3]:
+            with self._lock:
+                self._nodes = list(msg[3])
+
+    def configure(self, spec: ClusterPolicy) -> bool:
+        """Apply an edited ``ray`` section: drivers made under other settings are retired
+        (their actors end with them). False for a section of another kind."""
+        if spec.kind != "ray":
+            return False
+        if spec != self.spec:
+            super().close()
+        if spec.address != self.spec.address:
+            self._stop_head()
+        self.spec = spec
+        self.reuse_workers = spec.reuse_workers
+        self.worker_idle_s = spec.worker_idle_s
+        self.max_trials_per_worker = spec.max_trials_per_worker
+        return True
+
+    def close(self) -> None:
+        super().close()
+        self._stop_head()
+
+    def _stop_head(self) -> None:
+        with self._head_lock:
+            head, self._head = self._head, None
+        if head is not None:
+            head.stop()
+
+    def status(self) -> dict[str, Any]:
+        base = super().status()
+        with self._lock:
+            nodes = list(self._nodes)
+        return {"kind": "ray", "address": self.spec.address or "(own head)", "nodes": nodes, **base}

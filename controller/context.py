@@ -114,6 +114,7 @@ class LineContext:
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     study_storage: Callable[[], Any] = lambda: None  # the factory's one Optuna storage
     trial_slots: Callable[[], int] = lambda: 1  # the factory's slots: caps parallel_trials
+    gpu_count: int = 0  # GPUs local trials use (NVML): concurrent trials would share them
     # held around in-process energy windows (evaluation, drift): process CPU time would
     # count two lines' concurrent windows twice
     measuring: threading.Lock = field(default_factory=threading.Lock)

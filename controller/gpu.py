@@ -47,6 +47,18 @@ class FactoryGpus:
                 on_restored=lambda results: self._audit_restored(results, "at interpreter exit")
             )
 
+    def trial_devices(self) -> int:
+        """GPUs that trials on this machine really use (NVML's; a simulated or replayed
+        GPU only plans)."""
+        from adapters.gpu.nvml import NvmlGpu
+
+        if not isinstance(self.gpu, NvmlGpu):
+            return 0
+        try:
+            return len(self.gpu.devices())
+        except Exception:
+            return 0
+
     def max_power_w(self, policy: Policy) -> float:
         """P_max for the Zeus-style cost: the devices' maximum, or the host estimate."""
         if self.gpu is None:

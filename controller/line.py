@@ -180,6 +180,9 @@ class ProductionLine:
         gpus = self.services.gpus
         ctx.max_power_w = gpus.max_power_w(ctx.policy)
         ctx.power_knob_problem = gpus.knob_problem(ctx.policy)
+        ctx.gpu_count = gpus.trial_devices()
+        if ctx.policy.cluster.kind != "local":  # trials run elsewhere: this GPU is not theirs
+            ctx.power_knob_problem = "trials run on a Ray cluster, not on this machine's GPU"
         if ctx.power_knob_problem is None:
             ctx.set_power_limit = lambda watts, key: gpus.set_power_limit(ctx.policy, watts, key)
             ctx.power_limit_released = gpus.trial_ended

@@ -26,6 +26,9 @@ class TrialJob:
     watts_per_core: float = 15.0
     prefer_gpu: bool = True
     max_joules: float | None = None
+    # NVML indices of the GPUs the trial runs on, which its meter reads (None: the device
+    # the request names, cuda:0 for "cuda" or "auto")
+    gpu_indices: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)

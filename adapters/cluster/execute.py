@@ -23,7 +23,7 @@ from adapters.workload.protocol import TrainProgress, TrainResult
 #: How often the trial's energy is read against its share (seconds).
 ENERGY_CHECK_S = 1.0
 
-Meters = dict[tuple[bool, float], tuple[EnergyMeter, str]]
+Meters = dict[tuple[bool, float, tuple[int, ...]], tuple[EnergyMeter, str]]
 
 
 @dataclass(frozen=True)
@@ -75,13 +75,26 @@ def execute_trial(
 
 
 def _meter(job: TrialJob, meters: Meters, gpu_usable: bool | None) -> tuple[EnergyMeter, str]:
-    """The meter this job asks for, probed once per host and kept; re-probed if it broke."""
-    wanted = (job.prefer_gpu and job.request.device != "cpu", job.watts_per_core)
-    if gpu_usable is False:
-        wanted = (False, job.watts_per_core)  # the board is there but torch cannot use it
+    """The meter this job asks for, probed once per host and kept; re-probed if it broke.
+    It reads the trial's own GPU(s) only: a board shared with another trial would be
+    charged twice."""
+    gpu = job.prefer_gpu and job.request.device != "cpu" and gpu_usable is not False
+    indices = _gpu_indices(job) if gpu else ()
+    wanted = (gpu, job.watts_per_core, indices)
     if wanted not in meters:
-        meters[wanted] = probe_energy_meter(prefer_gpu=wanted[0], watts_per_core=wanted[1])
+        meters[wanted] = probe_energy_meter(
+            prefer_gpu=gpu, watts_per_core=job.watts_per_core, device_indices=indices or None
+        )
     return meters[wanted]
+
+
+def _gpu_indices(job: TrialJob) -> tuple[int, ...]:
+    if job.gpu_indices is not None:
+        return job.gpu_indices
+    device = job.request.device
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return (int(device[5:]),)
+    return (0,)
 
 
 def _begin(

@@ -159,7 +159,14 @@ class ProcessCluster:
             _retire(w)
             w = self._spawn()
             w.trials += 1
-            w.conn.send(("job", job))
+            try:
+                w.conn.send(("job", job))
+            except BaseException:  # nothing reached the worker: do not leave it behind
+                _retire(w)
+                raise
+        except BaseException:  # e.g. a job that cannot be pickled
+            _retire(w)
+            raise
         with self._lock:
             self._running[job.key] = self._where_before_placed()
         try:
@@ -211,19 +218,15 @@ class ProcessCluster:
                 if not proc.is_alive():
                     break
                 continue
-            kind = msg[0]
-            if kind == "progress":
+            if msg[0] == "progress":
                 if on_progress is not None and msg[1] == job.key:  # never a late one
                     on_progress(msg[2])
-            elif kind == "placed":
+            elif msg[0] == "placed":
                 self._placed(job.key, msg)
-            elif kind == "done":
+            elif msg[0] == "done":
                 return _done(msg, stopping(), outcome)
-            elif kind == "error":
-                proc.join(5)  # the worker exits after reporting an error
-                status = "interrupted" if stopping() else "failed"  # stopped by a signal?
-                lost = tuple(msg[2]) if len(msg) > 2 else ()
-                return outcome(status, error=msg[1], exit_code=proc.exitcode, lost=lost), False
+            elif msg[0] == "error":
+                return _error(msg, proc, stopping(), outcome), False
         proc.join(5)
         if stopping():
             return outcome("interrupted", error="stopped", exit_code=proc.exitcode), False
@@ -236,6 +239,16 @@ class ProcessCluster:
     def status(self) -> dict[str, Any]:
         with self._lock:
             return {"running": dict(self._running), "idle_workers": len(self._idle)}
+
+
+def _error(
+    msg: tuple[Any, ...], proc: Any, stopping: bool, outcome: Callable[..., TrialOutcome]
+) -> TrialOutcome:
+    """The outcome of a worker's ``error`` message (the worker exits after sending it)."""
+    proc.join(5)
+    status = "interrupted" if stopping else "failed"  # stopped by a signal?
+    lost = tuple(msg[2]) if len(msg) > 2 else ()
+    return outcome(status, error=msg[1], exit_code=proc.exitcode, lost=lost)
 
 
 def _done(

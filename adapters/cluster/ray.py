@@ -22,6 +22,11 @@ if TYPE_CHECKING:
     from adapters.cluster.ray_nodes import RayNode
     from policies.model import ClusterPolicy, RayClusterPolicy
 
+#: The head this process started (``address`` unset), shared by its lines' clusters.
+_HEAD: RayNode | None = None
+_HEAD_USERS = 0
+_HEAD_LOCK = threading.Lock()
+
 
 class RayCluster(ProcessCluster):
     """Trials on Ray; ``status`` lists the cluster's nodes as last seen and where trials run."""
@@ -33,8 +38,7 @@ class RayCluster(ProcessCluster):
             max_trials_per_worker=spec.max_trials_per_worker,
         )
         self.spec = spec
-        self._head: RayNode | None = None
-        self._head_lock = threading.Lock()
+        self._uses_head = False
         self._nodes: list[dict[str, Any]] = []
 
     @classmethod
@@ -62,12 +66,16 @@ class RayCluster(ProcessCluster):
         )
 
     def _own_head(self) -> RayNode:
+        """The head this process started for its lines (one for all of them)."""
         from adapters.cluster.ray_nodes import start_head
 
-        with self._head_lock:
-            if self._head is None or self._head.launcher.poll() is not None:
-                self._head = start_head(num_cpus=os.cpu_count() or 1)
-            return self._head
+        global _HEAD, _HEAD_USERS
+        with _HEAD_LOCK:
+            if _HEAD is None or _HEAD.launcher.poll() is not None:
+                _HEAD = start_head(num_cpus=os.cpu_count() or 1)
+            if not self._uses_head:
+                self._uses_head, _HEAD_USERS = True, _HEAD_USERS + 1
+            return _HEAD
 
     def _target(self) -> tuple[Callable[..., None], tuple[Any, ...]]:
         spec = {
@@ -110,10 +118,24 @@ class RayCluster(ProcessCluster):
         self._stop_head()
 
     def _stop_head(self) -> None:
-        with self._head_lock:
-            head, self._head = self._head, None
+        """This cluster no longer uses the shared head; the last one out stops it."""
+        global _HEAD, _HEAD_USERS
+        with _HEAD_LOCK:
+            if not self._uses_head:
+                return
+            self._uses_head, _HEAD_USERS = False, _HEAD_USERS - 1
+            head = _HEAD if _HEAD_USERS == 0 else None
+            if head is not None:
+                _HEAD = None
         if head is not None:
             head.stop()
+
+    def _checkin(self, w: Any, reusable: bool) -> None:
+        """A driver is kept warm only while no trial waits for a node: its actor holds the
+        resources that trial may be waiting for."""
+        with self._lock:
+            waiting = self._where_before_placed() in self._running.values()
+        super()._checkin(w, reusable and not waiting)
 
     def status(self) -> dict[str, Any]:
         base = super().status()

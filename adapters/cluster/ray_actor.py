@@ -23,8 +23,9 @@ from adapters.cluster.base import TrialJob
 from adapters.cluster.execute import Meters, execute_trial, free_gpu_cache
 from adapters.workload.protocol import TrainProgress
 
-#: Node-local scratch space: the data cache and the trials' artefacts before they are sent.
-SCRATCH = Path(tempfile.gettempdir()) / "aifactory-ray"
+#: Node-local scratch space (the data cache and the trials' artefacts before they are sent),
+#: the user's own: files in it are trusted by name.
+SCRATCH = Path(tempfile.gettempdir()) / f"aifactory-ray-{os.getuid()}"
 
 
 class TrialActor:
@@ -57,6 +58,7 @@ class TrialActor:
         """Cache data files on this node, each checked against its hash."""
         folder = SCRATCH / "data"
         folder.mkdir(parents=True, exist_ok=True)
+        SCRATCH.chmod(0o700)
         for sha, data in blobs.items():
             if hashlib.sha256(data).hexdigest() != sha:
                 raise ValueError(f"data file {sha[:12]} arrived damaged")
@@ -76,10 +78,9 @@ class TrialActor:
             valid_files=[str(SCRATCH / "data" / files[p]) for p in job.request.valid_files],
             out_path=str(out),
         )
+        job = replace(job, request=local, gpu_indices=_own_gpus())
         try:
-            run = execute_trial(
-                replace(job, request=local), self._meters, self._fresh, self._report, self._poll
-            )
+            run = execute_trial(job, self._meters, self._fresh, self._report, self._poll)
             self._fresh = False
             artefact = out.read_bytes() if run.result.artefact_path else b""
         finally:
@@ -110,3 +111,13 @@ class TrialActor:
 
     def _poll(self) -> str | None:
         return self._stop
+
+
+def _own_gpus() -> tuple[int, ...] | None:
+    """The GPUs Ray gave this actor (their NVML indices), which its meter reads."""
+    import ray
+
+    try:
+        return tuple(int(i) for i in ray.get_gpu_ids()) or None
+    except (ValueError, TypeError):  # ids that are not indices: read the visible devices
+        return None

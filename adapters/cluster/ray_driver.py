@@ -37,6 +37,8 @@ POLL_S = 0.25
 #: take some 15-30 s to give up on a node), and one whose process exited with an exit code.
 NODE_LOSS_WAIT_S = 45.0
 CRASH_WAIT_S = 2.0
+#: How often a trial waiting for a node checks that some live node could still host it.
+FEASIBLE_CHECK_S = 10.0
 #: How long a driver waits for a cluster head that went away before it ends itself (Ray
 #: then ends the process; the trial fails and the next one connects afresh).
 GCS_LOST_S = 20
@@ -72,9 +74,8 @@ def driver_main(conn: Connection, idle_s: float, spec: dict[str, Any]) -> None:
     except Exception as exc:  # no cluster there: the first trial fails, saying why
         job = next_job(conn, parent, FIRST_JOB_WAIT_S)
         if job is not None:
-            lost = [f"cannot reach the Ray cluster at {spec['address']}: {exc}"]
             with contextlib.suppress(OSError):
-                conn.send(("error", lost[0], lost))
+                conn.send(("error", f"cannot reach the Ray cluster at {spec['address']}: {exc}"))
         conn.close()
         return
 
@@ -109,6 +110,7 @@ class RayTrialHost:
         from adapters.cluster.ray_actor import TrialActor
 
         self._remote = ray.remote(TrialActor)
+        self._poll: StopPoll | None = None
         self._actor: Any = None
         self._options: dict[str, Any] | None = None
         self._where: dict[str, Any] = {}
@@ -123,6 +125,7 @@ class RayTrialHost:
     def run(self, job: TrialJob, conn: Connection, parent: int) -> bool:
         """Run ``job``; every path sends exactly one final message. False: exit afterwards."""
         poll = StopPoll(conn, parent)
+        self._poll = poll
         lost: list[str] = []
         for _ in range(int(self.spec.get("max_retries", 0)) + 1):
             try:
@@ -130,7 +133,7 @@ class RayTrialHost:
             except NodeLost as exc:
                 lost.append(str(exc))
                 self._drop_actor()
-                if poll.exit or _gone_parent(parent):
+                if poll.stopped() is not None:  # asked to stop: no other node
                     break
             except TrialFailed as exc:
                 self._drop_actor()  # a failed trial may leave its actor in a bad state
@@ -200,15 +203,21 @@ class RayTrialHost:
     def _place(self, actor: Any, job: TrialJob, conn: Connection, poll: StopPoll) -> str:
         """Wait until the actor runs somewhere (polling for a stop); say where."""
         ref = actor.where.remote()
+        checked = time.monotonic()
         while True:
             ready, _ = self.ray.wait([ref], timeout=POLL_S)
             if ready:
                 break
-            if poll.exit or poll() is not None:  # the daemon reads it as an interruption
+            if poll.stopped() is not None:  # the daemon reads it as an interruption
                 raise TrialFailed("stopped while waiting for a node")
+            if self._options and time.monotonic() - checked > FEASIBLE_CHECK_S:
+                checked = time.monotonic()  # nodes come and go
+                self._check_feasible(self._options)
         try:
             self._where = self.ray.get(ref)
         except Exception as exc:
+            if getattr(exc, "actor_init_failed", False) or "RuntimeEnv" in type(exc).__name__:
+                raise TrialFailed(f"the trial's actor could not start: {exc}") from exc
             raise NodeLost(f"the actor could not start: {type(exc).__name__}: {exc}") from exc
         node = f"ray:{self._where['node_id'][:12]}@{self._where['ip']}"
         conn.send(("placed", job.key, node, self._nodes()))
@@ -246,9 +255,12 @@ class RayTrialHost:
         return hashes
 
     def _shaped(self, job: TrialJob) -> TrialJob:
-        """The trial uses as many threads as CPUs it reserved."""
+        """The trial uses as many threads as CPUs it reserved, and a GPU only when it
+        reserved one (Ray shows the actor its own GPUs: "cuda" is the first of them)."""
         cpus = int(self.spec.get("num_cpus", 1.0))
-        return replace(job, request=replace(job.request, threads=max(1, cpus)))
+        device = "cuda" if self._options_for(job)["num_gpus"] > 0 else "cpu"
+        request = replace(job.request, threads=max(1, cpus), device=device)
+        return replace(job, request=request)
 
     def _receive(self, out: dict[str, Any], job: TrialJob) -> Any:
         """Write the artefact where the daemon keeps its trials, after checking its hash."""
@@ -279,7 +291,7 @@ class RayTrialHost:
             if ready:
                 return stop
             if stop is None:
-                stop = poll()
+                stop = poll.stopped()
                 if stop is not None:
                     actor.stop.remote(stop)
 
@@ -306,6 +318,8 @@ class RayTrialHost:
         node_id = self._where.get("node_id", "")
         deadline = time.monotonic() + wait_s
         while True:
+            if self._poll is not None and self._poll.stopped() is not None:
+                return False  # stopping: not worth waiting for Ray's verdict
             try:
                 alive = {n["NodeID"] for n in self.ray.nodes() if n.get("Alive")}
             except Exception:
@@ -321,7 +335,3 @@ class RayTrialHost:
         if actor is not None:
             with contextlib.suppress(Exception):
                 self.ray.kill(actor)
-
-
-def _gone_parent(parent: int) -> bool:
-    return os.getppid() != parent

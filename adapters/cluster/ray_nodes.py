@@ -94,12 +94,17 @@ class RayNode:
             self.launcher.wait(1)
 
 
-def stop_pids(pids: list[int], timeout_s: float = 15.0) -> None:
-    """SIGTERM the given processes (and what runs under them), then SIGKILL what is left."""
+def stop_pids(
+    pids: list[int], timeout_s: float = 15.0, born: dict[int, float] | None = None
+) -> None:
+    """SIGTERM the given processes (and what runs under them), then SIGKILL what is left.
+    With ``born`` (pid -> creation time), a pid now held by another process is left alone."""
     procs: list[psutil.Process] = []
     for pid in pids:
         with contextlib.suppress(psutil.Error):
             p = psutil.Process(pid)
+            if born is not None and abs(p.create_time() - born.get(pid, -1.0)) > 0.01:
+                continue  # not the process we started: its id was reused
             procs += [p, *p.children(recursive=True)]
     for p in procs:
         with contextlib.suppress(psutil.Error):
@@ -116,7 +121,9 @@ def _env() -> dict[str, str]:
 
 
 def _start(args: list[str], address: str, resources: dict[str, float], tag: str) -> RayNode:
-    log = Path(tempfile.mkstemp(prefix=f"aifactory-ray-{tag}-", suffix=".log")[1])
+    fd, name = tempfile.mkstemp(prefix=f"aifactory-ray-{tag}-", suffix=".log")
+    os.close(fd)
+    log = Path(name)
     with open(log, "wb") as out:
         launcher = subprocess.Popen(
             [ray_executable(), "start", "--block", "--disable-usage-stats", *args],
@@ -185,7 +192,8 @@ def _main(argv: list[str] | None = None) -> int:
     if args.cmd == "down":
         path = Path(args.pids)
         if path.exists():
-            stop_pids([int(x) for x in path.read_text().split()])
+            born = {int(p): float(t) for p, t in json.loads(path.read_text() or "{}").items()}
+            stop_pids(list(born), born=born)
             path.unlink()
         return 0
     head = start_head(args.port or None, args.num_cpus, {"head_node": 1}, LOOPBACK_STORE_BYTES)
@@ -195,8 +203,9 @@ def _main(argv: list[str] | None = None) -> int:
             nodes.append(
                 add_node(head.address, args.num_cpus, {f"node_{i}": 1}, LOOPBACK_STORE_BYTES)
             )
-    finally:
-        Path(args.pids).write_text(" ".join(str(n.pid) for n in nodes))
+    finally:  # each launcher's id with its creation time: a reused id is never stopped
+        born = {n.pid: psutil.Process(n.pid).create_time() for n in nodes}
+        Path(args.pids).write_text(json.dumps(born))
     print(head.address)
     return 0
 

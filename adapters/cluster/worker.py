@@ -95,6 +95,7 @@ class StopPoll:
     def __init__(self, conn: Connection, parent: int) -> None:
         self.conn, self.parent = conn, parent
         self.exit = False
+        self.reason: str | None = None  # once told, it stays told
 
     def __call__(self) -> str | None:
         if self.conn.poll():
@@ -105,6 +106,12 @@ class StopPoll:
         if os.getppid() != self.parent:
             return "parent died"
         return None
+
+    def stopped(self) -> str | None:
+        """Why to stop, remembered across calls (a retry on another node must not forget)."""
+        if self.reason is None:
+            self.reason = self()
+        return self.reason
 
 
 def _run_job(job: TrialJob, conn: Connection, parent: int, meters: Meters, fresh: bool) -> bool:

@@ -24,8 +24,7 @@ def settle(
 ) -> TrialRunRow:
     """Book, tell and audit; the row ends `complete`, `failed` or `pruned`."""
     r = json.loads(row.result or "{}")
-    tokens, joules = int(r.get("tokens") or 0), float(r.get("joules") or 0.0)
-    _book(ctx, row, r, tokens, joules)
+    _book(ctx, row, r, int(r.get("tokens") or 0), float(r.get("joules") or 0.0))
     bpb, cost = r.get("valid_bpb"), r.get("energy_cost")
     multi = ctx.policy.tuning.objectives.kind != "quality"
     pruned = bool(r.get("pruned"))
@@ -37,54 +36,50 @@ def settle(
         and (not multi or cost is not None)
     )
     _tell(study, row, ok, pruned, [bpb, cost] if multi else bpb)
-    params = json.loads(row.params)
     _audit_lost_nodes(ctx, plan, row, r)
+    row.status = _audit_trial(ctx, plan, row, r, n, "pruned" if pruned else ok)
+    ctx.book.put_trial(row)
+    return row
+
+
+def _audit_trial(
+    ctx: LineContext,
+    plan: TrialPlan,
+    row: TrialRunRow,
+    r: dict[str, Any],
+    n: int,
+    verdict: bool | str,
+) -> str:
+    """The trial's audit event and its line for people; returns the row's final status."""
+    params = json.loads(row.params)
     figures = {k: v for k, v in r.items() if k != "artefact_path"} | {"params": params}
-    text = label(plan, row, params, n)
-    audit_key = f"trainer:trial:{plan.index:03d}"
-    if pruned:
-        ctx.record(
-            prune_action(row.optuna_number, tokens, figures, ctx.policy), row.cycle_id, audit_key
-        )
+    text, key = label(plan, row, params, n), f"trainer:trial:{plan.index:03d}"
+    tokens, joules, bpb = (
+        int(r.get("tokens") or 0),
+        float(r.get("joules") or 0.0),
+        r.get("valid_bpb"),
+    )
+    number = row.optuna_number
+    if verdict == "pruned":
+        ctx.record(prune_action(number, tokens, figures, ctx.policy), row.cycle_id, key)
         ctx.reporter.trial_finished(f"{text}: pruned after {tokens:,} tokens", row.key)
-        row.status = "pruned"
-    elif ok:
-        ctx.record(
-            Action(
-                "trainer",
-                "run_trial",
-                "taken",
-                f"trial {row.optuna_number} finished: {bpb:.4f} bits/byte "
-                f"({r.get('stopped_reason')})",
-                figures,
-            ),
-            row.cycle_id,
-            audit_key,
-        )
+        return "pruned"
+    if verdict:
+        reason = f"trial {number} finished: {bpb:.4f} bits/byte ({r.get('stopped_reason')})"
+        ctx.record(Action("trainer", "run_trial", "taken", reason, figures), row.cycle_id, key)
         method = r.get("energy_method") or "estimated"
         tpj = f", {tokens / joules:,.0f} tokens/J {method}" if joules else ""
         ctx.reporter.trial_finished(
             f"{text}: {bpb:.4f} bits/byte, {tokens:,} tokens, {joules:,.0f} J {method}{tpj}",
             row.key,
         )
-        row.status = "complete"
-    else:
-        first_error = row.error.splitlines()[0] if row.error else "unknown error"
-        ctx.record(
-            Action(
-                "trainer",
-                "run_trial",
-                "failed",
-                f"trial {row.optuna_number} failed: {first_error}",
-                figures | {"error": row.error[:500]},
-            ),
-            row.cycle_id,
-            audit_key,
-        )
-        ctx.reporter.trial_finished(f"{text}: FAILED ({first_error})", row.key)
-        row.status = "failed"
-    ctx.book.put_trial(row)
-    return row
+        return "complete"
+    first_error = row.error.splitlines()[0] if row.error else "unknown error"
+    failed = figures | {"error": row.error[:500]}
+    reason = f"trial {number} failed: {first_error}"
+    ctx.record(Action("trainer", "run_trial", "failed", reason, failed), row.cycle_id, key)
+    ctx.reporter.trial_finished(f"{text}: FAILED ({first_error})", row.key)
+    return "failed"
 
 
 def _audit_lost_nodes(

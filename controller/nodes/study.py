@@ -50,10 +50,17 @@ def open_study(
 
 
 def fail_orphans(study: optuna.Study, book: CycleBook, cid: str) -> None:
-    """Trials asked for but never recorded (a crash in between) must not stay RUNNING."""
+    """Trials asked for but never recorded (a crash in between) must not stay RUNNING, nor
+    may a RUNNING trial of a cycle that has ended: with a constant liar, TPE would count it
+    as a bad result for ever."""
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        key = t.user_attrs.get("trial_key")
-        if t.user_attrs.get("cycle") == cid and key and book.trial(key) is None:
+        key, cycle = t.user_attrs.get("trial_key"), t.user_attrs.get("cycle")
+        if cycle == cid:
+            stale = bool(key) and book.trial(key) is None
+        else:
+            row = book.get(cycle) if cycle else None
+            stale = row is not None and row.status in ("completed", "failed")
+        if stale:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
 
 

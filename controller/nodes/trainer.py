@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 
@@ -116,14 +116,14 @@ class TrainerNode:
         for i in range(allowance.trials):
             key = f"{cid}:trial:{i:03d}"
             row = ctx.book.trial(key)
-            plan = TrialPlan(cid, i, key, dists, *files, 0, 0.0, [])
+            plan = TrialPlan(cid, i, key, dists, *files, 0, 0.0)
             if row is None or row.status == "running":
                 todo.append((plan, row))
                 continue
             if row.status in ("trained", "crashed"):  # before a restart: settle it now
                 row = settle(ctx, study, plan, row, allowance.trials)
             done[i] = _summary(row)
-        _CycleTrials(ctx, TrialRunner(ctx, study), allowance, done).run(todo)
+        _CycleTrials(ctx, TrialRunner(ctx, study), allowance, done, cid).run(todo)
         return [done[i] for i in sorted(done)]
 
     def _register(
@@ -172,6 +172,9 @@ class TrainerNode:
         return model.version
 
 
+Launch = Literal["started", "wait", "spent"]
+
+
 class _CycleTrials:
     """The trials of one cycle still to run, run up to ``parallel_trials`` at once (capped
     by the factory's slots): each within its budget, reserved before it starts, so
@@ -183,18 +186,39 @@ class _CycleTrials:
         runner: TrialRunner,
         allowance: TrainingAllowance,
         done: dict[int, TrialSummary],
+        cid: str,
     ) -> None:
         self.ctx, self.runner, self.allowance, self.done = ctx, runner, allowance, done
-        self.pool = TrialPool(ctx, runner)
+        # pruning compares with the cycle's trials finished before (a resumed cycle) and
+        # those of this run, finished or running
+        self.pool = TrialPool(ctx, runner, _curves(ctx.book.trials(cid)))
         self.grants: dict[str, tuple[int, float]] = {}  # running trials' reservations
         self.width = max(1, min(ctx.policy.tuning.parallel_trials, ctx.trial_slots()))
+        if self.width > 1 and _shares_a_gpu(ctx):
+            ctx.record(
+                Action(
+                    "trainer",
+                    "parallel_trials",
+                    "refused",
+                    f"{self.width} trials at once would share this machine's GPU, and each "
+                    "would be charged the board's whole energy: they run one at a time (a "
+                    "Ray cluster gives each trial a GPU of its own)",
+                    {"parallel_trials": self.width, "gpus": ctx.gpu_count},
+                ),
+                cid,
+                "trainer:parallel_trials",
+            )
+            self.width = 1
 
     def run(self, todo: list[tuple[TrialPlan, TrialRunRow | None]]) -> None:
         interrupted: CycleInterrupted | None = None
         try:
             while todo or self.pool:
                 while todo and len(self.pool) < self.width and interrupted is None:
-                    verdict = self._launch(*todo[0])
+                    if self.ctx.stop_event.is_set():  # the unrun trials run on resume
+                        interrupted = CycleInterrupted(todo[0][0].key)
+                        break
+                    verdict = self._launch(*todo[0], trials_left=len(todo))
                     if verdict == "wait":  # a running trial may leave some budget unspent
                         break
                     todo.pop(0)
@@ -210,9 +234,11 @@ class _CycleTrials:
                 if self.ctx.budget is not None:  # what a trial costs, measured: a truer demand
                     self.ctx.budget.want(len(todo), self._mean_joules())
         finally:
-            self.pool.abort()  # something raised: no trial outlives the node
-            for key in list(self.grants):
-                self._release(key)
+            try:
+                self.pool.abort()  # something raised: no trial outlives the node
+            finally:
+                for key in list(self.grants):
+                    self._release(key)
         if interrupted is not None:
             raise interrupted
 
@@ -226,11 +252,11 @@ class _CycleTrials:
         finally:
             self._release(live.plan.key)  # on the ledger now (or it runs again on resume)
 
-    def _launch(self, plan: TrialPlan, row: TrialRunRow | None) -> str:
+    def _launch(self, plan: TrialPlan, row: TrialRunRow | None, trials_left: int) -> Launch:
         """Start one trial: "started", "wait" (nothing fits while other trials of the cycle
         run) or "spent" (nothing is left for it)."""
         ctx, i = self.ctx, plan.index
-        budget, refusal = decide_trial_budget(self._observe(i), ctx.policy)
+        budget, refusal = decide_trial_budget(self._observe(trials_left), ctx.policy)
         grant = None
         if budget is not None:  # a trial's need: as measured in this cycle, else the plan's
             expected_j = self._mean_joules() or self.allowance.joules_per_trial
@@ -238,6 +264,8 @@ class _CycleTrials:
         if grant is None:
             if self.pool:
                 return "wait"
+            if ctx.stop_event.is_set():  # not spent: stopped while it waited for a share
+                raise CycleInterrupted(plan.key)
             if refusal is not None:
                 ctx.record(refusal, plan.cid, f"trainer:skip:{i:03d}")
             self._close_unrun([(plan, row)])
@@ -247,21 +275,20 @@ class _CycleTrials:
             plan,
             max_tokens=grant[0],
             max_joules=grant[1],
-            earlier_curves=_curves(ctx.book.trials(plan.cid)),
             threads=max(1, ctx.threads // self.width),
         )
         self.pool.start(self.runner.prepare(plan, row))
         return "started"
 
-    def _observe(self, i: int) -> TrialBudgetObservation:
+    def _observe(self, trials_left: int) -> TrialBudgetObservation:
         """What the cycle has spent: settled trials as booked, running ones at the most
-        their reservation lets them spend."""
+        their reservation lets them spend; ``trials_left``: this one and those after it."""
         spent = list(self.done.values())
         return TrialBudgetObservation(
             self.allowance,
             spent_tokens=sum(s.tokens for s in spent) + sum(t for t, _ in self.grants.values()),
             spent_joules=sum(s.joules for s in spent) + sum(j for _, j in self.grants.values()),
-            trials_left=self.allowance.trials - i,
+            trials_left=trials_left,
         )
 
     def _reserve(
@@ -300,6 +327,12 @@ class _CycleTrials:
     def _mean_joules(self) -> float:
         spent = [s.joules for s in self.done.values() if s.joules > 0]
         return sum(spent) / len(spent) if spent else 0.0
+
+
+def _shares_a_gpu(ctx: LineContext) -> bool:
+    """Would concurrent local trials run on (and meter) the same GPU?"""
+    p = ctx.policy
+    return p.cluster.kind == "local" and p.energy.prefer_gpu and ctx.gpu_count > 0
 
 
 def _curves(rows: list[TrialRunRow]) -> list[list[tuple[int, float]]]:

@@ -22,9 +22,12 @@ class TrialPool:
     thread never raises (a cluster that breaks its contract fails that trial). :meth:`abort`
     stops and collects whatever still runs, so no trial outlives the node that started it."""
 
-    def __init__(self, ctx: LineContext, runner: TrialRunner) -> None:
+    def __init__(
+        self, ctx: LineContext, runner: TrialRunner, before: list[list[tuple[int, float]]]
+    ) -> None:
         self.ctx, self.runner = ctx, runner
         self.live: dict[str, LiveTrial] = {}
+        self.finished = list(before)  # curves of finished, unpruned trials of the cycle
         self._threads: dict[str, threading.Thread] = {}
         self._events: queue.Queue[tuple[str, str, Any]] = queue.Queue()
         self._abort = threading.Event()
@@ -61,12 +64,20 @@ class TrialPool:
             if live is None:
                 continue
             if kind == "progress":
-                others = [t.curve for k, t in self.live.items() if k != key]
-                self.runner.progress(live, payload, others)
+                if not self._abort.is_set():  # judging progress is moot once stopping
+                    self.runner.progress(live, payload, self._others(key))
                 continue
             del self.live[key]
             self._threads.pop(key).join()
+            if payload.status == "ok" and not live.prune_now:
+                self.finished.append(live.curve)
             return live, payload
+
+    def _others(self, key: str) -> list[list[tuple[int, float]]]:
+        """What a trial's progress is compared with: the cycle's finished trials and the
+        ones running beside it (neither pruned), each where it has reached that far."""
+        running = [t.curve for k, t in self.live.items() if k != key and not t.prune_now]
+        return [*self.finished, *running]
 
     def abort(self) -> list[LiveTrial]:
         """Stop every running trial and wait for it (the cluster kills a worker that does
@@ -76,8 +87,11 @@ class TrialPool:
         self._abort.set()
         while self.live:
             live, outcome = self.next_done()
-            self.ctx.power_limit_released(live.plan.key)
-            self.runner.book_abandoned(live.plan, outcome)
-            self.ctx.reporter.trial_finished(f"{live.text}: abandoned", live.plan.key)
             stopped.append(live)
+            try:  # every trial is collected, whatever booking one of them does
+                self.ctx.power_limit_released(live.plan.key)
+                self.runner.book_abandoned(live.plan, outcome)
+                self.ctx.reporter.trial_finished(f"{live.text}: abandoned", live.plan.key)
+            except Exception as exc:
+                self.ctx.reporter.info(f"  [trainer] {live.plan.key}: not booked: {exc}")
         return stopped

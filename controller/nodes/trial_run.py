@@ -33,7 +33,6 @@ class TrialPlan:
     valid_files: list[str]
     max_tokens: int
     max_joules: float
-    earlier_curves: list[list[tuple[int, float]]]  # what pruning compares against
     threads: int = 0  # CPU threads for the trial (0: the daemon's setting); parallel trials
     # split the daemon's threads between them
 
@@ -104,8 +103,9 @@ class TrialRunner:
         return LiveTrial(plan, row, self._job(plan, row, params, placement), text, placement, trial)
 
     def progress(self, live: LiveTrial, p: Any, others: list[list[tuple[int, float]]]) -> None:
-        """A progress report: show it, keep the curve, decide on pruning against the earlier
-        trials and the concurrent ones (``others``), at the same token count."""
+        """A progress report: show it, keep the curve, decide on pruning against the cycle's
+        other trials (``others``: finished ones and those running beside it), at the same
+        token count."""
         ctx, plan = self.ctx, live.plan
         ctx.reporter.trial_progress(p, plan.key)
         live.curve.append((int(p.tokens), float(p.loss)))
@@ -113,7 +113,7 @@ class TrialRunner:
             live.trial.report(p.loss, p.tokens)  # intermediate values for optuna-dashboard
         if not live.prune_now:
             live.prune_now, live.prune_median = should_prune(
-                p.tokens, p.loss, plan.max_tokens, [*plan.earlier_curves, *others], ctx.policy
+                p.tokens, p.loss, plan.max_tokens, others, ctx.policy
             )
 
     def finish(self, live: LiveTrial, outcome: TrialOutcome) -> TrialRunRow:
@@ -121,7 +121,8 @@ class TrialRunner:
         is booked and :class:`CycleInterrupted` raised: it runs again on resume."""
         ctx, plan, row = self.ctx, live.plan, live.row
         ctx.power_limit_released(plan.key)  # its share of the facility cap is free again
-        pruned = live.prune_now and not ctx.stop_event.is_set()
+        # a trial that ran to its end is not pruned, even if its last report was judged late
+        pruned = live.prune_now and outcome.status == "interrupted" and not ctx.stop_event.is_set()
         if outcome.status == "interrupted" and not pruned:
             self.book_abandoned(plan, outcome)
             ctx.reporter.trial_finished(f"{live.text}: interrupted (resumes on restart)", plan.key)

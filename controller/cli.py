@@ -491,7 +491,7 @@ def _cluster_lines(view: dict[str, Any]) -> list[str]:
         state = "alive" if n.get("alive") else "dead"
         out.append(f"    node {n.get('node')}: {state}" + (f" ({res})" if res else ""))
     for key, where in sorted((view.get("running") or {}).items()):
-        out.append(f"    trial {key} on {where}")
+        out.append(f"    trial {key}: " + (where if where.startswith("waiting") else f"on {where}"))
     return out
 
 

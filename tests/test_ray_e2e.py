@@ -161,3 +161,48 @@ def test_kill9_with_ray_trials_in_flight_leaves_no_duplicate_and_no_orphan(
     assert ray_cluster.alive_actors() == []  # the second daemon closed its drivers
     assert cli("audit", "verify", "--db", url).returncode == 0
     store.dispose()
+
+
+def test_the_daemon_outlives_a_restart_of_the_ray_head(tmp_path: Path) -> None:
+    """A cluster of its own (one head): the head is stopped mid-trial and started again on
+    the same port. The trial then running fails; the daemon carries on, the next trials
+    run on the new head, and the gap is audited."""
+    import tempfile
+
+    from adapters.cluster.ray_nodes import LOOPBACK_STORE_BYTES, free_port, start_head
+
+    port = free_port()
+    temp = tempfile.mkdtemp(prefix="afr-", dir="/tmp")
+    head = start_head(port, 1, None, LOOPBACK_STORE_BYTES, temp)
+    state = tmp_path / "state"
+    pol = ray_policy(
+        tmp_path,
+        f"127.0.0.1:{port}",
+        "  max_retries: 0\n",
+        **{"tokens_per_trial: 60000": "tokens_per_trial: 1500000"},
+    )
+    pol.write_text(
+        pol.read_text()
+        .replace("parallel_trials: 2", "parallel_trials: 1")
+        .replace("trials_per_cycle: 2", "trials_per_cycle: 3")
+    )
+    log = tmp_path / "daemon.log"
+    try:
+        with daemon(
+            "--policy", str(pol), "--state-dir", str(state), "--no-serve", "--once", log=log
+        ) as proc:
+            wait_for(lambda: _actor_running_on(head), 120, "the first trial", log, proc)
+            head.stop()
+            head = start_head(port, 1, None, LOOPBACK_STORE_BYTES, temp)
+            assert proc.wait(300) == 0, log.read_text()[-3000:]
+    finally:
+        head.stop()
+    store = open_store(f"sqlite:///{state / 'aifactory.db'}")
+    trials = rows(store, TrialRunRow)
+    assert [t.status for t in trials] == ["failed", "complete", "complete"], [
+        (t.status, t.error[:200]) for t in trials
+    ]
+    back = [e for e in AuditLog(store).events(agent="trainer") if e.action == "cluster_reconnected"]
+    assert len(back) == 1 and back[0].figures["gap_s"] > 0
+    assert CycleBook(store).get("tiny-c0001").status == "completed"  # type: ignore[union-attr]
+    store.dispose()

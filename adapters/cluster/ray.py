@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from adapters.cluster.base import TrialJob, TrialOutcome
 from adapters.cluster.local import ProcessCluster
-from adapters.cluster.ray_driver import driver_main
+from adapters.cluster.ray_driver import CLUSTER_GONE, driver_main
+from adapters.workload.protocol import TrainProgress
 
 if TYPE_CHECKING:
     from adapters.cluster.ray_nodes import RayNode
@@ -40,6 +44,8 @@ class RayCluster(ProcessCluster):
         self.spec = spec
         self._uses_head = False
         self._nodes: list[dict[str, Any]] = []
+        self._unreachable_since: float | None = None
+        self._events: list[dict[str, Any]] = []
 
     @classmethod
     def from_spec(cls, spec: RayClusterPolicy) -> RayCluster:
@@ -129,6 +135,46 @@ class RayCluster(ProcessCluster):
                 _HEAD = None
         if head is not None:
             head.stop()
+
+    def run(
+        self,
+        job: TrialJob,
+        on_progress: Callable[[TrainProgress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> TrialOutcome:
+        outcome = super().run(job, on_progress, should_stop)
+        self._follow_connection(outcome)
+        return outcome
+
+    def _follow_connection(self, outcome: TrialOutcome) -> None:
+        """Notice the cluster going away (a driver that could not connect, or died with its
+        head) and coming back (a trial placed again): the gap becomes an event."""
+        lost = outcome.status == "failed" and (
+            "cannot reach the Ray cluster" in outcome.error
+            or "died without a result" in outcome.error
+            or any(CLUSTER_GONE in why for why in outcome.lost)
+        )
+        now = time.time()
+        with self._lock:
+            if lost and self._unreachable_since is None:
+                self._unreachable_since = now
+            elif outcome.node.startswith("ray:") and self._unreachable_since is not None:
+                since, self._unreachable_since = self._unreachable_since, None
+                self._events.append(
+                    {
+                        "event": "reconnected",
+                        "address": self.address,
+                        "unreachable_since": datetime.fromtimestamp(since, UTC).isoformat(),
+                        "back_at": datetime.fromtimestamp(now, UTC).isoformat(),
+                        "gap_s": round(now - since, 1),
+                    }
+                )
+
+    def take_events(self) -> list[dict[str, Any]]:
+        """What happened to the cluster since the last call (for the audit log)."""
+        with self._lock:
+            out, self._events = self._events, []
+        return out
 
     def _checkin(self, w: Any, reusable: bool) -> None:
         """A driver is kept warm only while no trial waits for a node: its actor holds the

@@ -37,6 +37,8 @@ POLL_S = 0.25
 #: take some 15-30 s to give up on a node), and one whose process exited with an exit code.
 NODE_LOSS_WAIT_S = 45.0
 CRASH_WAIT_S = 2.0
+#: What a lost attempt says when the cluster itself went away (the daemon notices the gap).
+CLUSTER_GONE = "the Ray cluster went away"
 #: How often a trial waiting for a node checks that some live node could still host it.
 FEASIBLE_CHECK_S = 10.0
 #: How long a driver waits for a cluster head that went away before it ends itself (Ray
@@ -111,6 +113,7 @@ class RayTrialHost:
 
         self._remote = ray.remote(TrialActor)
         self._poll: StopPoll | None = None
+        self._known: set[str] = set()  # the cluster's live node ids when the trial was placed
         self._actor: Any = None
         self._options: dict[str, Any] | None = None
         self._where: dict[str, Any] = {}
@@ -220,7 +223,11 @@ class RayTrialHost:
                 raise TrialFailed(f"the trial's actor could not start: {exc}") from exc
             raise NodeLost(f"the actor could not start: {type(exc).__name__}: {exc}") from exc
         node = f"ray:{self._where['node_id'][:12]}@{self._where['ip']}"
-        conn.send(("placed", job.key, node, self._nodes()))
+        nodes = self._nodes()
+        self._known = {n["id"] for n in nodes if n["alive"]}
+        conn.send(
+            ("placed", job.key, node, [{k: v for k, v in n.items() if k != "id"} for n in nodes])
+        )
         return node
 
     def _nodes(self) -> list[dict[str, Any]]:
@@ -229,6 +236,7 @@ class RayTrialHost:
             for n in self.ray.nodes():
                 out.append(
                     {
+                        "id": n["NodeID"],
                         "node": f"ray:{n['NodeID'][:12]}@{n.get('NodeManagerAddress', '')}",
                         "alive": bool(n.get("Alive")),
                         "resources": {
@@ -307,27 +315,33 @@ class RayTrialHost:
             # the actor's process exited by itself (the trial crashed) unless its node is
             # gone; Ray marks a dead node after its health checks fail, so wait for that
             crashed = "exit code" in str(exc) or "exits with" in str(exc)
-            if self._node_lost(NODE_LOSS_WAIT_S if not crashed else CRASH_WAIT_S):
+            gone = self._node_lost(NODE_LOSS_WAIT_S if not crashed else CRASH_WAIT_S)
+            if gone == "cluster":
+                return NodeLost(f"{CLUSTER_GONE} mid-trial on {node} ({name})")
+            if gone == "node":
                 return NodeLost(f"{node} lost mid-trial ({name})")
             return TrialFailed(f"the trial's actor on {node} died ({name}): {exc}")
         return TrialFailed(f"{name}: {exc}")
 
-    def _node_lost(self, wait_s: float) -> bool:
-        """Is the trial's node (or the whole cluster) gone, as Ray sees it within
-        ``wait_s``?"""
+    def _node_lost(self, wait_s: float) -> str | None:
+        """Is the trial's node gone ("node"), or the whole cluster ("cluster": unreachable,
+        or none of the nodes seen at placement alive: its head restarted), as Ray sees it
+        within ``wait_s``? None: the node is alive."""
         node_id = self._where.get("node_id", "")
         deadline = time.monotonic() + wait_s
         while True:
             if self._poll is not None and self._poll.stopped() is not None:
-                return False  # stopping: not worth waiting for Ray's verdict
+                return None  # stopping: not worth waiting for Ray's verdict
             try:
                 alive = {n["NodeID"] for n in self.ray.nodes() if n.get("Alive")}
             except Exception:
-                return True  # the cluster itself is unreachable
+                return "cluster"
+            if self._known and not alive & self._known:
+                return "cluster"
             if node_id not in alive:
-                return True
+                return "node"
             if time.monotonic() >= deadline:
-                return False
+                return None
             time.sleep(0.5)
 
     def _drop_actor(self) -> None:

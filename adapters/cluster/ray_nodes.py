@@ -148,12 +148,15 @@ def start_head(
     num_cpus: float | None = None,
     resources: dict[str, float] | None = None,
     store_bytes: int | None = None,
+    temp_dir: str | None = None,
 ) -> RayNode:
     """A head node on loopback (no dashboard: nothing here reads it); ``store_bytes`` caps
-    its object store (Ray's default is 30% of the machine's memory per node)."""
+    its object store (Ray's default is 30% of the machine's memory per node); ``temp_dir``
+    keeps its session files apart from other clusters on the machine (a short path: Ray's
+    socket names must fit 107 characters)."""
     port = port or free_port()
     args = ["--head", "--port", str(port), "--node-ip-address", "127.0.0.1"]
-    args += ["--include-dashboard=false"]
+    args += ["--include-dashboard=false"] + (["--temp-dir", temp_dir] if temp_dir else [])
     args += _shape(num_cpus, resources, store_bytes)
     return _start(args, f"127.0.0.1:{port}", resources or {}, "head")
 

@@ -143,6 +143,11 @@ class SlottedCluster:
     def close(self) -> None:
         self.inner.close()
 
+    def take_events(self) -> list[dict[str, Any]]:
+        """The inner cluster's events (a Ray cluster that went away and came back)."""
+        take = getattr(self.inner, "take_events", None)
+        return take() if take is not None else []
+
     def status(self) -> dict[str, Any]:
         """The inner cluster's view, with the factory's slots."""
         view = self.inner.status() if isinstance(self.inner, ClusterView) else {}

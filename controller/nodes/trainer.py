@@ -251,6 +251,25 @@ class _CycleTrials:
             self.done[live.plan.index] = _summary(row)
         finally:
             self._release(live.plan.key)  # on the ledger now (or it runs again on resume)
+        self._audit_cluster(live.plan)
+
+    def _audit_cluster(self, plan: TrialPlan) -> None:
+        """The cluster went away and came back while this trial ran: the gap, audited."""
+        take = getattr(self.ctx.cluster, "take_events", None)
+        for n, event in enumerate(take() if take is not None else []):
+            self.ctx.record(
+                Action(
+                    "trainer",
+                    "cluster_reconnected",
+                    "taken",
+                    f"the Ray cluster at {event['address']} was unreachable for "
+                    f"{event['gap_s']:g} s (from {event['unreachable_since']}); trials run "
+                    "there again",
+                    event,
+                ),
+                plan.cid,
+                f"trainer:cluster:{plan.index:03d}:{n}",
+            )
 
     def _launch(self, plan: TrialPlan, row: TrialRunRow | None, trials_left: int) -> Launch:
         """Start one trial: "started", "wait" (nothing fits while other trials of the cycle

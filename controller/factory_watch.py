@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Protocol
 
 from controller.budget import FactoryBudget
-from controller.line import FactoryServices, ProductionLine
+from controller.line import ProductionLine
+from controller.services import FactoryServices
 from policies.factory import Factory, LineSpec, load_factory
 from policies.loader import PolicyError
 from policies.model import Policy

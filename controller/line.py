@@ -11,43 +11,23 @@ cycle mixes two policy versions.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import queue
 import threading
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.date import DateTrigger
-from apscheduler.triggers.interval import IntervalTrigger
-from rich.console import Console
-
-from adapters.cluster import make_cluster, reconfigure
-from adapters.cluster.base import Cluster, ClusterView
-from adapters.cluster.slots import SlotPool, SlottedCluster
+from adapters.cluster import reconfigure
 from adapters.data_sources import make_source
 from adapters.llm import make_advisor
-from adapters.store.audit import AuditLog
-from adapters.store.cycles import CycleBook
-from adapters.store.datasets import DataCatalog
-from adapters.store.db import Store, utcnow_iso
-from adapters.store.ledger import Ledger
-from adapters.store.registry import ModelRegistry
-from adapters.store.rollouts import RolloutBook
+from adapters.store.db import utcnow_iso
 from adapters.workload.loader import load_workload
-from controller.context import LineContext
 from controller.cycle_runner import CycleRun, CycleRunner
-from controller.gpu import FactoryGpus
 from controller.graph import build_cycle_graph
-from controller.ingest import Ingestor
-from controller.nodes.study import open_storage
+from controller.line_schedule import LineSchedule
+from controller.line_setup import build_context, wire_gpu
+from controller.line_view import heartbeat, serving_differs
 from controller.overview import FactoryView
-from controller.progress import ProgressReporter
-from controller.settings import Settings
+from controller.services import FactoryServices
 from controller.watch import PolicyWatch
 from policies.factory import LineSpec
 from policies.model import Policy
@@ -57,45 +37,6 @@ from policies.model import Policy
 _IDLE_WAKE_S = 5.0
 #: How long a line waits after trouble of its own (audited) before it tries again.
 _TROUBLE_S = 5.0
-
-
-@dataclass
-class FactoryServices:
-    """What every line shares, built once by the factory runner."""
-
-    settings: Settings
-    console: Console
-    store: Store
-    audit: AuditLog
-    registry: ModelRegistry
-    ledger: Ledger
-    catalog: DataCatalog
-    book: CycleBook
-    rollouts: RolloutBook
-    scheduler: BackgroundScheduler
-    gpus: FactoryGpus
-    slots: SlotPool
-    started: float
-    checkpointer: Any = None
-    serving: Any = None  # ServingSync, when the factory serves
-    budget: Any = None  # FactoryBudget, when the factory has shared limits
-    energy_note: str = ""  # how energy is measured here (for `aifactory status`)
-    many_lines: bool = False
-    cycles: int | None = None  # --cycles/--once: each line stops after this many
-    lines: dict[str, ProductionLine] = field(default_factory=dict)
-    measuring: threading.Lock = field(default_factory=threading.Lock)
-    _optuna: Any = None
-    _optuna_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def study_storage(self) -> Any:
-        """The factory's one Optuna storage, made on first use (by the first trainer)."""
-        with self._optuna_lock:
-            if self._optuna is None:
-                self._optuna = open_storage(self.store.url)
-            return self._optuna
-
-    def say(self, message: str) -> None:
-        self.console.print(message, highlight=False, markup=False)
 
 
 class ProductionLine:
@@ -110,7 +51,10 @@ class ProductionLine:
         self.requests: queue.Queue[tuple[str, str]] = queue.Queue()
         self.busy = threading.Event()
         self.watch = PolicyWatch(path, policy)
-        self.ctx = self._build(policy)
+        self.ctx = build_context(services, policy, self.stop_event, lambda: self.sync_serving())
+        self.schedule = LineSchedule(
+            services.scheduler, policy.name, self.requests, self.stop_event, self.say
+        )
         self.graph: Any = None
         self.cycles: CycleRunner | None = None
         self.done = 0  # cycles completed or failed
@@ -123,69 +67,6 @@ class ProductionLine:
     def say(self, message: str) -> None:
         prefix = f"[{self.name}] " if self.services.many_lines else ""
         self.services.say(prefix + message)
-
-    # set-up ---------------------------------------------------------------------------
-
-    def _build(self, policy: Policy) -> LineContext:
-        s = self.services
-        st = s.settings
-        audit = s.audit.for_line(policy.name)
-        ingestor = Ingestor(
-            policy_name=policy.name,
-            data_policy=policy.data,
-            catalog=s.catalog,
-            audit=audit,  # type: ignore[arg-type]
-            data_dir=st.state_dir / "data",
-            quarantine_dir=st.state_dir / "quarantine",
-        )
-        ctx = LineContext(
-            policy=policy,
-            store=s.store,
-            audit=audit,
-            registry=s.registry,
-            ledger=s.ledger,
-            catalog=s.catalog,
-            book=s.book,
-            cluster=self._cluster(policy),
-            workload=load_workload(policy.workload),
-            workload_spec=policy.workload,
-            source=make_source(policy.data),
-            ingestor=ingestor,
-            trials_dir=st.state_dir / "trials",
-            threads=st.threads,
-            reporter=ProgressReporter(s.console, prefix=self._prefix(policy)),
-            stop_event=self.stop_event,
-            on_champion_changed=lambda: self.sync_serving(),
-            advisor=make_advisor(policy.advisor),
-            rollouts=s.rollouts,
-            runtime=st.runtime,
-            study_storage=s.study_storage,
-            trial_slots=lambda: s.slots.slots,
-            measuring=s.measuring,
-        )
-        self._wire_gpu(ctx)
-        if s.serving is not None:
-            ctx.traffic = s.serving.server.line(policy.name)
-        if s.budget is not None:
-            ctx.budget = s.budget.line(policy.name)
-        return ctx
-
-    def _prefix(self, policy: Policy) -> str:
-        return f"[{policy.name}] " if self.services.many_lines else ""
-
-    def _cluster(self, policy: Policy) -> Cluster:
-        return SlottedCluster(make_cluster(policy.cluster), self.services.slots, policy.name)
-
-    def _wire_gpu(self, ctx: LineContext) -> None:
-        gpus = self.services.gpus
-        ctx.max_power_w = gpus.max_power_w(ctx.policy)
-        ctx.power_knob_problem = gpus.knob_problem(ctx.policy)
-        ctx.gpu_count = gpus.trial_devices()
-        if ctx.policy.cluster.kind != "local":  # trials run elsewhere: this GPU is not theirs
-            ctx.power_knob_problem = "trials run on a Ray cluster, not on this machine's GPU"
-        if ctx.power_knob_problem is None:
-            ctx.set_power_limit = lambda watts, key: gpus.set_power_limit(ctx.policy, watts, key)
-            ctx.power_limit_released = gpus.trial_ended
 
     def start(self) -> None:
         """Save the policy version, schedule the line's jobs, start its thread."""
@@ -213,7 +94,12 @@ class ProductionLine:
         s = self.services
         self.graph = build_cycle_graph(self.ctx, s.checkpointer)
         self.cycles = CycleRunner(
-            self.ctx, self.graph, self.say, self._retry_later, self._retry_after, s.started
+            self.ctx,
+            self.graph,
+            self.say,
+            self.schedule.retry_later,
+            self.schedule.retry_after,
+            s.started,
         )
         pending = self.ctx.book.unfinished(self.name)
         if pending is not None:
@@ -350,7 +236,7 @@ class ProductionLine:
         """Check the policy file, follow alias moves, notice data and answered pauses; from
         the factory's view of every line, so an idle line costs no query of its own."""
         self.watch.check(self)
-        if self._serving_differs(view):
+        if serving_differs(self, view):
             self.sync_serving()
         if self.busy.is_set() or not self.requests.empty():
             return
@@ -364,24 +250,6 @@ class ProductionLine:
             if ctx.ingestor.pending(ctx.source, completed, view.known.get(self.name, set())):
                 self.requests.put(("cycle", "new data"))
 
-    def _serving_differs(self, view: FactoryView) -> bool:
-        """Does the endpoint serve something other than the registry and rollout say?"""
-        serving = self.services.serving
-        if serving is None:
-            return False
-        endpoint = serving.server.line(self.name)
-        current, challenger = endpoint.current, endpoint.challenger
-        champion = view.champions.get(self.name)
-        rollout = view.rollouts.get(self.name)
-        if (current.version if current else None) != champion:
-            return champion is not None
-        if rollout is None or rollout.champion_version != champion:
-            return challenger is not None
-        return challenger is None or (
-            challenger[0].version != rollout.challenger_version
-            or abs(challenger[1] - rollout.weight_pct) > 1e-9
-        )
-
     def sync_serving(self) -> None:
         """A draining line still serves (its champion, its canary) until it is removed."""
         serving = self.services.serving
@@ -390,80 +258,16 @@ class ProductionLine:
 
     def heartbeat(self, stopped: bool = False) -> dict[str, Any]:
         """What `aifactory status` shows of this line (the runner writes every line's at once)."""
-        s = self.services
-        job = s.scheduler.get_job(self.job_id("cycle")) if s.scheduler.running else None
-        nxt = job.next_run_time if job is not None and not stopped else None
-        endpoint = s.serving.server.line(self.name) if s.serving is not None else None
-        served = endpoint.current if endpoint is not None and not stopped else None
-        stopped = stopped or not self.alive  # a line whose thread ended is not running
-        return {
-            "pid": 0 if stopped else os.getpid(),
-            "heartbeat_at": utcnow_iso(),
-            "next_cycle_at": nxt.astimezone(UTC).isoformat() if nxt else None,
-            "serving_url": "" if stopped or s.serving is None else s.serving.server.url,
-            "served_version": served.version if served is not None else None,
-            "policy_version": self.ctx.policy.version,
-            "policy_path": str(self.path),
-            "owner": self.spec.owner,
-            "energy_source": s.energy_note,
-            "cluster": json.dumps(self._cluster_view(stopped), sort_keys=True, default=str),
-        }
-
-    def _cluster_view(self, stopped: bool) -> dict[str, Any]:
-        """Where this line's trials run: the cluster's nodes and trials running where."""
-        cluster = self.ctx.cluster
-        if stopped or not isinstance(cluster, ClusterView):
-            return {}
-        try:
-            return cluster.status()
-        except Exception as exc:  # a view is never worth a failed heartbeat
-            return {"error": f"{type(exc).__name__}: {exc}"}
+        return heartbeat(self, stopped)
 
     # scheduling ---------------------------------------------------------------------------
 
-    def job_id(self, what: str) -> str:
-        return f"{self.name}:{what}"
-
     def schedule_cycles(self) -> None:
-        s = self.services
-        if s.cycles is not None or self.draining.is_set():
-            return  # --cycles/--once: the loop asks for cycles itself; a drain asks for none
-        sched = self.ctx.policy.triggers.schedule
-        trigger: Any
-        if sched.cron:
-            trigger = CronTrigger.from_crontab(sched.cron, timezone=UTC)
-        else:
-            trigger = IntervalTrigger(seconds=sched.every_s or 3600.0, timezone=UTC)
-        s.scheduler.add_job(
-            lambda: self.requests.put(("cycle", "schedule")),
-            trigger,
-            id=self.job_id("cycle"),
-            replace_existing=True,
-            coalesce=True,
-            max_instances=1,
-        )
-
-    def _retry_after(self, hours: float) -> None:
-        """A deferred retraining comes back when its energy window opens."""
-        when = datetime.now(UTC) + timedelta(hours=hours)
-        self.services.scheduler.add_job(
-            lambda: self.requests.put(("cycle", "energy window")),
-            DateTrigger(run_date=when),
-            id=self.job_id("energy-window"),
-            replace_existing=True,
-        )
-        self.say(f"[energy] retraining deferred to {when.isoformat(timespec='minutes')}")
-
-    def _retry_later(self, cycle_id: str, delay_s: float) -> None:
-        """Resume a failed cycle after its retry delay, unless the line stops first."""
-        if not self.stop_event.wait(delay_s):
-            self.requests.put(("resume", cycle_id))
+        if self.services.cycles is None and not self.draining.is_set():
+            self.schedule.cycles(self.ctx.policy)  # --cycles/--once and a drain ask for none
 
     def unschedule(self) -> None:
-        for what in ("cycle", "energy-window"):
-            job = self.services.scheduler.get_job(self.job_id(what))
-            if job is not None:
-                job.remove()
+        self.schedule.remove()
 
     # a staged policy, applied by the line's thread ------------------------------------
 
@@ -482,7 +286,7 @@ class ProductionLine:
         if policy.workload != old.workload:
             ctx.cluster.close()  # a waiting worker has the old workload's code imported
         ctx.cluster = reconfigure(ctx.cluster, policy.cluster)
-        self._wire_gpu(ctx)
+        wire_gpu(self.services.gpus, ctx)
         serving = self.services.serving
         if serving is not None:
             serving.server.line(self.name).max_tokens_limit = policy.serving.max_tokens

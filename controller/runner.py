@@ -37,8 +37,9 @@ from adapters.telemetry import HostTelemetry
 from controller.budget import FactoryBudget
 from controller.factory_watch import FactoryWatch
 from controller.gpu import FactoryGpus
-from controller.line import FactoryServices, ProductionLine
+from controller.line import ProductionLine
 from controller.overview import read_view
+from controller.services import FactoryServices
 from controller.serving_sync import ServingSync
 from controller.settings import Settings
 from controller.summary import print_summary

@@ -1,0 +1,90 @@
+"""What a production line works with, built from the factory's shared services: its
+context (adapters, store, policy) and its view of the factory's GPUs.
+
+Wiring only: the line (`controller/line.py`) calls these when it starts and when it adopts
+an edited policy.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from adapters.cluster import make_cluster
+from adapters.cluster.slots import SlottedCluster
+from adapters.data_sources import make_source
+from adapters.llm import make_advisor
+from adapters.workload.loader import load_workload
+from controller.context import LineContext
+from controller.ingest import Ingestor
+from controller.progress import ProgressReporter
+from policies.model import Policy
+
+if TYPE_CHECKING:
+    from controller.gpu import FactoryGpus
+    from controller.services import FactoryServices
+
+
+def build_context(
+    s: FactoryServices,
+    policy: Policy,
+    stop_event: threading.Event,
+    on_champion_changed: Callable[[], None],
+) -> LineContext:
+    """The line's context over the factory's services (its own audit view, ingestor,
+    cluster behind the factory's slots, share of the budgets and serving endpoint)."""
+    st = s.settings
+    audit = s.audit.for_line(policy.name)
+    ingestor = Ingestor(
+        policy_name=policy.name,
+        data_policy=policy.data,
+        catalog=s.catalog,
+        audit=audit,  # type: ignore[arg-type]
+        data_dir=st.state_dir / "data",
+        quarantine_dir=st.state_dir / "quarantine",
+    )
+    prefix = f"[{policy.name}] " if s.many_lines else ""
+    ctx = LineContext(
+        policy=policy,
+        store=s.store,
+        audit=audit,
+        registry=s.registry,
+        ledger=s.ledger,
+        catalog=s.catalog,
+        book=s.book,
+        cluster=SlottedCluster(make_cluster(policy.cluster), s.slots, policy.name),
+        workload=load_workload(policy.workload),
+        workload_spec=policy.workload,
+        source=make_source(policy.data),
+        ingestor=ingestor,
+        trials_dir=st.state_dir / "trials",
+        threads=st.threads,
+        reporter=ProgressReporter(s.console, prefix=prefix),
+        stop_event=stop_event,
+        on_champion_changed=on_champion_changed,
+        advisor=make_advisor(policy.advisor),
+        rollouts=s.rollouts,
+        runtime=st.runtime,
+        study_storage=s.study_storage,
+        trial_slots=lambda: s.slots.slots,
+        measuring=s.measuring,
+    )
+    wire_gpu(s.gpus, ctx)
+    if s.serving is not None:
+        ctx.traffic = s.serving.server.line(policy.name)
+    if s.budget is not None:
+        ctx.budget = s.budget.line(policy.name)
+    return ctx
+
+
+def wire_gpu(gpus: FactoryGpus, ctx: LineContext) -> None:
+    """The GPU knobs the line's policy may use here, and how many GPUs its trials share."""
+    ctx.max_power_w = gpus.max_power_w(ctx.policy)
+    ctx.power_knob_problem = gpus.knob_problem(ctx.policy)
+    ctx.gpu_count = gpus.trial_devices()
+    if ctx.policy.cluster.kind != "local":  # trials run elsewhere: this GPU is not theirs
+        ctx.power_knob_problem = "trials run on a Ray cluster, not on this machine's GPU"
+    if ctx.power_knob_problem is None:
+        ctx.set_power_limit = lambda watts, key: gpus.set_power_limit(ctx.policy, watts, key)
+        ctx.power_limit_released = gpus.trial_ended

@@ -114,6 +114,7 @@ class RayTrialHost:
         self._remote = ray.remote(TrialActor)
         self._poll: StopPoll | None = None
         self._known: set[str] = set()  # the cluster's live node ids when the trial was placed
+        self._hashes: dict[tuple[str, int, int], str] = {}
         self._actor: Any = None
         self._options: dict[str, Any] | None = None
         self._where: dict[str, Any] = {}
@@ -253,14 +254,22 @@ class RayTrialHost:
     def _ship(self, actor: Any, job: TrialJob) -> dict[str, str]:
         """Send the node the data files it lacks, through the object store; returns each
         file's hash (the name it has in the node's cache)."""
-        paths = [*job.request.train_files, *job.request.valid_files]
-        data = {p: Path(p).read_bytes() for p in dict.fromkeys(paths)}
-        hashes = {p: hashlib.sha256(b).hexdigest() for p, b in data.items()}
+        paths = list(dict.fromkeys([*job.request.train_files, *job.request.valid_files]))
+        hashes = {p: self._hash(p) for p in paths}
         missing = set(self.ray.get(actor.missing.remote(list(set(hashes.values())))))
         if missing:
-            blobs = {h: data[p] for p, h in hashes.items() if h in missing}
+            blobs = {h: Path(p).read_bytes() for p, h in hashes.items() if h in missing}
             self.ray.get(actor.store.remote(blobs))
         return hashes
+
+    def _hash(self, path: str) -> str:
+        """A file's SHA-256, read once while it is unchanged (a trial reuses the cycle's
+        files; they are not read again for every trial)."""
+        st = os.stat(path)
+        stamp = (path, st.st_mtime_ns, st.st_size)
+        if stamp not in self._hashes:
+            self._hashes[stamp] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return self._hashes[stamp]
 
     def _shaped(self, job: TrialJob) -> TrialJob:
         """The trial uses as many threads as CPUs it reserved, and a GPU only when it

@@ -588,6 +588,8 @@ class ServingServer:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
+        # this daemon's place among members sharing a store (its role and term); None alone
+        self.member: dict[str, Any] | None = None
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_ServingCollector(self))
         self._app = self._build_app()
@@ -811,7 +813,10 @@ class ServingServer:
 
         @app.get("/healthz")
         def healthz() -> dict[str, Any]:
-            return {"status": "ok", "lines": {ep.name: _health(ep) for ep in self._endpoints()}}
+            body = {"status": "ok", "lines": {ep.name: _health(ep) for ep in self._endpoints()}}
+            if self.member is not None:
+                body["member"] = self.member
+            return body
 
         @app.get("/metrics")
         def prometheus() -> Response:
@@ -1125,6 +1130,23 @@ class _ServingCollector(Collector):
             tokens.add_metric([*key, "completion"], m["completion_tokens"])
             latency.add_metric(key, count_value=m["requests"], sum_value=m["latency_s_sum"])
         yield from (requests, failures, tokens, latency, self._shares())
+        member = self._server.member
+        if member is not None:
+            leader = GaugeMetricFamily(
+                "aifactory_member_leader",
+                "1 while this daemon leads the members sharing its store, else 0",
+                labels=["member", "role"],
+            )
+            leader.add_metric(
+                [str(member["member"]), str(member["role"])], float(member["role"] == "leader")
+            )
+            epoch = GaugeMetricFamily(
+                "aifactory_member_epoch",
+                "The term this daemon leads or last led",
+                labels=["member"],
+            )
+            epoch.add_metric([str(member["member"])], float(member["epoch"]))  # type: ignore[arg-type]
+            yield from (leader, epoch)
 
     def _shares(self) -> GaugeMetricFamily:
         share = GaugeMetricFamily(

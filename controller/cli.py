@@ -25,7 +25,8 @@ from policies.model import policy_json_schema
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for name in ("state_dir", "db_url", "policy", "factory", "port", "host", "tick_s", "threads"):
+    names = ("state_dir", "db_url", "policy", "factory", "port", "host", "tick_s", "threads")
+    for name in (*names, "artefacts"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -70,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-serve", action="store_true", help="do not start the HTTP server")
     run.add_argument("--tick-s", dest="tick_s", type=float, help="watch tick interval")
     run.add_argument("--threads", type=int, help="torch threads per trial")
+    run.add_argument(
+        "--artefacts",
+        help="where every member reads artefacts: db, none or file:///dir (AIFACTORY_ARTEFACTS)",
+    )
 
     pol = sub.add_parser("policy", help="check a policy or print its schema")
     pol_sub = pol.add_subparsers(dest="policy_command", required=True)
@@ -144,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cycles = 1 if args.once else args.cycles
         return FactoryRunner(settings, console).run(cycles=cycles)
     args.stale_s = settings.runtime.status_stale_s
+    args.member_stale_s = settings.lease.ttl_s  # members beat every renewal
     return _offline(args, settings, console)
 
 
@@ -324,11 +330,16 @@ def _audit(args: argparse.Namespace, audit: Any, console: Console) -> int:
 def _status(
     args: argparse.Namespace, name: str, store: Any, book: Any, registry: Any, console: Console
 ) -> int:
+    from controller.members_view import print_members, read_members
+
     out = _status_data(args, name, store, book, registry)
+    members = read_members(store, args.member_stale_s)
     if args.json:
-        print(json.dumps(out, indent=2, default=str))
+        print(json.dumps(out | ({"members": members} if members else {}), indent=2, default=str))
         return 0
     _print_status(out, console)
+    if members:
+        print_members(members, console)
     return 0
 
 
@@ -500,12 +511,17 @@ def _status_all(
 ) -> int:
     """A factory: every line's status, one after another (JSON: a list under "lines")."""
     names = book.policy_names()
+    from controller.members_view import print_members, read_members
+
     outs = [_status_data(args, name, store, book, registry) for name in names]
+    members = read_members(store, args.member_stale_s)
     if args.json:
-        print(json.dumps({"lines": outs}, indent=2, default=str))
+        print(json.dumps({"lines": outs, "members": members}, indent=2, default=str))
         return 0
     for out in outs:
         _print_status(out, console)
+    if members:
+        print_members(members, console)
     return 0
 
 

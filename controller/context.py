@@ -24,6 +24,7 @@ from adapters.store.db import Store
 from adapters.store.ledger import Ledger
 from adapters.store.registry import CHAMPION, ModelRegistry, ModelVersion
 from adapters.store.rollouts import RolloutBook
+from adapters.store.shared_files import SharedFiles
 from adapters.workload.protocol import Workload
 from agents.actions import Action
 from controller.ingest import Ingestor
@@ -118,6 +119,7 @@ class LineContext:
     # held around in-process energy windows (evaluation, drift): process CPU time would
     # count two lines' concurrent windows twice
     measuring: threading.Lock = field(default_factory=threading.Lock)
+    files: SharedFiles | None = None  # files every member reads (a shared store)
 
     @property
     def name(self) -> str:
@@ -146,11 +148,18 @@ class LineContext:
 
     def holdouts(self, hashes: tuple[str, ...] | list[str]) -> list[str]:
         """Paths of the held-out tails of the given files."""
-        return [str(self.ingestor.blob_paths(h)[1]) for h in hashes]
+        return [self.local(self.ingestor.blob_paths(h)[1]) for h in hashes]
 
     def trains(self, hashes: tuple[str, ...] | list[str]) -> list[str]:
         """Paths of the training parts of the given files."""
-        return [str(self.ingestor.blob_paths(h)[0]) for h in hashes]
+        return [self.local(self.ingestor.blob_paths(h)[0]) for h in hashes]
+
+    def local(self, path: str | Path, key: str = "") -> str:
+        """A file of the state directory that this member may lack (an earlier leader wrote
+        it): fetched from the share by its key, or by its place in our state directory."""
+        if self.files is None or Path(path).exists():
+            return str(path)
+        return str(self.files.fetch(key) if key else self.files.ensure(path))
 
     def evaluate(self, artefact: str, files: list[str]) -> Any:
         return self.workload.evaluate(

@@ -17,6 +17,7 @@ from pathlib import Path
 from adapters.data_sources import DataSource
 from adapters.store.audit import AuditLog
 from adapters.store.datasets import DataCatalog
+from adapters.store.shared_files import SharedFiles
 from adapters.store.tables import DataFileRow
 from agents.drift import byte_histogram
 from policies.model import DataPolicy
@@ -64,6 +65,7 @@ class Ingestor:
         audit: AuditLog,
         data_dir: Path,
         quarantine_dir: Path,
+        files: SharedFiles | None = None,
     ) -> None:
         self.policy_name = policy_name
         self.data_policy = data_policy
@@ -72,6 +74,7 @@ class Ingestor:
         self.data_dir = data_dir
         self.quarantine_dir = quarantine_dir
         self._seen: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha
+        self.files = files
 
     def blob_paths(self, sha: str) -> tuple[Path, Path]:
         """The file's training part and held-out tail, split by this line's policy. Each line
@@ -170,6 +173,9 @@ class Ingestor:
             train_path, holdout_path = self.blob_paths(sha)
             _write_atomically(train_path, train)
             _write_atomically(holdout_path, holdout)
+            if self.files is not None:  # every member may train on it
+                self.files.publish(train_path)
+                self.files.publish(holdout_path)
             if self.catalog.record_file(
                 DataFileRow(
                     sha256=sha,

@@ -43,6 +43,7 @@ def build_context(
         audit=audit,  # type: ignore[arg-type]
         data_dir=st.state_dir / "data",
         quarantine_dir=st.state_dir / "quarantine",
+        files=s.files,
     )
     prefix = f"[{policy.name}] " if s.many_lines else ""
     ctx = LineContext(
@@ -69,6 +70,7 @@ def build_context(
         study_storage=s.study_storage,
         trial_slots=lambda: s.slots.slots,
         measuring=s.measuring,
+        files=s.files,
     )
     wire_gpu(s.gpus, ctx)
     if s.serving is not None:

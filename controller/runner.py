@@ -22,6 +22,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from rich.console import Console
+from sqlalchemy.engine import make_url
 
 from adapters.cluster.slots import SlotPool
 from adapters.energy import probe_energy_meter
@@ -29,16 +30,22 @@ from adapters.serving import ServingError, ServingServer
 from adapters.store.audit import AuditLog
 from adapters.store.cycles import CycleBook
 from adapters.store.datasets import DataCatalog
-from adapters.store.db import Store
+from adapters.store.db import Store, normalise_db_url
+from adapters.store.fencing import Fence, install_fencing
+from adapters.store.lease import LeaseTable
 from adapters.store.ledger import Ledger
 from adapters.store.registry import ModelRegistry
 from adapters.store.rollouts import RolloutBook
+from adapters.store.shared_files import SharedFiles, make_share
+from adapters.store.state_lock import StateLock, StateLockedError
 from adapters.telemetry import HostTelemetry
 from controller.budget import FactoryBudget
 from controller.factory_watch import FactoryWatch
 from controller.gpu import FactoryGpus
 from controller.line import ProductionLine
+from controller.membership import Membership
 from controller.overview import read_view
+from controller.roles import Roles
 from controller.services import FactoryServices
 from controller.serving_sync import ServingSync
 from controller.settings import Settings
@@ -63,6 +70,7 @@ class FactoryRunner:
         self._watchdog = threading.Timer(settings.runtime.shutdown_deadline_s, os._exit, (1,))
         self._watchdog.daemon = True
         self._shown: dict[str, dict[str, Any]] = {}  # each line's last published heartbeat
+        self._lock: StateLock | None = None  # SQLite: held while this daemon runs
 
     def _say(self, message: str) -> None:
         self.console.print(message, highlight=False, markup=False)
@@ -88,21 +96,32 @@ class FactoryRunner:
 
     def _services(self, factory: Factory, cycles: int | None) -> FactoryServices:
         s = self.settings
-        store = Store(s.resolved_db_url)
+        # shared (PostgreSQL): what the daemon does as leader is fenced by its term
+        idle = s.lease.ttl_s / 2 if s.shared else None
+        store = Store(s.resolved_db_url, Fence() if s.shared else None, idle)
         store.create_all()
+        if s.shared:
+            install_fencing(store.engine)
         audit = AuditLog(store)
         gpus = FactoryGpus(store, audit, s.nvml_module)
         first = factory.lines[0].policy
-        gpus.probe(first.energy.gpu if first.energy.prefer_gpu else "none")
+        # a follower's record of restoring its GPU's settings waits until it leads
+        _guarded(
+            self._say,
+            "GPU",
+            lambda: gpus.probe(first.energy.gpu if first.energy.prefer_gpu else "none"),
+        )
         limits = factory.spec.limits
         gpus.facility_cap_w = limits.facility_power_cap_w
         ledger = Ledger(store)
+        files = SharedFiles(s.state_dir, make_share(s.artefact_share, store))
+        member_store = Store(s.resolved_db_url, None, idle) if s.shared else store
         services = FactoryServices(
             settings=s,
             console=self.console,
             store=store,
             audit=audit,
-            registry=ModelRegistry(store, s.state_dir / "models"),
+            registry=ModelRegistry(store, s.state_dir / "models", files),
             ledger=ledger,
             catalog=DataCatalog(store),
             book=CycleBook(store),
@@ -113,6 +132,10 @@ class FactoryRunner:
             started=self.started,
             many_lines=len(factory.lines) > 1 or s.factory is not None,
             cycles=cycles,
+            member_store=member_store,
+            member_audit=AuditLog(member_store) if s.shared else audit,
+            member_ledger=Ledger(member_store) if s.shared else ledger,
+            files=files,
         )
         if limits.energy_kwh_per_day is not None or limits.training_tokens_per_day is not None:
             services.budget = FactoryBudget(factory.spec, ledger, audit)
@@ -129,13 +152,16 @@ class FactoryRunner:
         except ServingError as exc:
             self._say(f"[serving] {exc}")
             return False
-        services.serving = ServingSync(self.server, services.ledger, self._say)
+        assert services.member_ledger is not None and services.member_audit is not None
+        services.serving = ServingSync(
+            self.server, services.member_ledger, services.member_audit, self._say
+        )
         return True
 
     def _audit_start(self, services: FactoryServices, energy_note: str) -> None:
         factory = self.factory
-        assert factory is not None
-        services.audit.append(
+        assert factory is not None and services.member_audit is not None
+        services.member_audit.append(  # the member's own event: written whatever its role
             agent="controller",
             action="start_daemon",
             outcome="taken",
@@ -175,6 +201,8 @@ class FactoryRunner:
         except PolicyError as exc:
             self._say(f"[policy] {exc}")
             return 2
+        if not self._lock_store():
+            return 4
         self.services = services = self._services(self.factory, cycles)
         first = self.factory.lines[0].policy
         meter, energy_note = probe_energy_meter(
@@ -188,6 +216,7 @@ class FactoryRunner:
             return 3
         self.telemetry = HostTelemetry(first.energy.watts_per_core)
         self.watch = FactoryWatch(self, self.factory)
+        self.roles = self._roles(services)
         services.scheduler.add_job(
             self.tick, IntervalTrigger(seconds=s.tick_s), id="tick", coalesce=True, max_instances=1
         )
@@ -195,8 +224,7 @@ class FactoryRunner:
             with services.store.checkpointer() as checkpointer:
                 services.checkpointer = checkpointer
                 try:
-                    for line in self.factory.lines:
-                        self.add_line(line.spec, line.policy, line.path)
+                    self.roles.begin()
                     services.scheduler.start()
                     self._wait(cycles)
                 finally:
@@ -205,16 +233,59 @@ class FactoryRunner:
             self._shutdown()
         return self._exit_code(cycles)
 
+    def _lock_store(self) -> bool:
+        """SQLite: one daemon per store. A second is refused, naming the one running."""
+        url = make_url(normalise_db_url(self.settings.resolved_db_url))
+        if self.settings.shared or not url.database or url.database == ":memory:":
+            return True
+        self._lock = StateLock(url.database)
+        try:
+            self._lock.acquire(note=f"serving on {self.settings.host}:{self.settings.port}")
+        except StateLockedError as exc:
+            self._lock = None
+            self._say(f"[daemon] refused to start: {exc}")
+            return False
+        return True
+
+    def _roles(self, services: FactoryServices) -> Roles:
+        """Alone on SQLite (none other may start: the lock); a member on PostgreSQL."""
+        membership = None
+        if self.settings.shared:
+            assert services.member_store is not None and services.store.fence is not None
+            membership = Membership(
+                LeaseTable(services.member_store),
+                services.store.fence,
+                services.audit,
+                self.settings.lease,
+                self._say,
+            )
+        return Roles(self, membership, self._say)
+
     def add_line(self, spec: LineSpec, policy: Policy, path: Path) -> ProductionLine | None:
-        """Build and start a line; one that cannot be built (its workload does not import,
-        its data source is unusable) is audited and left out, and the others go on."""
+        """Build and start a line (a factory file's new line, while leading)."""
+        line = self.build_line(spec, policy, path)
+        if line is not None:
+            self.services.lines[line.name] = line  # type: ignore[union-attr]
+            self.start_line(line)
+        return line
+
+    def start_line(self, line: ProductionLine) -> None:
         services = self.services
         assert services is not None
+        if services.budget is not None:
+            services.budget.set_line(line.name, line.spec, line.ctx.policy)
+        line.start()
+
+    def build_line(self, spec: LineSpec, policy: Policy, path: Path) -> ProductionLine | None:
+        """Build a line; one that cannot be built (its workload does not import, its data
+        source is unusable) is audited and left out, and the others go on."""
+        services = self.services
+        assert services is not None and services.member_audit is not None
         try:
             line = ProductionLine(services, spec, policy, path)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
-            services.audit.append(
+            services.member_audit.append(
                 agent="controller",
                 action="add_line",
                 outcome="failed",
@@ -225,16 +296,15 @@ class FactoryRunner:
             )
             self._say(f"[daemon] line {policy.name} cannot start: {error}")
             return None
-        services.lines[line.name] = line
-        if services.budget is not None:
-            services.budget.set_line(line.name, spec, policy)
-        line.start()
         return line
 
     def _wait(self, cycles: int | None) -> None:
         services = self.services
         assert services is not None
         while not self.stop_event.wait(0.5):
+            self.roles.poll()
+            if not self.roles.leading:
+                continue
             lines = list(services.lines.values())
             for line in lines:
                 if not line.alive and line.draining.is_set():
@@ -249,14 +319,20 @@ class FactoryRunner:
         if services is None:
             return
         try:
-            self.watch.check()
+            self.roles.publish()
+            leading = self.roles.leading
+            if leading:
+                self.watch.check()
             lines = list(services.lines.values())
             view = read_view(services.registry, services.rollouts, services.book, services.catalog)
-            for line in lines:
+            if not leading:
+                self.roles.follower_tick(view)
+            for line in lines if leading else []:
                 _guarded(self._say, f"line {line.name}", lambda ln=line: ln.tick(view))
             if services.serving is not None:
                 services.serving.book_served_tokens()
-            self._heartbeats(lines)
+            if leading:
+                self._heartbeats(lines)
         except Exception as exc:
             self._say(f"[daemon] tick error: {type(exc).__name__}: {exc}")
 
@@ -309,14 +385,18 @@ class FactoryRunner:
             self._watchdog.start()  # already running unless the lines never started
         lines = list(services.lines.values())
         steps: list[tuple[str, Callable[[], Any]]] = [
-            ("stop lines", lambda: [ln.stop() for ln in lines]),
-            (
-                "heartbeat",
-                lambda: services.book.publish_states(
-                    {ln.name: ln.heartbeat(stopped=True) for ln in lines}
-                ),
-            ),
+            ("stop lines", lambda: [ln.stop() for ln in lines])
         ]
+        if self.roles.leading:
+            steps.append(
+                (
+                    "heartbeat",
+                    lambda: services.book.publish_states(
+                        {ln.name: ln.heartbeat(stopped=True) for ln in lines}
+                    ),
+                )
+            )
+        steps.append(("lease", self.roles.stop))
         if services.serving is not None:
             steps.append(("served tokens", services.serving.book_served_tokens))
         if self.server is not None:
@@ -328,10 +408,11 @@ class FactoryRunner:
         for what, step in steps:
             _guarded(self._say, what, step)
         done = sum(ln.done for ln in lines)
+        audit = services.member_audit or services.audit
         _guarded(
             self._say,
             "audit",
-            lambda: services.audit.append(
+            lambda: audit.append(
                 agent="controller",
                 action="stop_daemon",
                 outcome="taken",
@@ -342,6 +423,10 @@ class FactoryRunner:
         )
         _guarded(self._say, "summary", lambda: print_summary(self.console, lines))
         _guarded(self._say, "store", services.store.dispose)
+        if services.member_store is not None and services.member_store is not services.store:
+            _guarded(self._say, "store", services.member_store.dispose)
+        if self._lock is not None:
+            self._lock.release()
         self._watchdog.cancel()
 
     def _exit_code(self, cycles: int | None) -> int:

@@ -15,9 +15,11 @@ from adapters.store.audit import AuditLog
 from adapters.store.cycles import CycleBook
 from adapters.store.datasets import DataCatalog
 from adapters.store.db import Store
+from adapters.store.fencing import install_fencing
 from adapters.store.ledger import Ledger
 from adapters.store.registry import ModelRegistry
 from adapters.store.rollouts import RolloutBook
+from adapters.store.shared_files import SharedFiles
 from controller.gpu import FactoryGpus
 from controller.nodes.study import open_storage
 from controller.settings import Settings
@@ -48,6 +50,12 @@ class FactoryServices:
     cycles: int | None = None  # --cycles/--once: each line stops after this many
     lines: dict[str, Any] = field(default_factory=dict)  # name -> ProductionLine
     measuring: threading.Lock = field(default_factory=threading.Lock)
+    # a shared store (PostgreSQL): the member's own bookkeeping, never fenced (serving's
+    # tokens and events, membership); `store` above is fenced by the leader's term
+    member_store: Store | None = None
+    member_audit: AuditLog | None = None
+    member_ledger: Ledger | None = None
+    files: SharedFiles | None = None  # artefacts and data splits every member reads
     _optuna: Any = None
     _optuna_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -56,6 +64,9 @@ class FactoryServices:
         with self._optuna_lock:
             if self._optuna is None:
                 self._optuna = open_storage(self.store.url)
+                if self.store.fence is not None:  # Optuna's writes carry the term too
+                    self.store.fence.attach(self._optuna.engine)
+                    install_fencing(self.store.engine)
             return self._optuna
 
     def say(self, message: str) -> None:

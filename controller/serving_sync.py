@@ -12,15 +12,19 @@ import threading
 from collections.abc import Callable
 
 from adapters.serving import ServedModel, ServingServer
+from adapters.store.audit import AuditLog
 from adapters.store.ledger import Ledger
 from adapters.store.registry import ModelVersion
 from controller.context import LineContext
 
 
 class ServingSync:
-    def __init__(self, server: ServingServer, ledger: Ledger, say: Callable[[str], None]) -> None:
+    def __init__(
+        self, server: ServingServer, ledger: Ledger, audit: AuditLog, say: Callable[[str], None]
+    ) -> None:
         self.server = server
-        self.ledger = ledger
+        self.ledger = ledger  # the member's own (never fenced): every member serves
+        self.audit = audit
         self._say = say
         self._locks: dict[str, threading.Lock] = {}  # one per line: a slow load blocks no other
         self._locks_lock = threading.Lock()
@@ -53,7 +57,7 @@ class ServingSync:
             if served is None:
                 return
             endpoint.swap(served)
-            ctx.audit.append(
+            self.audit.append(
                 agent="deployer",
                 action="serve",
                 outcome="taken",
@@ -65,6 +69,7 @@ class ServingSync:
                     "url": self.server.url,
                 },
                 policy_version=ctx.policy.version,
+                line=ctx.name,
             )
             self._say(f"[deployer] serving {ctx.name}:v{champion.version} at {self.server.url}/v1")
             self._sync_canary(ctx, served)
@@ -105,13 +110,14 @@ class ServingSync:
             assert model is not None, f"no model version for {what}"
             generator = ctx.workload.load(ctx.registry.verified_path(model), threads=1)
         except Exception as exc:
-            ctx.audit.append(
+            self.audit.append(
                 agent="deployer",
                 action="serve",
                 outcome="failed",
                 reason=f"cannot load {ctx.name} {what}: {exc}; {otherwise}",
                 figures={"line": ctx.name, "version": model.version if model else None},
                 policy_version=ctx.policy.version,
+                line=ctx.name,
                 key=key,
             )
             return None
@@ -123,13 +129,14 @@ class ServingSync:
         )
 
     def _audit_weight(self, ctx: LineContext, version: int, before: float, after: float) -> None:
-        ctx.audit.append(
+        self.audit.append(
             agent="deployer",
             action="canary_weight",
             outcome="taken",
             reason=f"canary {ctx.name}:v{version}: {before:g}% -> {after:g}% of traffic",
             figures={"line": ctx.name, "version": version, "from_pct": before, "to_pct": after},
             policy_version=ctx.policy.version,
+            line=ctx.name,
         )
         self._say(f"[deployer] canary {ctx.name}:v{version} takes {after:g}% of traffic")
 

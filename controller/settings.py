@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -51,6 +51,32 @@ class RuntimeSettings(BaseModel):
     )
 
 
+class LeaseSettings(BaseModel):
+    """Leader election among daemons sharing one PostgreSQL database. Set with
+    AIFACTORY_LEASE__<NAME>, e.g. AIFACTORY_LEASE__TTL_S."""
+
+    ttl_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="How long a leader's lease lasts unrenewed; a follower takes over "
+        "within this plus one renewal interval of the leader's last renewal.",
+    )
+    renew_s: float = Field(
+        default=3.0,
+        gt=0,
+        description="How often the leader renews its lease and followers ask for it.",
+    )
+
+    @model_validator(mode="after")
+    def _renews_in_time(self) -> LeaseSettings:
+        if self.renew_s * 2 > self.ttl_s:
+            raise ValueError(
+                f"lease.renew_s ({self.renew_s:g}) must be at most half of lease.ttl_s "
+                f"({self.ttl_s:g}), so one failed renewal does not end a healthy term"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AIFACTORY_", env_nested_delimiter="__", extra="ignore"
@@ -74,7 +100,26 @@ class Settings(BaseSettings):
         "(an NVML shim, or a fake NVML in tests).",
     )
 
+    artefacts: str | None = Field(
+        default=None,
+        description="Where every member reads artefacts and data splits: 'db' (the "
+        "database; the default with PostgreSQL), 'file:///shared/dir', or 'none' (the "
+        "default with SQLite: one daemon, its own state directory).",
+    )
+
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    lease: LeaseSettings = Field(default_factory=LeaseSettings)
+
+    @property
+    def shared(self) -> bool:
+        """Several daemons may share this store (PostgreSQL): they elect a leader."""
+        return not self.resolved_db_url.startswith("sqlite")
+
+    @property
+    def artefact_share(self) -> str:
+        if self.artefacts is not None:
+            return self.artefacts
+        return "db" if self.shared else "none"
 
     @property
     def resolved_db_url(self) -> str:

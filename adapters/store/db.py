@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlmodel import Session, SQLModel, create_engine
 
 from adapters.store import tables  # noqa: F401  (registers the tables)
+from adapters.store.fencing import Fence, install_fencing
 
 
 def utcnow_iso() -> str:
@@ -39,17 +40,27 @@ def normalise_db_url(url: str) -> str:
 class Store:
     """Owns the engine; hands out sessions, the graph checkpointer and the Optuna URL."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self, url: str, fence: Fence | None = None, idle_tx_timeout_s: float | None = None
+    ) -> None:
         self.url = normalise_db_url(url)
+        self.fence = fence  # set: every write carries its term's epoch (PostgreSQL)
         parsed = make_url(self.url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self.sqlite_path = parsed.database if self.is_sqlite else None
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
         if self.is_sqlite:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        elif idle_tx_timeout_s is not None:
+            # a member paused inside a transaction (SIGSTOP, a VM freeze) must not hold its
+            # locks for ever: the server ends such a session, and a new term can begin
+            ms = int(idle_tx_timeout_s * 1000)
+            kwargs["connect_args"] = {"options": f"-c idle_in_transaction_session_timeout={ms}"}
         self.engine: Engine = create_engine(self.url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        elif fence is not None:
+            fence.attach(self.engine)
 
     def create_all(self) -> None:
         """Create missing tables; tolerate another process (daemon, CLI) doing it at once."""
@@ -112,16 +123,20 @@ class Store:
             dsn = plain.render_as_string(hide_password=False)
             # a pool that checks connections, so a dropped connection during a long trainer
             # step does not fail the next checkpoint write
+            fence = self.fence
+            check = ConnectionPool.check_connection if fence is None else fence.check_psycopg
             with ConnectionPool(
                 dsn,
                 min_size=1,
                 max_size=4,
                 kwargs={"autocommit": True, "row_factory": dict_row, "prepare_threshold": 0},
-                check=ConnectionPool.check_connection,
+                check=check,
                 open=True,
             ) as pool:
                 saver = PostgresSaver(pool)  # type: ignore[arg-type]
                 saver.setup()
+                if fence is not None:  # its tables exist now: fence them too
+                    install_fencing(self.engine)
                 yield saver
 
     def dispose(self) -> None:

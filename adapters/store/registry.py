@@ -21,6 +21,7 @@ from sqlmodel import Session, col, select
 
 from adapters.store.audit import canonical
 from adapters.store.db import Store, utcnow_iso
+from adapters.store.shared_files import SharedFiles
 from adapters.store.tables import AliasMoveRow, AliasRow, ModelVersionRow
 
 CHAMPION = "champion"
@@ -80,9 +81,12 @@ class ModelVersion:
 
 
 class ModelRegistry:
-    def __init__(self, store: Store, artefact_dir: str | Path) -> None:
+    def __init__(
+        self, store: Store, artefact_dir: str | Path, files: SharedFiles | None = None
+    ) -> None:
         self.store = store
         self.artefact_dir = Path(artefact_dir)
+        self.files = files  # with several members: every artefact also goes to the share
 
     def register(
         self,
@@ -110,6 +114,8 @@ class ModelRegistry:
             tmp = target.with_suffix(".tmp")
             shutil.copyfile(artefact, tmp)
             os.replace(tmp, target)
+        if self.files is not None:
+            self.files.publish(target)
         for _ in range(20):
             with self.store.session() as s:
                 latest = s.exec(
@@ -191,6 +197,9 @@ class ModelRegistry:
     def verified_path(self, model: ModelVersion) -> str:
         """The artefact path, after checking it still has the checksum it was registered with."""
         path = Path(model.artefact_path)
+        if not path.exists() and self.files is not None:
+            # registered by another member: ours is where our state directory keeps it
+            path = self.files.ensure(self.artefact_dir / f"{model.artefact_sha256}.pt")
         if not path.exists():
             raise ArtefactCorruptError(f"artefact of v{model.version} is missing: {path}")
         actual = sha256_file(path)

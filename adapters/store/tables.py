@@ -6,7 +6,7 @@ identically on SQLite and PostgreSQL. Timestamps that take part in hashes are IS
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Text, UniqueConstraint
+from sqlalchemy import Column, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -262,3 +262,57 @@ class GpuSettingRow(SQLModel, table=True):
     applied_at: str
     restored_at: str | None = Field(default=None, index=True)
     reason: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class LeaseRow(SQLModel, table=True):
+    """Who leads the daemons sharing this database (PostgreSQL only). Times are the
+    database's own clock (seconds since the epoch), so members' clocks never disagree.
+    `epoch` only grows: each new term has a higher one, and fenced writes carry it."""
+
+    __tablename__ = "af_lease"
+    name: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(default="", max_length=200)
+    epoch: int = 0
+    renewed_at: float = 0.0
+    expires_at: float = 0.0
+    reason: str = ""
+
+
+class MemberRow(SQLModel, table=True):
+    """One daemon sharing the database: what `aifactory status` shows of it, and the writes
+    of its that the fence refused (the leader audits them). Never fenced itself."""
+
+    __tablename__ = "af_member"
+    id: str = Field(primary_key=True, max_length=200)
+    host: str = ""
+    pid: int = 0
+    started_at: str = ""
+    heartbeat_at: float = 0.0  # database clock
+    role: str = Field(default="follower", max_length=16)  # leader | follower | stopped
+    epoch: int = 0  # the term it leads, or last led
+    serving_url: str = ""
+    fenced_writes: int = 0
+    fenced_detail: str = Field(default="", sa_column=Column(Text, nullable=True))
+    fenced_seen: int = 0  # how many of them the leader has audited
+
+
+class BlobRow(SQLModel, table=True):
+    """A file every member can read (artefacts, data splits), by its path under the state
+    directory; `sha256` is checked on every fetch."""
+
+    __tablename__ = "af_blob"
+    key: str = Field(primary_key=True, max_length=400)
+    sha256: str = Field(max_length=64)
+    size: int = 0
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: str = ""
+
+
+class TermRow(SQLModel, table=True):
+    """The current leadership term's epoch, apart from the lease so that renewals never
+    wait for writes: every fenced write holds this row shared until it commits, and a new
+    term's update waits for them, so no write of an old term lands after a new one began."""
+
+    __tablename__ = "af_term"
+    name: str = Field(primary_key=True, max_length=64)
+    epoch: int = 0

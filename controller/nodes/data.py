@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from adapters.energy import EnergyReading, HostCpuEnergyMeter
@@ -94,7 +95,7 @@ class DataNode:
         hist = [0] * 256
         for h in hashes:
             for path in self.ctx.ingestor.blob_paths(h):
-                data = path.read_bytes()
+                data = Path(self.ctx.local(path)).read_bytes()
                 for b in set(data):
                     hist[b] += data.count(b)
         return hist

@@ -58,7 +58,7 @@ class TrialSummary:
     artefact_path: str
     seconds: float | None = None
     energy_cost: float | None = None  # the second objective: J/token or Zeus cost per token
-    artefact_key: str = ""  # the artefact's key in the share (a shared store)
+    artefact_sha256: str = ""  # with a shared store: the artefact's content, in the share
 
     @property
     def usable(self) -> bool:

@@ -282,10 +282,10 @@ def main() -> None:
             "machine": f"{os.cpu_count()} cores",
             "lease": {"ttl_s": args.ttl, "renew_s": args.renew},
             "rounds": len(rounds),
-            "takeover_s": {"median": statistics.median(takeover), "max": max(takeover)},
+            "takeover_s": {"median": round(statistics.median(takeover), 2), "max": max(takeover)},
             "takeover_over_ttl": round(statistics.median(takeover) / args.ttl, 2),
             "first_step_s": {
-                "median": statistics.median(steps) if steps else None,
+                "median": round(statistics.median(steps), 2) if steps else None,
                 "max": max(steps) if steps else None,
             },
             "within_ttl_plus_round": sum(t <= args.ttl + args.renew for t in takeover),

@@ -154,12 +154,14 @@ class LineContext:
         """Paths of the training parts of the given files."""
         return [self.local(self.ingestor.blob_paths(h)[0]) for h in hashes]
 
-    def local(self, path: str | Path, key: str = "") -> str:
-        """A file of the state directory that this member may lack (an earlier leader wrote
-        it): fetched from the share by its key, or by its place in our state directory."""
-        if self.files is None or Path(path).exists():
-            return str(path)
-        return str(self.files.fetch(key) if key else self.files.ensure(path))
+    def local(self, path: str | Path) -> str:
+        """A file of our state directory that this member may lack (an earlier leader wrote
+        it): fetched from the share."""
+        return str(path) if self.files is None else str(self.files.ensure(path))
+
+    def local_artefact(self, path: str, sha256: str) -> str:
+        """A trial's artefact, which another member may have trained: by its content."""
+        return path if self.files is None else str(self.files.local_model(path, sha256))
 
     def evaluate(self, artefact: str, files: list[str]) -> Any:
         return self.workload.evaluate(

@@ -31,7 +31,7 @@ class FactoryWatch:
         self.runner = runner
         self.factory = factory
         self._mtime = self._stat()
-        self._lock = threading.Lock()  # the tick applies edits, the runner removes lines
+        self.lock = threading.Lock()  # the tick applies edits, the runner removes lines
 
     @property
     def services(self) -> FactoryServices:
@@ -62,7 +62,7 @@ class FactoryWatch:
             )
             self.services.say(f"[factory] refused:\n{exc}")
             return
-        with self._lock:
+        with self.lock:
             self._apply(new)
 
     def _apply(self, new: Factory) -> None:
@@ -160,7 +160,7 @@ class FactoryWatch:
 
     def remove(self, line: ProductionLine) -> None:
         """A drained line's thread has ended: it leaves serving, the budgets and the factory."""
-        with self._lock:
+        with self.lock:
             if line.alive or not line.draining.is_set():
                 return  # listed again meanwhile
             self._remove(line)

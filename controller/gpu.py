@@ -40,12 +40,12 @@ class FactoryGpus:
         if hasattr(self.gpu, "set_power_limit_w"):
             devices = self.gpu.devices()
             self.guard = GpuSettingsGuard(self.gpu, SqlSettingsJournal(self.store), devices)
-            self.restore("at start (a previous run did not restore it)", policy_version=None)
             # for exits the runner's shutdown does not reach (the main thread raising, a
             # trial thread setting a limit after it); no signals: ours only set a flag
             self.guard.install_exit_hooks(
                 on_restored=lambda results: self._audit_restored(results, "at interpreter exit")
             )
+            self.restore("at start (a previous run did not restore it)", policy_version=None)
 
     def trial_devices(self) -> int:
         """GPUs that trials on this machine really use (NVML's; a simulated or replayed

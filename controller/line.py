@@ -77,6 +77,11 @@ class ProductionLine:
         self._thread = threading.Thread(target=self._loop, name=f"line-{self.name}", daemon=True)
         self._thread.start()
 
+    @property
+    def started(self) -> bool:
+        """Its thread was started (it may have ended since: drained, or its cycles done)."""
+        return self._thread is not None
+
     # the line's thread ------------------------------------------------------------------
 
     def _loop(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import secrets
 import socket
 import threading
@@ -51,6 +52,9 @@ class Membership:
         self.audit = audit  # fenced: only the leader writes through it
         self.settings = settings
         self._say = say
+        # False while the last term's lines are still ending (set by the runner's roles)
+        self.may_lead: Callable[[], bool] = lambda: True
+        self._unaudited: LeaseOutcome | None = None  # a new term whose audit failed
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.started_at = utcnow_iso()
         self.serving_url = ""
@@ -88,21 +92,26 @@ class Membership:
                 self.round()
             except Exception as exc:  # the database away: a leader's clock still runs out
                 self._say(f"[member] lease round failed: {type(exc).__name__}: {exc}")
-                self._check_clock()
+                self.check_clock()
 
     def round(self) -> None:
         """Ask or renew, then publish this member's row (and, as leader, audit refusals)."""
-        self._check_clock()
+        self.check_clock()
         asked = time.monotonic()
         with self._lock:
             epoch = self._epoch
-        outcome = self.lease.attempt(self.id, epoch, self.settings.ttl_s)
-        self._apply(outcome, asked)
+        if epoch is not None or self.may_lead():
+            outcome = self.lease.attempt(self.id, epoch, self.settings.ttl_s)
+            self._apply(outcome, asked)
         self._beat()
         if self.leading:
+            if self._unaudited is not None:
+                self._audit_term(self._unaudited)
             self._audit_refusals()
 
-    def _check_clock(self) -> None:
+    def check_clock(self) -> None:
+        """Our own clock says the lease ran out unrenewed: stop acting now (the runner's
+        main thread asks too, twice a second, so a stuck round cannot delay it)."""
         if self.leading and time.monotonic() >= self._deadline:
             self._lose("lapsed", "my lease ran out before I could renew it")
 
@@ -119,10 +128,11 @@ class Membership:
             with self._lock:
                 self._epoch = self._last_epoch = outcome.epoch
                 self._deadline = deadline
-            self._audit_term(outcome)
-            self.changes.put(
+            self.changes.put(  # first: an audit that fails must not leave a term unused
                 RoleChange("leader", outcome.epoch, outcome.decision.why, outcome.decision.reason)
             )
+            self._unaudited = outcome
+            self._audit_term(outcome)
         elif action == "lost":
             self._lose("lost", outcome.decision.reason)
 
@@ -136,12 +146,17 @@ class Membership:
         self.changes.put(RoleChange("follower", epoch, why, reason))
 
     def _refused(self, message: str) -> None:
-        """A write of ours was fenced: report it (the leader audits it) and stop acting."""
+        """A write of ours was fenced: report it (the leader audits it), and stop acting if
+        it was a write of the term we lead (a straggler of an older term changes nothing)."""
         try:
             self.lease.report_fenced(self.id, message)
         except Exception as exc:
             self._say(f"[member] could not report a fenced write: {exc}")
-        self._lose("fenced", message)
+        found = re.search(r"a write of term (\d+)", message)
+        with self._lock:
+            current = self._epoch
+        if current is not None and (found is None or int(found.group(1)) == current):
+            self._lose("fenced", message)
 
     def _beat(self, stopped: bool = False) -> None:
         with self._lock:
@@ -160,6 +175,14 @@ class Membership:
         )
 
     def _audit_term(self, outcome: LeaseOutcome) -> None:
+        """How a term began; retried on later rounds until it is written (keyed: once)."""
+        try:
+            self._append_term(outcome)
+            self._unaudited = None
+        except Exception as exc:
+            self._say(f"[member] the new term's audit failed, trying again: {exc}")
+
+    def _append_term(self, outcome: LeaseOutcome) -> None:
         view, epoch = outcome.view, outcome.epoch
         before = f"{view.holder}'s term {view.epoch}" if view.holder else f"term {view.epoch}"
         self.audit.append(

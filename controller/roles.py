@@ -49,6 +49,15 @@ class Roles:
         self.membership = membership
         self._say = say
         self.leading = membership is None
+        self._retired: list[ProductionLine] = []  # a past term's lines not yet ended
+        if membership is not None:
+            membership.may_lead = self.may_lead
+
+    def may_lead(self) -> bool:
+        """Ask for the lease only once every line of our last term has ended: a thread
+        still running would otherwise write in the new term."""
+        self._retired = [line for line in self._retired if line.alive]
+        return not self._retired
 
     @property
     def services(self) -> FactoryServices:
@@ -66,49 +75,72 @@ class Roles:
             self.poll()
 
     def poll(self) -> None:
-        """The runner's main thread: apply role changes the membership thread reported."""
+        """The runner's main thread: apply role changes the membership thread reported,
+        then finish what an outage left undone (lines to build or to start)."""
         if self.membership is None:
+            self._start_lines()  # alone: a line whose start failed is tried again
             return
+        self.membership.check_clock()
         while True:
             try:
                 change = self.membership.changes.get_nowait()
             except queue.Empty:
-                return
+                break
             if change.role == "leader" and not self.leading:
                 self.leading = True
                 self._say(f"[member] leading term {change.epoch}: starting the lines")
-                self._start_lines()
             elif change.role == "follower" and self.leading:
                 self._follow(change)
+        if self.leading:
+            self._start_lines()
+        else:
+            self._build_lines()
 
     def _build_lines(self) -> None:
+        """Each line of the factory not built yet (one that fails is tried again later)."""
         for entry in self.host.watch.factory.lines:
-            line = self.host.build_line(entry.spec, entry.policy, entry.path)
-            if line is not None:
-                self.services.lines[line.name] = line
-                line.sync_serving()
+            if entry.name in self.services.lines:
+                continue
+            try:
+                line = self.host.build_line(entry.spec, entry.policy, entry.path)
+                if line is not None:
+                    self.services.lines[line.name] = line
+                    line.sync_serving()
+            except Exception as exc:  # the database away: next poll
+                self._say(f"[member] line {entry.name} not ready: {type(exc).__name__}: {exc}")
 
     def _start_lines(self) -> None:
+        """Each built line not started yet (one whose start failed is tried again)."""
         for line in list(self.services.lines.values()):
-            self.host.start_line(line)
+            if line.started:
+                continue
+            try:
+                self.host.start_line(line)
+            except Exception as exc:
+                self._say(f"[member] line {line.name} not started: {type(exc).__name__}: {exc}")
 
     def _follow(self, change: RoleChange) -> None:
         """Stop acting at once, then serve with fresh, idle lines."""
         self.leading = False
         services = self.services
         self._say(f"[member] term {change.epoch} over ({change.why}): stopping the lines")
-        lines = list(services.lines.values())
+        with self.host.watch.lock:  # no factory edit adds a line meanwhile
+            lines = list(services.lines.values())
+            services.lines.clear()
         for line in lines:
-            line.unschedule()
             line.stop()
         deadline = time.monotonic() + self.host.settings.runtime.line_join_s
         for line in lines:
             line.join(max(0.1, deadline - time.monotonic()))
+            line.unschedule()  # after the thread ended: it cannot schedule again
             with contextlib.suppress(Exception):
                 line.ctx.cluster.close()
+        self._retired += [line for line in lines if line.alive]
+        if self._retired:
+            names = ", ".join(line.name for line in self._retired)
+            self._say(f"[member] line(s) {names} still ending: not asking for the lease yet")
         with contextlib.suppress(Exception):
             services.gpus.restore("on losing the lease", None)
-        services.lines.clear()
         self._build_lines()
 
     def follower_tick(self, view: FactoryView) -> None:

@@ -302,7 +302,7 @@ class FactoryRunner:
         services = self.services
         assert services is not None
         while not self.stop_event.wait(0.5):
-            self.roles.poll()
+            _guarded(self._say, "member", self.roles.poll)
             if not self.roles.leading:
                 continue
             lines = list(services.lines.values())

@@ -63,10 +63,12 @@ class FactoryServices:
         """The factory's one Optuna storage, made on first use (by the first trainer)."""
         with self._optuna_lock:
             if self._optuna is None:
-                self._optuna = open_storage(self.store.url)
+                idle = self.store.idle_tx_timeout_s
+                storage = open_storage(self.store.url, idle)
                 if self.store.fence is not None:  # Optuna's writes carry the term too
-                    self.store.fence.attach(self._optuna.engine)
+                    self.store.fence.attach(storage.engine)
                     install_fencing(self.store.engine)
+                self._optuna = storage
             return self._optuna
 
     def say(self, message: str) -> None:

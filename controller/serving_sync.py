@@ -8,6 +8,7 @@ A load failure is audited once per version and serving keeps what it has.
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 from collections.abc import Callable
 
@@ -25,6 +26,8 @@ class ServingSync:
         self.server = server
         self.ledger = ledger  # the member's own (never fenced): every member serves
         self.audit = audit
+        # served-token rows are keyed per process run (two members may share a pid)
+        self._run = secrets.token_hex(4)
         self._say = say
         self._locks: dict[str, threading.Lock] = {}  # one per line: a slow load blocks no other
         self._locks_lock = threading.Lock()
@@ -150,7 +153,7 @@ class ServingSync:
                 if delta <= 0:
                     continue
                 self.ledger.record(
-                    key=f"serve:{os.getpid()}:{line}:{version}:{total}",
+                    key=f"serve:{os.getpid()}:{self._run}:{line}:{version}:{total}",
                     policy_name=line,
                     kind="serve",
                     tokens=delta,

@@ -65,7 +65,7 @@ def _url(store: Any, pid: int) -> str:
 def test_paused_leader_is_fenced_and_killed_leader_is_replaced(tmp_path: Path, pg_url: str) -> None:
     pol = policy_file(  # one era of data: one cycle, and no second
         tmp_path,
-        **{"tokens_per_trial: 60000": "tokens_per_trial: 500000", "      - [concurrent]\n": ""},
+        **{"tokens_per_trial: 60000": "tokens_per_trial: 300000", "      - [concurrent]\n": ""},
     )
     state = {n: tmp_path / f"state-{n}" for n in "ab"}
     logs = {n: tmp_path / f"{n}.log" for n in "ab"}
@@ -189,7 +189,7 @@ def _check_once(store: Any, a_workers: set[int], url: str) -> None:
     assert states.count("COMPLETE") == 2 and "RUNNING" not in states
     verify = cli("audit", "verify", "--db", url)
     assert verify.returncode == 0, verify.stdout
-    status = cli("status", "--db", url, "--json", "--line", "tiny")
+    status = cli("status", "--db", url, "--json", "--line", "tiny", env=ENV)
     assert status.returncode == 0, status.stderr[-2000:]
     members = json.loads(status.stdout)["members"]
     assert {m["role"] for m in members} == {"stopped", "gone"}

@@ -134,6 +134,39 @@ def test_a_stale_terms_writes_are_refused_in_the_same_transaction(pg_store: Stor
 
 
 @pytest.mark.postgres
+def test_a_new_term_waits_for_the_old_terms_write_in_flight(pg_store: Store) -> None:
+    """No write of an old term commits after a new term began: the new term's update waits
+    for the transaction that checked the old term, and every write after it is refused."""
+    from adapters.store.tables import LedgerRow
+
+    lease, fence = LeaseTable(pg_store), Fence()
+    acting = Store(pg_store.url, fence)
+    try:
+        fence.enter_term(lease.attempt("a", None, 30.0).epoch)  # type: ignore[arg-type]
+        with pg_store.engine.begin() as conn:
+            conn.execute(text("UPDATE af_lease SET expires_at = 0"))
+        taken: list[int | None] = []
+        with acting.session() as s:  # a's write, checked and in flight
+            s.add(LedgerRow(key="inflight", policy_name="p", day="d", kind="train"))
+            s.flush()
+            b = threading.Thread(target=lambda: taken.append(lease.attempt("b", None, 30).epoch))
+            b.start()
+            b.join(1.0)
+            assert b.is_alive() and not taken  # b's new term waits for a's transaction
+            s.commit()
+        b.join(10)
+        assert taken == [2]
+        with pytest.raises(Exception) as late:
+            Ledger(acting).record(
+                key="after", policy_name="p", kind="train", tokens=1, joules=1, method="measured"
+            )
+        assert is_fenced(late.value)
+        assert [r.key for r in Ledger(pg_store).all_rows()] == ["inflight"]
+    finally:
+        acting.dispose()
+
+
+@pytest.mark.postgres
 def test_optuna_writes_of_a_stale_term_are_refused_too(pg_store: Store) -> None:
     import optuna
 
@@ -250,6 +283,9 @@ def test_a_clean_stop_hands_the_lease_over_and_a_fenced_write_ends_a_term(
             time.sleep(0.05)
         change = m2.changes.get(timeout=1)
         assert change.role == "leader" and change.why == "released" and change.epoch == 2
+        deadline = time.monotonic() + 3  # the term is told first, then audited
+        while len(AuditLog(pg_store).events()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
         events = AuditLog(pg_store).events()
         assert [e.action for e in events] == ["lead", "step_down", "lead"]
         # m1's acting store keeps term 1: a straggler's write is refused and reported, and

@@ -51,6 +51,39 @@ def test_a_file_put_by_one_member_is_fetched_checked_by_another(
     assert not b.fetch("trials/c1/trial-001.pt").exists()
 
 
+def test_a_trial_artefact_is_found_by_its_content_not_its_name(
+    share: FileShare, tmp_path: Path
+) -> None:
+    """Trial paths repeat across members (trials/<cycle>/trial-000.pt): a stale file of the
+    same name, another member's run, is never taken for the recorded one."""
+    a, b = SharedFiles(tmp_path / "a", share), SharedFiles(tmp_path / "b", share)
+    ran = tmp_path / "a" / "trials" / "c1" / "trial-000.pt"
+    ran.parent.mkdir(parents=True)
+    ran.write_bytes(b"a's run")
+    sha = a.publish_model(ran)
+    stale = tmp_path / "b" / "trials" / "c1" / "trial-000.pt"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"b's own older run")
+    got = b.local_model(stale, sha)
+    assert got.read_bytes() == b"a's run" and got.name == f"{sha}.pt"
+    assert a.local_model(ran, sha) == ran  # the right content where it is: used as is
+    assert SharedFiles(tmp_path / "c", None).local_model(stale, sha) == stale  # no share
+
+
+def test_a_symlinked_state_folder_keeps_its_keys(share: FileShare, tmp_path: Path) -> None:
+    disk = tmp_path / "other-disk"
+    disk.mkdir()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "trials").symlink_to(disk)
+    files = SharedFiles(tmp_path / "a", share)
+    path = tmp_path / "a" / "trials" / "t.pt"
+    path.write_bytes(b"x")
+    assert files.key(path) == "trials/t.pt"
+    files.publish(path)
+    with pytest.raises(ShareError, match="not under the state directory"):
+        files.key(tmp_path / "elsewhere.pt")
+
+
 def test_a_damaged_shared_file_is_refused(share: FileShare, tmp_path: Path) -> None:
     share.put("models/x.pt", b"abc", hashlib.sha256(b"abd").hexdigest())
     with pytest.raises(ShareError, match="fails its checksum"):

@@ -28,6 +28,22 @@ def utcnow_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def member_connect_args(idle_tx_timeout_s: float) -> dict[str, Any]:
+    """libpq settings for a daemon sharing the database with others. A member paused inside
+    a transaction (SIGSTOP, a frozen VM) must not hold its locks for ever: the server ends
+    such a session, so a new term can begin. A lost host is noticed by keepalives, and a
+    connection attempt gives up, instead of waiting on TCP for hours."""
+    ms = int(idle_tx_timeout_s * 1000)
+    return {
+        "options": f"-c idle_in_transaction_session_timeout={ms}",
+        "connect_timeout": 10,
+        "keepalives": 1,
+        "keepalives_idle": 5,
+        "keepalives_interval": 2,
+        "keepalives_count": 3,
+    }
+
+
 def normalise_db_url(url: str) -> str:
     """Accept `postgresql://` and `postgres://` and pick the psycopg 3 driver."""
     if url.startswith("postgres://"):
@@ -49,13 +65,11 @@ class Store:
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self.sqlite_path = parsed.database if self.is_sqlite else None
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        self.idle_tx_timeout_s = idle_tx_timeout_s
         if self.is_sqlite:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         elif idle_tx_timeout_s is not None:
-            # a member paused inside a transaction (SIGSTOP, a VM freeze) must not hold its
-            # locks for ever: the server ends such a session, and a new term can begin
-            ms = int(idle_tx_timeout_s * 1000)
-            kwargs["connect_args"] = {"options": f"-c idle_in_transaction_session_timeout={ms}"}
+            kwargs["connect_args"] = member_connect_args(idle_tx_timeout_s)
         self.engine: Engine = create_engine(self.url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -115,6 +129,7 @@ class Store:
             finally:
                 conn.close()
         else:
+            import psycopg
             from langgraph.checkpoint.postgres import PostgresSaver
             from psycopg.rows import dict_row
             from psycopg_pool import ConnectionPool
@@ -125,19 +140,19 @@ class Store:
             # step does not fail the next checkpoint write
             fence = self.fence
             check = ConnectionPool.check_connection if fence is None else fence.check_psycopg
+            kwargs = {"autocommit": True, "row_factory": dict_row, "prepare_threshold": 0}
+            if self.idle_tx_timeout_s is not None:
+                kwargs |= member_connect_args(self.idle_tx_timeout_s)
+            # its tables (and migrations) through a connection of no term: a member that
+            # does not lead can still start after an upgrade adds a migration
+            with psycopg.connect(dsn, **kwargs) as conn:  # type: ignore[arg-type]
+                PostgresSaver(conn).setup()  # type: ignore[arg-type]
+            if fence is not None:  # its tables exist now: fence them too
+                install_fencing(self.engine)
             with ConnectionPool(
-                dsn,
-                min_size=1,
-                max_size=4,
-                kwargs={"autocommit": True, "row_factory": dict_row, "prepare_threshold": 0},
-                check=check,
-                open=True,
+                dsn, min_size=1, max_size=4, kwargs=kwargs, check=check, open=True
             ) as pool:
-                saver = PostgresSaver(pool)  # type: ignore[arg-type]
-                saver.setup()
-                if fence is not None:  # its tables exist now: fence them too
-                    install_fencing(self.engine)
-                yield saver
+                yield PostgresSaver(pool)  # type: ignore[arg-type]
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -1,9 +1,11 @@
 """Fencing: a leader's writes count only while its term is the current one (PostgreSQL).
 
 Every connection a daemon acts through carries its term's epoch (a session setting,
-`aifactory.epoch`, set each time the connection is handed out). A statement trigger on
-every table but the lease's and the members' compares it with the current term, holding
-that row shared until the transaction ends; a new term's update waits for those holders.
+`aifactory.epoch`, given when the connection is opened, so no rollback can lose it; a new
+term closes the pooled connections, and one still checked out keeps its old epoch). A
+statement trigger on every table but the lease's and the members' compares it with the
+current term, holding that row shared until the transaction ends; a new term's update
+waits for those holders.
 So a stale leader (paused, partitioned) finds every write refused, inside the same
 transaction, and no write of an old term commits after a new term began. Connections
 without the setting (the CLI, a member's own bookkeeping) are not fenced.
@@ -69,6 +71,7 @@ class Fence:
         self._epoch = 0
         self._lock = threading.Lock()
         self._refused: list[Callable[[str], None]] = []
+        self._engines: list[Engine] = []
 
     @property
     def epoch(self) -> int:
@@ -79,6 +82,9 @@ class Fence:
             if epoch < self._epoch:
                 raise ValueError(f"term {epoch} is older than term {self._epoch}")
             self._epoch = epoch
+            engines = list(self._engines)
+        for engine in engines:  # pooled connections carry the old term: open new ones
+            engine.dispose()
 
     def on_refused(self, callback: Callable[[str], None]) -> None:
         """Called (with the database's message) whenever one of our writes is refused."""
@@ -89,16 +95,17 @@ class Fence:
             callback(message)
 
     def attach(self, engine: Engine) -> None:
-        """Fence an SQLAlchemy engine (ours, Optuna's)."""
-        event.listen(engine, "checkout", self._on_checkout)
+        """Fence an SQLAlchemy engine (ours, Optuna's); connections it opened before carry
+        no term, so they are closed."""
+        event.listen(engine, "do_connect", self._on_connect)
         event.listen(engine, "handle_error", self._on_error)
+        with self._lock:
+            self._engines.append(engine)
+        engine.dispose()
 
-    def _on_checkout(self, dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
-        cur = dbapi_conn.cursor()
-        try:
-            cur.execute("SELECT set_config(%s, %s, false)", (SETTING, str(self._epoch)))
-        finally:
-            cur.close()
+    def _on_connect(self, _dialect: Any, _record: Any, _cargs: Any, cparams: dict) -> None:
+        options = cparams.get("options", "")
+        cparams["options"] = f"{options} -c {SETTING}={self._epoch}".strip()
 
     def _on_error(self, context: Any) -> None:
         """A refusal becomes a short `FencedError` (not the statement and its parameters)."""
@@ -108,7 +115,8 @@ class Fence:
             raise FencedError(message)
 
     def check_psycopg(self, conn: Any) -> None:
-        """A psycopg pool's check (the graph checkpointer): a round trip that also fences."""
+        """A psycopg pool's check (the graph checkpointer, autocommit connections): a round
+        trip that also sets the current term."""
         conn.execute("SELECT set_config(%s, %s, false)", (SETTING, str(self._epoch)))
 
 

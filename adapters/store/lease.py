@@ -56,6 +56,7 @@ class LeaseTable:
         with self.store.engine.begin() as conn:
             # a new term waits for the old term's writes in flight; never for ever
             conn.execute(text("SET LOCAL lock_timeout = '5s'"))
+            conn.execute(text("SET LOCAL statement_timeout = '10s'"))
             row = conn.execute(
                 text(
                     f"SELECT holder, epoch, expires_at, reason, {_NOW} AS now "

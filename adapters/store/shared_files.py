@@ -13,8 +13,10 @@ SQLite needs none.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
@@ -114,11 +116,15 @@ class SharedFiles:
     """A state directory whose files are also in a share (when there is one)."""
 
     def __init__(self, state_dir: str | Path, share: FileShare | None) -> None:
-        self.state_dir = Path(state_dir).resolve()
+        self.state_dir = os.path.abspath(state_dir)
         self.share = share
 
     def key(self, path: str | Path) -> str:
-        return Path(path).resolve().relative_to(self.state_dir).as_posix()
+        """The path under our state directory (not resolved: a symlinked folder is fine)."""
+        rel = os.path.relpath(os.path.abspath(path), self.state_dir)
+        if rel == ".." or rel.startswith("../"):
+            raise ShareError(f"{path} is not under the state directory {self.state_dir}")
+        return Path(rel).as_posix()
 
     def publish(self, path: str | Path) -> None:
         """Put a file of our state directory in the share (no-op without one)."""
@@ -126,6 +132,27 @@ class SharedFiles:
             return
         data = Path(path).read_bytes()
         self.share.put(self.key(path), data, hashlib.sha256(data).hexdigest())
+
+    def publish_model(self, path: str | Path) -> str:
+        """Put an artefact in the share by its content (`models/<sha256>.pt`, where the
+        registry keeps it too): a stale member can never overwrite another's. Returns the
+        SHA-256 ("" without a share)."""
+        if self.share is None:
+            return ""
+        data = Path(path).read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        self.share.put(f"models/{sha}.pt", data, sha)
+        return sha
+
+    def local_model(self, path: str | Path, sha256: str) -> Path:
+        """The artefact with this SHA-256: the file at `path` if it is ours and has that
+        content (a file of the same name may hold another member's run), else the share's."""
+        path = Path(path)
+        if self.share is None or not sha256:
+            return path
+        if path.exists() and _sha256(path) == sha256:
+            return path
+        return self.fetch(f"models/{sha256}.pt")
 
     def ensure(self, path: str | Path) -> Path:
         """The file at `path` in our state directory, fetched from the share if this member
@@ -137,7 +164,7 @@ class SharedFiles:
 
     def fetch(self, key: str) -> Path:
         """The file the share keeps under `key`, written (checked) into our state directory."""
-        path = self.state_dir / key
+        path = Path(self.state_dir) / key
         if path.exists() or self.share is None:
             return path
         got = self.share.get(key)
@@ -154,7 +181,22 @@ class SharedFiles:
         return path
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """A temporary file of its own (two threads may fetch the same key), then a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

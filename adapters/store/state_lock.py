@@ -36,7 +36,7 @@ class StateLock:
             raise StateLockedError(
                 f"another daemon is running on {self.db_path}: {holder}. Stop it first, or "
                 "give this one a state directory of its own (--state-dir); to run several "
-                "daemons on one store, use PostgreSQL (--db-url), where they elect a leader"
+                "daemons on one store, use PostgreSQL (--db), where they elect a leader"
             ) from None
         os.ftruncate(fd, 0)
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": utcnow_iso()}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import optuna
 
 from adapters.store.cycles import CycleBook
+from adapters.store.db import member_connect_args
 from policies.model import Policy
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -16,10 +17,14 @@ def study_name(policy: Policy) -> str:
     return f"aifactory-{policy.name}" + ("" if kind == "quality" else f"-{kind}")
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
+def open_storage(url: str, idle_tx_timeout_s: float | None = None) -> optuna.storages.RDBStorage:
     """One Optuna storage for the whole factory: made once, so lines starting together do
-    not race to create its tables, and no engine is left behind per cycle."""
-    return optuna.storages.RDBStorage(url)
+    not race to create its tables, and no engine is left behind per cycle. With other
+    members on the database, its connections get their settings too."""
+    if idle_tx_timeout_s is None:
+        return optuna.storages.RDBStorage(url)
+    engine_kwargs = {"connect_args": member_connect_args(idle_tx_timeout_s)}
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
 def open_study(

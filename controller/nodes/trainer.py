@@ -133,7 +133,7 @@ class TrainerNode:
         model = ctx.registry.register(
             policy_name=ctx.name,
             key=f"{cid}:candidate",
-            artefact=ctx.local(best.artefact_path, best.artefact_key),
+            artefact=ctx.local_artefact(best.artefact_path, best.artefact_sha256),
             cycle_id=cid,
             dataset_version=dataset.version,
             trial_key=best.key,
@@ -375,7 +375,7 @@ def _summary(row: TrialRunRow) -> TrialSummary:
         joules=float(r.get("joules") or 0.0),
         params=json.loads(row.params),
         artefact_path=r.get("artefact_path") or "",
-        artefact_key=r.get("artefact_key") or "",
+        artefact_sha256=r.get("artefact_sha256") or "",
         seconds=r.get("seconds"),
         energy_cost=r.get("energy_cost"),
     )

@@ -130,8 +130,7 @@ class TrialRunner:
         result = self._result(plan, outcome, live.placement, pruned, live.prune_median, live.curve)
         result |= {"started_at": live.started_at, "ended_at": utcnow_iso()}
         if result["artefact_path"] and ctx.files is not None:  # a new leader may need it
-            ctx.files.publish(result["artefact_path"])
-            result["artefact_key"] = ctx.files.key(result["artefact_path"])
+            result["artefact_sha256"] = ctx.files.publish_model(result["artefact_path"])
         row.result = json.dumps(result, sort_keys=True, default=str)
         row.status = "trained" if outcome.status == "ok" or pruned else "crashed"
         row.error = outcome.error[:2000]

@@ -23,6 +23,11 @@ class LineHost(Protocol):
 
     services: FactoryServices | None
 
+    @property
+    def acting(self) -> bool:
+        """Whether this daemon runs the lines (alone, or leading its members)."""
+        ...
+
     def add_line(self, spec: LineSpec, policy: Policy, path: Path) -> ProductionLine | None: ...
 
 
@@ -63,7 +68,10 @@ class FactoryWatch:
             self.services.say(f"[factory] refused:\n{exc}")
             return
         with self.lock:
-            self._apply(new)
+            if self.runner.acting:
+                self._apply(new)
+            else:  # a follower serves the lines listed; whoever leads acts on the edit
+                self.factory = new
 
     def _apply(self, new: Factory) -> None:
         services = self.services

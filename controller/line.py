@@ -59,6 +59,7 @@ class ProductionLine:
         self.cycles: CycleRunner | None = None
         self.done = 0  # cycles completed or failed
         self._thread: threading.Thread | None = None
+        self._starting = threading.Lock()  # the factory's watch and the roles both start lines
 
     @property
     def name(self) -> str:
@@ -69,13 +70,17 @@ class ProductionLine:
         self.services.say(prefix + message)
 
     def start(self) -> None:
-        """Save the policy version, schedule the line's jobs, start its thread."""
-        ctx = self.ctx
-        ctx.book.save_policy(ctx.policy, str(self.path))
-        ctx.book.publish_state(ctx.name, started_at=utcnow_iso())
-        self.sync_serving()
-        self._thread = threading.Thread(target=self._loop, name=f"line-{self.name}", daemon=True)
-        self._thread.start()
+        """Save the policy version, schedule the line's jobs, start its thread (once)."""
+        with self._starting:
+            if self._thread is not None:
+                return
+            ctx = self.ctx
+            ctx.book.save_policy(ctx.policy, str(self.path))
+            ctx.book.publish_state(ctx.name, started_at=utcnow_iso())
+            self.sync_serving()
+            thread = threading.Thread(target=self._loop, name=f"line-{self.name}", daemon=True)
+            thread.start()
+            self._thread = thread
 
     @property
     def started(self) -> bool:
@@ -158,6 +163,7 @@ class ProductionLine:
             self.requests.put(("wake", ""))
         else:  # its thread had just ended
             self.cycles = None
+            self._thread = None
             self.start()
 
     def drain(self) -> None:

@@ -102,7 +102,7 @@ class Membership:
             epoch = self._epoch
         if epoch is not None or self.may_lead():
             outcome = self.lease.attempt(self.id, epoch, self.settings.ttl_s)
-            self._apply(outcome, asked)
+            self._apply(outcome, asked, epoch)
         self._beat()
         if self.leading:
             if self._unaudited is not None:
@@ -112,17 +112,20 @@ class Membership:
     def check_clock(self) -> None:
         """Our own clock says the lease ran out unrenewed: stop acting now (the runner's
         main thread asks too, twice a second, so a stuck round cannot delay it)."""
-        if self.leading and time.monotonic() >= self._deadline:
-            self._lose("lapsed", "my lease ran out before I could renew it")
+        with self._lock:
+            epoch = self._epoch if time.monotonic() >= self._deadline else None
+        if epoch is not None:
+            self._lose("lapsed", "my lease ran out before I could renew it", epoch)
 
-    def _apply(self, outcome: LeaseOutcome, asked: float) -> None:
+    def _apply(self, outcome: LeaseOutcome, asked: float, asked_as: int | None) -> None:
         action = outcome.decision.action
         # the database started the lease no earlier than we asked: our own clock's
         # deadline, counted from then, never outlives it (less a margin for drift)
         deadline = asked + self.settings.ttl_s - min(1.0, self.settings.ttl_s * 0.1)
         if action == "renew":
             with self._lock:
-                self._deadline = deadline
+                if self._epoch == asked_as:  # not lost meanwhile
+                    self._deadline = deadline
         elif action == "acquire" and outcome.epoch is not None:
             self.fence.enter_term(outcome.epoch)
             with self._lock:
@@ -133,15 +136,16 @@ class Membership:
             )
             self._unaudited = outcome
             self._audit_term(outcome)
-        elif action == "lost":
-            self._lose("lost", outcome.decision.reason)
+        elif action == "lost" and asked_as is not None:
+            self._lose("lost", outcome.decision.reason, asked_as)
 
-    def _lose(self, why: str, reason: str) -> None:
-        """Stop acting at once: the runner stops the lines (their cycles stay checkpointed)."""
+    def _lose(self, why: str, reason: str, epoch: int) -> None:
+        """Stop acting at once: the runner stops the lines (their cycles stay checkpointed).
+        Only the term named: one begun meanwhile is not ended by news about an older one."""
         with self._lock:
-            epoch, self._epoch = self._epoch, None
-        if epoch is None:
-            return
+            if self._epoch != epoch:
+                return
+            self._epoch = None
         self._say(f"[member] {self.id} no longer leads (term {epoch}): {reason}")
         self.changes.put(RoleChange("follower", epoch, why, reason))
 
@@ -156,7 +160,7 @@ class Membership:
         with self._lock:
             current = self._epoch
         if current is not None and (found is None or int(found.group(1)) == current):
-            self._lose("fenced", message)
+            self._lose("fenced", message, current)
 
     def _beat(self, stopped: bool = False) -> None:
         with self._lock:

@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,10 @@ class FactoryRunner:
             self._shutdown()
         return self._exit_code(cycles)
 
+    @property
+    def acting(self) -> bool:
+        return self.roles.leading
+
     def _lock_store(self) -> bool:
         """SQLite: one daemon per store. A second is refused, naming the one running."""
         url = make_url(normalise_db_url(self.settings.resolved_db_url))
@@ -293,6 +298,8 @@ class FactoryRunner:
                 figures={"error": error[:2000]},
                 policy_version=policy.version,
                 line=policy.name,
+                # a member tries again later: each refusal once
+                key=f"add_line:{policy.name}:{policy.version}:{zlib.crc32(error.encode()):08x}",
             )
             self._say(f"[daemon] line {policy.name} cannot start: {error}")
             return None
@@ -321,8 +328,7 @@ class FactoryRunner:
         try:
             self.roles.publish()
             leading = self.roles.leading
-            if leading:
-                self.watch.check()
+            self.watch.check()
             lines = list(services.lines.values())
             view = read_view(services.registry, services.rollouts, services.book, services.catalog)
             if not leading:

@@ -317,3 +317,38 @@ def test_healthz_and_metrics_show_the_members_role(server: Any) -> None:
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'aifactory_member_leader{member="h:1:ab",role="follower"} 0.0' in metrics
     assert 'aifactory_member_epoch{member="h:1:ab"} 3.0' in metrics
+
+
+@pytest.mark.postgres
+def test_a_lapsed_leader_asks_again_only_once_its_last_term_is_over(pg_store: Store) -> None:
+    """Its own clock ends a term at once; it asks for the lease again only when the runner
+    says the old term's lines have ended, and then in a new term (fenced apart)."""
+    import time
+
+    member, acting, own = _member(pg_store.url, ttl=1.0, renew=0.3)
+    over = threading.Event()
+    member.may_lead = over.is_set
+    try:
+        member.round()  # a vacant lease, but the runner is not ready: no term
+        assert not member.leading
+        over.set()
+        member.round()
+        assert member.leading and member.changes.get_nowait().epoch == 1
+        over.clear()  # the runner has lines of term 1 still running
+        time.sleep(1.0)
+        member.check_clock()  # the main thread's check: lapsed
+        change = member.changes.get_nowait()
+        assert (change.role, change.why, change.epoch) == ("follower", "lapsed", 1)
+        member._lose("lapsed", "again", 1)  # news about term 1 twice changes nothing
+        assert member.changes.empty()
+        for _ in range(3):
+            member.round()
+        assert not member.leading  # lease expired long ago, yet not asked for
+        over.set()
+        member.round()
+        assert member.leading and member.changes.get_nowait().epoch == 2
+        assert member.fence.epoch == 2
+    finally:
+        member.stop()
+        acting.dispose()
+        own.dispose()

@@ -115,7 +115,7 @@ def test_kill9_with_ray_trials_in_flight_leaves_no_duplicate_and_no_orphan(
 ) -> None:
     state = tmp_path / "state"
     pol = ray_policy(
-        tmp_path, ray_cluster.address, **{"tokens_per_trial: 60000": "tokens_per_trial: 3000000"}
+        tmp_path, ray_cluster.address, **{"tokens_per_trial: 60000": "tokens_per_trial: 1500000"}
     )
     url = f"sqlite:///{state / 'aifactory.db'}"
     common = ["--policy", str(pol), "--state-dir", str(state), "--no-serve"]
@@ -179,7 +179,7 @@ def test_the_daemon_outlives_a_restart_of_the_ray_head(tmp_path: Path) -> None:
         tmp_path,
         f"127.0.0.1:{port}",
         "  max_retries: 0\n",
-        **{"tokens_per_trial: 60000": "tokens_per_trial: 1500000"},
+        **{"tokens_per_trial: 60000": "tokens_per_trial: 600000"},
     )
     pol.write_text(
         pol.read_text()

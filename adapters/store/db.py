@@ -146,7 +146,10 @@ class Store:
             # its tables (and migrations) through a connection of no term: a member that
             # does not lead can still start after an upgrade adds a migration
             with psycopg.connect(dsn, **kwargs) as conn:  # type: ignore[arg-type]
+                # members starting together migrate one at a time
+                conn.execute("SELECT pg_advisory_lock(hashtext('aifactory-checkpointer'))")
                 PostgresSaver(conn).setup()  # type: ignore[arg-type]
+                conn.execute("SELECT pg_advisory_unlock(hashtext('aifactory-checkpointer'))")
             if fence is not None:  # its tables exist now: fence them too
                 install_fencing(self.engine)
             with ConnectionPool(

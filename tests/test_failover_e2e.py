@@ -73,71 +73,79 @@ def test_paused_leader_is_fenced_and_killed_leader_is_replaced(tmp_path: Path, p
     def args(n: str) -> list[str]:
         return ["--policy", str(pol), "--state-dir", str(state[n]), "--db", pg_url, "--port", "0"]
 
-    with daemon(*args("a"), log=logs["a"], env=ENV) as a:
+    # both start at once (the leader's first trial must not end before the other joins)
+    with (
+        daemon(*args("a"), log=logs["a"], env=ENV) as first,
+        daemon(*args("b"), log=logs["b"], env=ENV) as second,
+    ):
         store = open_store(pg_url)
         lease = LeaseTable(store)
         wait_for(
-            lambda: a.pid in _members(store) and _holder_pid(lease) == a.pid,
+            lambda: (
+                {first.pid, second.pid} <= set(_members(store))
+                and _holder_pid(lease) in (first.pid, second.pid)
+            ),
             90,
-            "a leads",
+            "both join and one leads",
+            logs["a"],
+            first,
+        )
+        # "a" is whoever leads, "b" the other
+        if _holder_pid(lease) == second.pid:
+            state = {"a": state["b"], "b": state["a"]}
+            logs = {"a": logs["b"], "b": logs["a"]}
+        a, b = (first, second) if _holder_pid(lease) == first.pid else (second, first)
+        # b follows, and serves: /healthz says so
+        wait_for(lambda: _url(store, b.pid), 30, "b serving", logs["b"], b)
+        health = httpx.get(_url(store, b.pid) + "/healthz", timeout=10).json()
+        assert health["member"]["role"] == "follower"
+
+        # 1. pause the leader mid-trial, past its lease
+        first = wait_for(
+            lambda: (t := _trial(store, ":trial:000")) is not None and t.status == "running",
+            120,
+            "a's first trial",
             logs["a"],
             a,
         )
-        with daemon(*args("b"), log=logs["b"], env=ENV) as b:
-            wait_for(lambda: b.pid in _members(store), 90, "b joins", logs["b"], b)
-            # b follows, and serves: /healthz says so
-            wait_for(lambda: _url(store, b.pid), 30, "b serving", logs["b"], b)
-            health = httpx.get(_url(store, b.pid) + "/healthz", timeout=10).json()
-            assert health["member"]["role"] == "follower"
+        assert first
+        a_workers = {c.pid for c in psutil.Process(a.pid).children(recursive=True)}
+        os.kill(a.pid, signal.SIGSTOP)
+        paused = time.monotonic()
+        wait_for(
+            lambda: _holder_pid(lease) == b.pid,
+            TTL_S + RENEW_S + 10,
+            "b takes over",
+            logs["b"],
+            b,
+        )
+        took = time.monotonic() - paused
+        assert took <= TTL_S + 2 * RENEW_S + 3, took  # TTL + one round, and slack
+        wait_for(
+            lambda: "resuming cycle tiny-c0001" in logs["b"].read_text(),
+            60,
+            "b resumes the cycle",
+            logs["b"],
+            b,
+        )
+        time.sleep(TTL_S)  # a's worker finishes its trial meanwhile
+        os.kill(a.pid, signal.SIGCONT)
+        wait_for(
+            lambda: "no longer leads" in logs["a"].read_text(), 30, "a steps down", logs["a"], a
+        )
+        wait_for(lambda: _members(store)[a.pid].role == "follower", 30, "a follows", logs["a"], a)
 
-            # 1. pause the leader mid-trial, past its lease
-            first = wait_for(
-                lambda: (t := _trial(store, ":trial:000")) is not None and t.status == "running",
-                120,
-                "a's first trial",
-                logs["a"],
-                a,
-            )
-            assert first
-            a_workers = {c.pid for c in psutil.Process(a.pid).children(recursive=True)}
-            os.kill(a.pid, signal.SIGSTOP)
-            paused = time.monotonic()
-            wait_for(
-                lambda: _holder_pid(lease) == b.pid,
-                TTL_S + RENEW_S + 10,
-                "b takes over",
-                logs["b"],
-                b,
-            )
-            took = time.monotonic() - paused
-            assert took <= TTL_S + 2 * RENEW_S + 3, took  # TTL + one round, and slack
-            wait_for(
-                lambda: "resuming cycle tiny-c0001" in logs["b"].read_text(),
-                60,
-                "b resumes the cycle",
-                logs["b"],
-                b,
-            )
-            time.sleep(TTL_S)  # a's worker finishes its trial meanwhile
-            os.kill(a.pid, signal.SIGCONT)
-            wait_for(
-                lambda: "no longer leads" in logs["a"].read_text(), 30, "a steps down", logs["a"], a
-            )
-            wait_for(
-                lambda: _members(store)[a.pid].role == "follower", 30, "a follows", logs["a"], a
-            )
-
-            # 2. kill the new leader -9 mid-trial; its host (state directory) is gone too
-            wait_for(
-                lambda: (t := _trial(store, ":trial:001")) is not None and t.status == "running",
-                180,
-                "b's second trial",
-                logs["b"],
-                b,
-            )
-            os.kill(b.pid, signal.SIGKILL)
-            killed = time.monotonic()
-            b.wait(10)
+        # 2. kill the new leader -9 mid-trial; its host (state directory) is gone too
+        wait_for(
+            lambda: (t := _trial(store, ":trial:001")) is not None and t.status == "running",
+            180,
+            "b's second trial",
+            logs["b"],
+            b,
+        )
+        os.kill(b.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        b.wait(10)
         shutil.rmtree(state["b"])
         wait_for(
             lambda: _holder_pid(lease) == a.pid, TTL_S + RENEW_S + 10, "a takes over", logs["a"], a

@@ -98,7 +98,7 @@ def test_kill9_with_two_trials_in_flight_resumes_them_once(tmp_path: Path, e2e_d
     pol = policy_file(
         tmp_path,
         **{
-            "tokens_per_trial: 60000": "tokens_per_trial: 400000",
+            "tokens_per_trial: 60000": "tokens_per_trial: 300000",
             TRIALS_2: "trials_per_cycle: 2\n  parallel_trials: 2",
         },
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from adapters.store.db import Store
 from adapters.store.fencing import Fence, install_fencing, is_fenced
 from adapters.store.lease import LeaseTable
 from adapters.store.ledger import Ledger
+from adapters.store.schema_lock import schema_lock
 from adapters.store.state_lock import StateLock, StateLockedError
 from agents.leadership import LeaseView, decide_lease
 
@@ -352,3 +354,30 @@ def test_a_lapsed_leader_asks_again_only_once_its_last_term_is_over(pg_store: St
         member.stop()
         acting.dispose()
         own.dispose()
+
+
+@pytest.mark.postgres
+def test_members_changing_the_schema_together_do_not_deadlock(pg_store: Store) -> None:
+    """A member waiting for the schema lock runs no statement meanwhile, so the holder's
+    CREATE INDEX CONCURRENTLY (the checkpointer's migrations) is not stuck behind it."""
+    pg_store.create_all()
+    with pg_store.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t_cic (id int)"))
+    other = Store(pg_store.url)
+    done: list[str] = []
+
+    def second_member() -> None:
+        with other.checkpointer():
+            done.append("checkpointer")
+
+    with schema_lock(pg_store.engine):
+        thread = threading.Thread(target=second_member)
+        thread.start()
+        time.sleep(1.0)  # the other member is waiting for the lock now
+        with pg_store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+            c.execute(text("SET statement_timeout = '20s'"))
+            c.execute(text("CREATE INDEX CONCURRENTLY t_cic_id ON t_cic (id)"))
+        assert not done  # it waited for us
+    thread.join(60)
+    other.dispose()
+    assert done == ["checkpointer"]

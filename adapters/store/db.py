@@ -21,6 +21,7 @@ from sqlmodel import Session, SQLModel, create_engine
 
 from adapters.store import tables  # noqa: F401  (registers the tables)
 from adapters.store.fencing import Fence, install_fencing
+from adapters.store.schema_lock import schema_lock
 
 
 def utcnow_iso() -> str:
@@ -145,11 +146,9 @@ class Store:
                 kwargs |= member_connect_args(self.idle_tx_timeout_s)
             # its tables (and migrations) through a connection of no term: a member that
             # does not lead can still start after an upgrade adds a migration
-            with psycopg.connect(dsn, **kwargs) as conn:  # type: ignore[arg-type]
-                # members starting together migrate one at a time
-                conn.execute("SELECT pg_advisory_lock(hashtext('aifactory-checkpointer'))")
+            # members starting together migrate one at a time
+            with schema_lock(self.engine), psycopg.connect(dsn, **kwargs) as conn:  # type: ignore[arg-type]
                 PostgresSaver(conn).setup()  # type: ignore[arg-type]
-                conn.execute("SELECT pg_advisory_unlock(hashtext('aifactory-checkpointer'))")
             if fence is not None:  # its tables exist now: fence them too
                 install_fencing(self.engine)
             with ConnectionPool(

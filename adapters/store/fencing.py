@@ -22,6 +22,8 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
+from adapters.store.schema_lock import schema_lock
+
 SETTING = "aifactory.epoch"
 TERM = "controller"
 #: Refusals raise this marker; `is_fenced` looks for it.
@@ -123,7 +125,7 @@ class Fence:
 def install_fencing(engine: Engine) -> int:
     """The trigger function, and the trigger on every table of the schema that lacks it
     (Optuna's and the checkpointer's too, once they exist). Idempotent; safe when members
-    install at once (one at a time, under an advisory lock). Returns tables fenced now."""
+    install at once (one at a time, under the schema lock). Returns tables fenced now."""
     for attempt in range(5):
         try:
             return _install(engine)
@@ -135,8 +137,7 @@ def install_fencing(engine: Engine) -> int:
 
 
 def _install(engine: Engine) -> int:
-    with engine.begin() as conn:
-        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('aifactory-fencing'))"))
+    with schema_lock(engine), engine.begin() as conn:
         conn.execute(text(_FUNCTION))
         conn.execute(
             text("INSERT INTO af_term (name, epoch) VALUES (:n, 0) ON CONFLICT DO NOTHING"),

@@ -30,8 +30,10 @@ Generators may therefore be called from several threads at once.
 
 Only the subset of the OpenAI API the factory needs is implemented: ``GET /v1/models``,
 ``POST /v1/completions`` and ``POST /v1/chat/completions`` (both with ``n == 1``, streaming or
-not), plus ``GET /healthz`` (each line's model and canary) and ``GET /metrics`` (Prometheus,
-every series labelled by ``line`` and ``version``). Unknown request fields (``stop``, ...) are
+not), ``POST /v1/feedback`` (a rating of an answer by its id: ``adapters.serving_feedback``;
+ids are signed and name the version that answered: ``adapters.completion_ids``), plus
+``GET /healthz`` (each line's model and canary) and ``GET /metrics`` (Prometheus, every
+series labelled by ``line`` and ``version``). Unknown request fields (``stop``, ...) are
 accepted and ignored, as many OpenAI-compatible servers do; ``user`` keeps one user on one
 model during a canary.
 
@@ -81,7 +83,6 @@ import re
 import socket
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -96,6 +97,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
+from adapters.completion_ids import CompletionIds
+from adapters.serving_feedback import FeedbackDesk, FeedbackRefused, FeedbackRequest
 from adapters.workload.protocol import Completion, TextGenerator
 
 if TYPE_CHECKING:
@@ -574,7 +577,11 @@ class ServingServer:
     counted through its :class:`LineEndpoint`, without downtime and without touching others."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 8000, max_tokens_limit: int = 512
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        max_tokens_limit: int = 512,
+        feedback: FeedbackDesk | None = None,
     ) -> None:
         self._host = host
         self._requested_port = port
@@ -590,6 +597,8 @@ class ServingServer:
         self._sock: socket.socket | None = None
         # this daemon's place among members sharing a store (its role and term); None alone
         self.member: dict[str, Any] | None = None
+        # signs completion ids and takes ratings of answers (kept only with a sink)
+        self.feedback = feedback if feedback is not None else FeedbackDesk(CompletionIds())
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_ServingCollector(self))
         self._app = self._build_app()
@@ -836,6 +845,14 @@ class ServingServer:
         def chat_completions(body: _ChatRequest) -> dict[str, Any] | StreamingResponse:
             return self._chat(body)
 
+        @app.post("/v1/feedback")
+        def feedback(body: FeedbackRequest) -> dict[str, Any]:
+            try:
+                return self.feedback.receive(body)
+            except FeedbackRefused as exc:
+                err_type = "server_error" if exc.status >= 500 else "invalid_request_error"
+                raise _ApiError(exc.status, exc.message, err_type, exc.code) from exc
+
         return app
 
     # ------------------------------------------------------------------ request handling
@@ -918,7 +935,7 @@ class ServingServer:
             return self._stream(job, chat=False, options=body.stream_options)
         result = self._generate(job)
         return {
-            "id": f"cmpl-{uuid.uuid4().hex}",
+            "id": self.feedback.ids.issue("cmpl", job.served.model_id),
             "object": "text_completion",
             "created": int(time.time()),
             "model": job.served.model_id,
@@ -943,7 +960,7 @@ class ServingServer:
             return self._stream(job, chat=True, options=body.stream_options)
         result = self._generate(job)
         return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "id": self.feedback.ids.issue("chatcmpl", job.served.model_id),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": job.served.model_id,
@@ -1008,7 +1025,7 @@ class ServingServer:
             chat=chat,
             model_id=job.served.model_id,
             include_usage=bool(options and options.include_usage),
-            cid=f"{prefix}-{uuid.uuid4().hex}",
+            cid=self.feedback.ids.issue(prefix, job.served.model_id),
         )
         body = self._sse_body(job, items, maker, started, closer)
         # Start the body here: a generator that never ran would skip its ``finally`` when
@@ -1130,6 +1147,13 @@ class _ServingCollector(Collector):
             tokens.add_metric([*key, "completion"], m["completion_tokens"])
             latency.add_metric(key, count_value=m["requests"], sum_value=m["latency_s_sum"])
         yield from (requests, failures, tokens, latency, self._shares())
+        stats = self._server.metrics()
+        yield from self._server.feedback.families(
+            lambda line, version: (
+                stats.get((line, version), {}).get("requests", 0.0)
+                - stats.get((line, version), {}).get("failures", 0.0)
+            )
+        )
         member = self._server.member
         if member is not None:
             leader = GaugeMetricFamily(

@@ -25,6 +25,7 @@ class Scores:
     latency_ms_per_token: float | None = None  # measured in the serving runtime
     tokens_per_joule: float | None = None  # generation; its method is `energy_method`
     energy_method: str | None = None  # "measured" or "estimated"
+    feedback_bpb: float | None = None  # on clients' corrections; None while there are none
 
     @property
     def finite(self) -> bool:
@@ -35,16 +36,23 @@ class Scores:
         return float(value) if value is not None else None
 
 
+#: Metrics that exist only once clients gave something to measure: skipped, said so, until then.
+WAITS_FOR_CLIENTS = {"feedback_bpb": "skipped: no corrections from clients yet"}
+
+
 def check_metric_gates(
     candidate: Scores, champion: Scores | None, gates: dict[str, MetricGate]
 ) -> tuple[list[str], dict[str, object]]:
     """Each declared bound on each metric: (failures, figures). A metric the candidate lacks
-    fails its gate (a gate that cannot be checked must not pass silently); change bounds are
-    skipped without a champion value and say so."""
+    fails its gate (a gate that cannot be checked must not pass silently), except one that
+    waits for clients' data; change bounds are skipped without a champion value and say so."""
     failures: list[str] = []
     figures: dict[str, object] = {}
     for name, gate in sorted(gates.items()):
         value = candidate.metric(name)
+        if value is None and name in WAITS_FOR_CLIENTS:
+            figures[name] = WAITS_FOR_CLIENTS[name]
+            continue
         if value is None or not math.isfinite(value):
             failures.append(f"{name}: candidate has no measured value")
             continue
@@ -212,7 +220,7 @@ def _judge_scores(
     failures += metric_failures
     figures |= metric_figures
     for who, scores in (("candidate", candidate), ("champion", champion)):
-        for name in ("latency_ms_per_token", "tokens_per_joule"):  # on record, gated or not
+        for name in ("latency_ms_per_token", "tokens_per_joule", "feedback_bpb"):  # on record
             value = scores.metric(name) if scores is not None else None
             if value is not None:
                 figures.setdefault(f"{who}_{name}", round(value, 6))

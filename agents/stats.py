@@ -24,3 +24,16 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     if not values:
         return None
     return float(np.percentile(np.asarray(values, dtype=float), q))
+
+
+def bootstrap_diff_bounds(
+    a: Sequence[float], b: Sequence[float], *, confidence: float, resamples: int, seed: int
+) -> tuple[float, float]:
+    """One-sided `confidence` bounds (lower, upper) of mean(a) - mean(b) for two independent
+    samples (ratings of two versions' different answers), each resampled on its own."""
+    rng = np.random.default_rng(seed)
+    xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    ma = xa[rng.integers(0, len(xa), size=(resamples, len(xa)))].mean(axis=1)
+    mb = xb[rng.integers(0, len(xb), size=(resamples, len(xb)))].mean(axis=1)
+    diff = ma - mb
+    return float(np.quantile(diff, 1.0 - confidence)), float(np.quantile(diff, confidence))

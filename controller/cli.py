@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_argument("--by", default=None, help="who decides (default: current user)")
     rollout.add_argument("--json", action="store_true")
 
+    feedback = sub.add_parser("feedback", help="clients' ratings of answers, per version")
+    _common(feedback)
+    feedback.add_argument("--limit", type=_positive_int, default=20, help="newest N ratings")
+    feedback.add_argument("--json", action="store_true", help="export as JSON")
+
     for verb in ("approve", "reject"):
         p = sub.add_parser(verb, help=f"{verb} a promotion waiting for a person")
         _common(p)
@@ -216,6 +221,10 @@ def _offline(args: argparse.Namespace, settings: Settings, console: Console) -> 
     try:
         if args.command == "audit":
             return _audit(args, audit, console)
+        if args.command == "feedback":  # every line unless one is named
+            from controller.feedback_view import read_feedback, show_feedback
+
+            return show_feedback(read_feedback(store, args.line, args.limit), console, args.json)
         if args.command == "report" and args.by == "line":
             return _chargeback(args, store, book, console)
         if args.command in ("approve", "reject"):  # an approval id names its line

@@ -21,6 +21,7 @@ from adapters.store.audit import AuditLog, LineAudit
 from adapters.store.cycles import CycleBook
 from adapters.store.datasets import DataCatalog
 from adapters.store.db import Store
+from adapters.store.feedback import FeedbackLog
 from adapters.store.ledger import Ledger
 from adapters.store.registry import CHAMPION, ModelRegistry, ModelVersion
 from adapters.store.rollouts import RolloutBook
@@ -111,6 +112,7 @@ class LineContext:
     power_limit_released: Callable[[str], None] = lambda key: None  # a trial ended
     rollouts: RolloutBook | None = None
     traffic: LiveTraffic | None = None  # the serving endpoint's live figures (canary)
+    feedback: FeedbackLog | None = None  # clients' ratings of answers (canary, gates)
     budget: LineBudget | None = None  # this line's share of the factory's budgets
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     study_storage: Callable[[], Any] = lambda: None  # the factory's one Optuna storage

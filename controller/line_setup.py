@@ -15,6 +15,7 @@ from adapters.cluster import make_cluster
 from adapters.cluster.slots import SlottedCluster
 from adapters.data_sources import make_source
 from adapters.llm import make_advisor
+from adapters.store.feedback import FeedbackLog
 from adapters.workload.loader import load_workload
 from controller.context import LineContext
 from controller.ingest import Ingestor
@@ -66,6 +67,7 @@ def build_context(
         on_champion_changed=on_champion_changed,
         advisor=make_advisor(policy.advisor),
         rollouts=s.rollouts,
+        feedback=FeedbackLog(s.store),
         runtime=st.runtime,
         study_storage=s.study_storage,
         trial_slots=lambda: s.slots.slots,

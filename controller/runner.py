@@ -26,12 +26,16 @@ from rich.console import Console
 from sqlalchemy.engine import make_url
 
 from adapters.cluster.slots import SlotPool
+from adapters.completion_ids import CompletionIds
 from adapters.energy import probe_energy_meter
 from adapters.serving import ServingError, ServingServer
+from adapters.serving_feedback import FeedbackDesk
 from adapters.store.audit import AuditLog
 from adapters.store.cycles import CycleBook
 from adapters.store.datasets import DataCatalog
 from adapters.store.db import Store, normalise_db_url
+from adapters.store.factory_secret import factory_secret
+from adapters.store.feedback import FeedbackLog
 from adapters.store.fencing import Fence, install_fencing
 from adapters.store.lease import LeaseTable
 from adapters.store.ledger import Ledger
@@ -147,7 +151,13 @@ class FactoryRunner:
         if not s.serve:
             return True
         max_tokens = max(line.policy.serving.max_tokens for line in self.factory.lines)
-        self.server = ServingServer(s.host, s.port, max_tokens_limit=max_tokens)
+        assert services.member_store is not None
+        self.server = ServingServer(
+            s.host,
+            s.port,
+            max_tokens_limit=max_tokens,
+            feedback=_feedback_desk(services.member_store),
+        )
         try:
             self.server.start()
         except ServingError as exc:
@@ -467,3 +477,10 @@ def _redact(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return url
+
+
+def _feedback_desk(store: Store) -> FeedbackDesk:
+    """Completion ids signed with the factory's key (any member reads any member's), and
+    ratings kept in the store through the member's own connection (a follower takes them
+    too: feedback is the clients' data, not a leader's act)."""
+    return FeedbackDesk(CompletionIds(factory_secret(store, "completion-ids")), FeedbackLog(store))

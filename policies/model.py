@@ -243,11 +243,14 @@ class GatePolicy(_Strict):
     metrics: dict[GateMetric, MetricGate] = Field(
         default_factory=dict,
         description="Further thresholds per metric: absolute bounds and changes against the "
-        "champion (absolute and relative). Serving figures are measured by the evaluator.",
+        "champion (absolute and relative). Serving figures are measured by the evaluator; "
+        "feedback_bpb is bits/byte on the corrections clients sent (skipped while none).",
     )
 
 
-GateMetric = Literal["recent_bpb", "reference_bpb", "latency_ms_per_token", "tokens_per_joule"]
+GateMetric = Literal[
+    "recent_bpb", "reference_bpb", "latency_ms_per_token", "tokens_per_joule", "feedback_bpb"
+]
 
 
 class MetricGate(_Strict):
@@ -444,6 +447,18 @@ class RolloutPolicy(_Strict):
         default=2.0, ge=0, description="Allowed rise of bits/byte on live prompts, %."
     )
     confidence: float = Field(default=0.9, gt=0.5, lt=1)
+    min_feedback: int = Field(
+        default=10,
+        ge=1,
+        description="Ratings each version needs (since the rollout began) for feedback to count.",
+    )
+    max_feedback_drop: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Allowed fall of the challenger's mean rating (0..1) below the champion's; "
+        "confidently more rolls it back.",
+    )
     on_inconclusive: Literal["pause", "extend", "rollback", "proceed"] = Field(
         default="pause",
         description="pause: wait for `aifactory rollout continue|abort`; extend: hold the step "

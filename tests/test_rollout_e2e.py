@@ -21,6 +21,7 @@ from test_e2e import cli, daemon, open_store, policy_file, run_once, wait_for
 
 from adapters.store.audit import AuditLog
 from adapters.store.cycles import CycleBook
+from adapters.store.feedback import FeedbackLog
 from adapters.store.registry import ModelRegistry
 from adapters.store.rollouts import RolloutBook
 
@@ -90,9 +91,26 @@ class Traffic:
                             self.models[model] = self.models.get(model, 0) + 1
                         else:
                             self.failures.append(f"{r.status_code}: {r.text[:120]}")
+                    if r.status_code == 200:
+                        self.rate(client, r.json())
                 except httpx.HTTPError as exc:
                     with self._lock:
                         self.failures.append(repr(exc))
+
+    def rate(self, client: httpx.Client, answer: dict) -> None:
+        """Clients who say nothing about the answers."""
+
+
+class RatingTraffic(Traffic):
+    """Clients who like the champion's answers and dislike the challenger's."""
+
+    def rate(self, client: httpx.Client, answer: dict) -> None:
+        rating = 0.0 if answer["model"] == "tiny:v2" else 1.0
+        url = self.url.replace("/v1/completions", "/v1/feedback")
+        r = client.post(url, json={"id": answer["id"], "rating": rating})
+        if r.status_code != 200:
+            with self._lock:
+                self.failures.append(f"feedback {r.status_code}: {r.text[:120]}")
 
 
 def _start(tmp_path: Path, rollout: str, extra: list[str] | None = None, **env: str) -> tuple:
@@ -193,6 +211,39 @@ def test_candidate_failing_under_live_traffic_is_rolled_back(tmp_path: Path) -> 
     assert step.figures["challenger_failures"] > 0 and step.figures["challenger_error_rate_pct"] > 1
     rollback = next(e for e in events if e.action == "rollback")
     assert "v2 rolled back" in rollback.reason and rollback.figures["challenger_failures"] > 0
+    store.dispose()
+
+
+def test_a_challenger_clients_rate_worse_is_rolled_back(tmp_path: Path) -> None:
+    """Healthy by every other measure (no errors, fine latency and online loss), but the
+    clients' ratings of its answers are poor: the canary rolls it back, figures audited."""
+    rollout = ROLLOUT.format(interval=4, min_requests=8) + "  min_feedback: 5\n"
+    state, _pol, url, args = _start(tmp_path, rollout)
+    log = tmp_path / "daemon.log"
+    with daemon(*args, log=log) as proc:
+        store = wait_for(lambda: (state / "trials").exists() and open_store(url), 60, "db", log)
+        book, rollouts = CycleBook(store), RolloutBook(store)
+        with RatingTraffic(_first_champion(book, log), workers=3) as traffic:
+            row = wait_for(
+                lambda: (r := rollouts.recent("tiny")) and r[0].status != "running" and r[0],
+                240,
+                "the canary to end",
+                log,
+            )
+        assert row.status == "rolled_back", row.reason
+        assert traffic.failures == [], traffic.failures[:5]
+        assert ModelRegistry(store, state / "models").alias("tiny", "champion") == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    events = AuditLog(store).events(agent="deployer")
+    step = next(e for e in events if e.action == "canary_step")
+    assert step.outcome == "refused" and "clients rate it worse" in step.reason, step.reason
+    assert step.figures["challenger_rating"] == 0.0 and step.figures["champion_rating"] == 1.0
+    assert step.figures["challenger_failures"] == 0
+    rollback = next(e for e in events if e.action == "rollback")
+    assert rollback.figures["challenger_ratings"] >= 5
+    kept = FeedbackLog(store).summary("tiny")
+    assert {v.version for v in kept} == {1, 2} and AuditLog(store).verify().ok
     store.dispose()
 
 

@@ -316,3 +316,29 @@ class TermRow(SQLModel, table=True):
     __tablename__ = "af_term"
     name: str = Field(primary_key=True, max_length=64)
     epoch: int = 0
+
+
+class SecretRow(SQLModel, table=True):
+    """A secret the factory's members share (the key that signs completion ids): made once
+    by the first member, read by the others. Kept in the store, never in a file or a log."""
+
+    __tablename__ = "af_secret"
+    name: str = Field(primary_key=True, max_length=64)
+    value: str = Field(max_length=128)
+    created_at: str = ""
+
+
+class FeedbackRow(SQLModel, table=True):
+    """A client's rating of one answer, keyed by the answer's completion id (a new rating
+    of the same answer replaces the old), with the version that answered and optionally
+    the text the answer should have been."""
+
+    __tablename__ = "af_feedback"
+    id: int | None = Field(default=None, primary_key=True)
+    completion_id: str = Field(unique=True, max_length=128)
+    line: str = Field(index=True, max_length=64)
+    version: int
+    rating: float
+    correction: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: str = Field(index=True)
+    updated_at: str = ""

@@ -202,6 +202,7 @@ class RolloutStage:
             paired_loss=pairs,  # type: ignore[arg-type]
             policy=spec,
             seed=step,
+            ratings=self._ratings(row),
         )
         action = verdict.action.with_figures(
             candidate=row.challenger_version,
@@ -238,6 +239,15 @@ class RolloutStage:
                 cid, row.challenger_version, action.reason, action.figures
             )
         return base | self._pause(cid, row, step, weight, extensions, action.reason)
+
+    def _ratings(self, row: Any) -> tuple[list[float], list[float]]:
+        """Clients' ratings of (champion, challenger) answers since the rollout began:
+        ratings come late and sparse, so every step sees all of them so far."""
+        feedback, champion = self.ctx.feedback, row.champion_version
+        if feedback is None or champion is None:
+            return [], []
+        got = feedback.ratings(self.ctx.name, [champion, row.challenger_version], row.started_at)
+        return got[champion], got[row.challenger_version]
 
     def _pause(
         self, cid: str, row: Any, step: int, weight: float, extensions: int, reason: str

@@ -39,8 +39,9 @@ class EvaluatorNode:
         )
         recent = ctx.holdouts(unseen or dataset.file_hashes)
         reference = ctx.holdouts(champion_data.file_hashes) if champion_data else recent
+        corrections = self._corrections(cid)
         with ctx.measuring:  # one in-process measurement at a time: CPU time is per process
-            m = self._measure(candidate, champion, recent, reference)
+            m = self._measure(candidate, champion, recent, reference, corrections)
         ctx.book_eval(f"{cid}:eval", cid, m.tokens, m.reading)
         if ctx.budget is not None:
             ctx.budget.release(eval_key(cid))  # on the ledger now
@@ -66,18 +67,31 @@ class EvaluatorNode:
         )
         return {"blessed": verdict.blessed}
 
+    def _corrections(self, cid: str) -> str | None:
+        """Clients' corrections of the line's answers as one file (None while there are
+        none): both models are scored on what users said the answers should have been."""
+        feedback = self.ctx.feedback
+        texts = feedback.corrections(self.ctx.name) if feedback is not None else []
+        if not texts:
+            return None
+        path = self.ctx.trials_dir.parent / "feedback" / f"{cid}-corrections.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(reversed(texts)) + "\n", encoding="utf-8")
+        return str(path)
+
     def _measure(
         self,
         candidate: ModelVersion,
         champion: ModelVersion | None,
         recent: list[str],
         reference: list[str],
+        corrections: str | None = None,
     ) -> _Measured:
         """Both models' scores and the serving check, in one energy window."""
         ctx = self.ctx
         meter = HostCpuEnergyMeter(ctx.policy.energy.watts_per_core)
         window = meter.begin()
-        scorer = _Scorer(ctx, recent, reference)
+        scorer = _Scorer(ctx, recent, reference, corrections)
         cand = scorer.scores(candidate)
         champ = scorer.scores(champion) if champion is not None else None
         champion_problem = None
@@ -111,8 +125,15 @@ class _Scorer:
     """Scores models on the recent and reference sets, counting the tokens it reads and
     keeping why a model could not be scored."""
 
-    def __init__(self, ctx: LineContext, recent: list[str], reference: list[str]) -> None:
+    def __init__(
+        self,
+        ctx: LineContext,
+        recent: list[str],
+        reference: list[str],
+        corrections: str | None = None,
+    ) -> None:
         self.ctx, self.recent, self.reference = ctx, recent, reference
+        self.corrections = corrections
         self.tokens = 0
         self.problems: dict[int, str] = {}
 
@@ -122,8 +143,20 @@ class _Scorer:
             r = self.ctx.evaluate(path, self.recent)
             f = self.ctx.evaluate(path, self.reference)
             self.tokens += r.tokens + f.tokens
-            return Scores(r.bpb, f.bpb, tuple(r.chunk_bpb))
         except Exception as exc:
             self.problems[model.version] = f"{type(exc).__name__}: {exc}"
             self.ctx.reporter.info(f"[evaluator] v{model.version} could not be scored: {exc}")
             return None
+        return Scores(r.bpb, f.bpb, tuple(r.chunk_bpb), feedback_bpb=self._on_corrections(path))
+
+    def _on_corrections(self, path: str) -> float | None:
+        """Bits/byte on clients' corrections; None without any (or too little to score)."""
+        if self.corrections is None:
+            return None
+        try:
+            c = self.ctx.evaluate(path, [self.corrections])
+        except Exception as exc:
+            self.ctx.reporter.info(f"[evaluator] corrections could not be scored: {exc}")
+            return None
+        self.tokens += c.tokens
+        return c.bpb

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from policies.model import DataPolicy, DirectorySource, StdlibErasSource
+from policies.model import DataPolicy, DirectorySource, StdlibErasSource, TrafficOnlySource
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,12 @@ class DataSource(Protocol):
     description: str
 
     def list_files(self, completed_cycles: int) -> list[SourceFile]: ...
+
+
+class ExpiringSource(Protocol):
+    """A source whose text expires (captured traffic): deletes what is older than a time."""
+
+    def expire(self, before_iso: str) -> object: ...
 
 
 def stdlib_dir() -> Path:
@@ -86,8 +92,25 @@ class DirectoryDataSource:
         ]
 
 
-def make_source(data: DataPolicy) -> DataSource:
+class CombinedSource:
+    """Several sources offered as one (files beside captured traffic)."""
+
+    def __init__(self, *sources: DataSource) -> None:
+        self.sources = sources
+        self.description = " + ".join(s.description for s in sources)
+
+    def list_files(self, completed_cycles: int) -> list[SourceFile]:
+        return [f for s in self.sources for f in s.list_files(completed_cycles)]
+
+
+def make_source(data: DataPolicy, traffic: DataSource | None = None) -> DataSource:
+    """The policy's files, beside the line's captured traffic when it is given."""
     spec = data.source
-    if isinstance(spec, StdlibErasSource):
-        return StdlibEraSource(spec)
-    return DirectoryDataSource(spec)
+    if isinstance(spec, TrafficOnlySource):
+        if traffic is None:
+            raise ValueError("source kind 'traffic' needs capture, and nothing captures here")
+        return traffic
+    files: DataSource = (
+        StdlibEraSource(spec) if isinstance(spec, StdlibErasSource) else DirectoryDataSource(spec)
+    )
+    return files if traffic is None else CombinedSource(files, traffic)

@@ -99,6 +99,7 @@ from starlette.requests import Request
 
 from adapters.completion_ids import CompletionIds
 from adapters.serving_feedback import FeedbackDesk, FeedbackRefused, FeedbackRequest
+from adapters.traffic_capture import CaptureSpec, TrafficCapture
 from adapters.workload.protocol import Completion, TextGenerator
 
 if TYPE_CHECKING:
@@ -240,6 +241,7 @@ class _CompletionRequest(BaseModel):
     stream: bool = False
     stream_options: _StreamOptions | None = None
     user: str | None = None  # during a canary, requests with the same user stay on one model
+    store: bool | None = None  # False: never captured as training data (OpenAI's parameter)
 
 
 class _ContentPart(BaseModel):
@@ -271,6 +273,7 @@ class _ChatRequest(BaseModel):
     stream: bool = False
     stream_options: _StreamOptions | None = None
     user: str | None = None  # during a canary, requests with the same user stay on one model
+    store: bool | None = None  # False: never captured as training data (OpenAI's parameter)
 
 
 @dataclass(frozen=True)
@@ -284,6 +287,8 @@ class _Job:
     temperature: float
     seed: int | None
     sample_rate: float = 0.0
+    completion_id: str = ""  # issued at the start: names the answer (feedback, capture)
+    store: bool = True  # False: the client asked that nothing of it be kept
 
 
 class _ApiError(Exception):
@@ -433,6 +438,7 @@ class LineEndpoint:
         self._routing: _Routing | None = None
         self._window = LiveWindow()
         self._max_tokens_limit: int | None = None
+        self.capture: CaptureSpec | None = None  # set from the line's policy; None: keep nothing
         self._detached = False
         self._rng = random.Random()
         self._swap_lock = threading.Lock()
@@ -582,6 +588,7 @@ class ServingServer:
         port: int = 8000,
         max_tokens_limit: int = 512,
         feedback: FeedbackDesk | None = None,
+        capture: TrafficCapture | None = None,
     ) -> None:
         self._host = host
         self._requested_port = port
@@ -599,6 +606,8 @@ class ServingServer:
         self.member: dict[str, Any] | None = None
         # signs completion ids and takes ratings of answers (kept only with a sink)
         self.feedback = feedback if feedback is not None else FeedbackDesk(CompletionIds())
+        # keeps served prompts as training data for lines whose policy asks (`capture`)
+        self.capture = capture
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_ServingCollector(self))
         self._app = self._build_app()
@@ -658,6 +667,14 @@ class ServingServer:
         self, job: _Job, completion: Completion | None, latency_s: float, streamed: bool = False
     ) -> None:
         job.endpoint._note(job, completion is not None, latency_s)
+        spec, capture = job.endpoint.capture, self.capture
+        if completion is not None and job.store and spec is not None and capture is not None:
+            try:  # keeping a prompt never fails the answer it came with
+                capture.offer(
+                    spec, job.served.line, job.served.version, job.completion_id, job.prompt
+                )
+            except Exception as exc:
+                _log.warning("capture failed: %s: %s", type(exc).__name__, exc)
         with self._stats_lock:
             stats = self._stats.setdefault((job.served.line, job.served.version), _VersionStats())
             stats.requests += 1
@@ -885,6 +902,9 @@ class ServingServer:
         temperature: float,
         seed: int | None,
         user: str | None = None,
+        *,
+        kind: str = "cmpl",
+        store: bool | None = None,
     ) -> _Job:
         """Bind a validated request to its line and a model captured once: 404 for an unknown
         line or version, 503 for a known line with nothing loaded. ``max_tokens=None`` means
@@ -912,6 +932,8 @@ class ServingServer:
             temperature,
             seed,
             routing.sample_rate,
+            self.feedback.ids.issue(kind, served.model_id),
+            store is not False,
         )
 
     def _not_found(self, model: str) -> _ApiError:
@@ -930,12 +952,20 @@ class ServingServer:
         _check_n(body.n)
         prompt = self._single_prompt(body.prompt)
         # _job reads the line's routing exactly once: this is what makes swap() safe mid-request
-        job = self._job(body.model, prompt, body.max_tokens, body.temperature, body.seed, body.user)
+        job = self._job(
+            body.model,
+            prompt,
+            body.max_tokens,
+            body.temperature,
+            body.seed,
+            body.user,
+            store=body.store,
+        )
         if body.stream:
             return self._stream(job, chat=False, options=body.stream_options)
         result = self._generate(job)
         return {
-            "id": self.feedback.ids.issue("cmpl", job.served.model_id),
+            "id": job.completion_id,
             "object": "text_completion",
             "created": int(time.time()),
             "model": job.served.model_id,
@@ -955,12 +985,21 @@ class ServingServer:
         _check_n(body.n)
         prompt = _render_chat(body.messages)
         limit = body.max_completion_tokens or body.max_tokens  # None: the line's whole limit
-        job = self._job(body.model, prompt, limit, body.temperature, body.seed, body.user)
+        job = self._job(
+            body.model,
+            prompt,
+            limit,
+            body.temperature,
+            body.seed,
+            body.user,
+            kind="chatcmpl",
+            store=body.store,
+        )
         if body.stream:
             return self._stream(job, chat=True, options=body.stream_options)
         result = self._generate(job)
         return {
-            "id": self.feedback.ids.issue("chatcmpl", job.served.model_id),
+            "id": job.completion_id,
             "object": "chat.completion",
             "created": int(time.time()),
             "model": job.served.model_id,
@@ -1020,12 +1059,11 @@ class ServingServer:
             if callable(closer):
                 closer()
             raise _generation_failed(exc) from exc
-        prefix = "chatcmpl" if chat else "cmpl"
         maker = _ChunkMaker(
             chat=chat,
             model_id=job.served.model_id,
             include_usage=bool(options and options.include_usage),
-            cid=self.feedback.ids.issue(prefix, job.served.model_id),
+            cid=job.completion_id,
         )
         body = self._sse_body(job, items, maker, started, closer)
         # Start the body here: a generator that never ran would skip its ``finally`` when
@@ -1147,6 +1185,18 @@ class _ServingCollector(Collector):
             tokens.add_metric([*key, "completion"], m["completion_tokens"])
             latency.add_metric(key, count_value=m["requests"], sum_value=m["latency_s_sum"])
         yield from (requests, failures, tokens, latency, self._shares())
+        capture = self._server.capture
+        if capture is not None:
+            kept = CounterMetricFamily(
+                "aifactory_capture_kept", "Served prompts kept as training data (new texts)"
+            )
+            kept.add_metric([], capture.kept)
+            dropped = CounterMetricFamily(
+                "aifactory_capture_dropped",
+                "Prompts to keep that were lost (queue full, store down)",
+            )
+            dropped.add_metric([], capture.dropped)
+            yield from (kept, dropped)
         stats = self._server.metrics()
         yield from self._server.feedback.families(
             lambda line, version: (

@@ -24,10 +24,11 @@ from adapters.workload.loader import load_workload
 from controller.cycle_runner import CycleRun, CycleRunner
 from controller.graph import build_cycle_graph
 from controller.line_schedule import LineSchedule
-from controller.line_setup import build_context, wire_gpu
+from controller.line_setup import build_context, traffic_source, wire_capture, wire_gpu
 from controller.line_view import heartbeat, serving_differs
 from controller.overview import FactoryView
 from controller.services import FactoryServices
+from controller.traffic_retention import TrafficRetention
 from controller.watch import PolicyWatch
 from policies.factory import LineSpec
 from policies.model import Policy
@@ -58,6 +59,7 @@ class ProductionLine:
         self.graph: Any = None
         self.cycles: CycleRunner | None = None
         self.done = 0  # cycles completed or failed
+        self.retention = TrafficRetention(self.ctx)
         self._thread: threading.Thread | None = None
         self._starting = threading.Lock()  # the factory's watch and the roles both start lines
 
@@ -251,6 +253,7 @@ class ProductionLine:
             self.sync_serving()
         if self.busy.is_set() or not self.requests.empty():
             return
+        self.retention.check()  # idle: no cycle reads the files it may delete
         waiting = view.awaiting.get(self.name, set())
         answered = self.answered(waiting) if waiting else []
         if answered:  # a draining line too: its paused cycle must end for it to go
@@ -289,9 +292,11 @@ class ProductionLine:
         ctx = self.ctx
         old = ctx.policy
         workload = load_workload(policy.workload)
-        source, advisor = make_source(policy.data), make_advisor(policy.advisor)
+        traffic = traffic_source(self.services, policy)
+        source, advisor = make_source(policy.data, traffic), make_advisor(policy.advisor)
         ctx.book.save_policy(policy, str(self.path))
         ctx.policy, ctx.advisor, ctx.source = policy, advisor, source
+        wire_capture(self.services, policy)
         ctx.ingestor.data_policy = policy.data
         ctx.workload, ctx.workload_spec = workload, policy.workload
         if policy.workload != old.workload:

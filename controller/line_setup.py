@@ -15,7 +15,10 @@ from adapters.cluster import make_cluster
 from adapters.cluster.slots import SlottedCluster
 from adapters.data_sources import make_source
 from adapters.llm import make_advisor
+from adapters.store.captures import CaptureLog
 from adapters.store.feedback import FeedbackLog
+from adapters.traffic_capture import CaptureSpec
+from adapters.traffic_source import TrafficSource
 from adapters.workload.loader import load_workload
 from controller.context import LineContext
 from controller.ingest import Ingestor
@@ -58,7 +61,7 @@ def build_context(
         cluster=SlottedCluster(make_cluster(policy.cluster), s.slots, policy.name),
         workload=load_workload(policy.workload),
         workload_spec=policy.workload,
-        source=make_source(policy.data),
+        source=make_source(policy.data, traffic_source(s, policy)),
         ingestor=ingestor,
         trials_dir=st.state_dir / "trials",
         threads=st.threads,
@@ -77,6 +80,7 @@ def build_context(
     wire_gpu(s.gpus, ctx)
     if s.serving is not None:
         ctx.traffic = s.serving.server.line(policy.name)
+        wire_capture(s, policy)
     if s.budget is not None:
         ctx.budget = s.budget.line(policy.name)
     return ctx
@@ -92,3 +96,29 @@ def wire_gpu(gpus: FactoryGpus, ctx: LineContext) -> None:
     if ctx.power_knob_problem is None:
         ctx.set_power_limit = lambda watts, key: gpus.set_power_limit(ctx.policy, watts, key)
         ctx.power_limit_released = gpus.trial_ended
+
+
+def traffic_source(s: FactoryServices, policy: Policy) -> TrafficSource | None:
+    """The line's captured traffic as data, when its policy captures."""
+    spec = policy.data.capture
+    if not spec.enabled:
+        return None
+    folder = s.settings.state_dir / "traffic" / policy.name
+    return TrafficSource(policy.name, CaptureLog(s.store), folder, spec)
+
+
+def wire_capture(s: FactoryServices, policy: Policy) -> None:
+    """Tell serving what to keep of this line's traffic (nothing unless the policy asks)."""
+    if s.serving is None:
+        return
+    spec = policy.data.capture
+    s.serving.server.line(policy.name).capture = (
+        CaptureSpec(
+            sample_rate=spec.sample_rate,
+            max_bytes_per_day=spec.max_bytes_per_day,
+            redact=tuple(spec.redact),
+            min_prompt_bytes=spec.min_prompt_bytes,
+        )
+        if spec.enabled
+        else None
+    )

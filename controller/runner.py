@@ -31,6 +31,7 @@ from adapters.energy import probe_energy_meter
 from adapters.serving import ServingError, ServingServer
 from adapters.serving_feedback import FeedbackDesk
 from adapters.store.audit import AuditLog
+from adapters.store.captures import CaptureLog
 from adapters.store.cycles import CycleBook
 from adapters.store.datasets import DataCatalog
 from adapters.store.db import Store, normalise_db_url
@@ -44,6 +45,7 @@ from adapters.store.rollouts import RolloutBook
 from adapters.store.shared_files import SharedFiles, make_share
 from adapters.store.state_lock import StateLock, StateLockedError
 from adapters.telemetry import HostTelemetry
+from adapters.traffic_capture import TrafficCapture
 from controller.budget import FactoryBudget
 from controller.factory_watch import FactoryWatch
 from controller.gpu import FactoryGpus
@@ -152,11 +154,14 @@ class FactoryRunner:
             return True
         max_tokens = max(line.policy.serving.max_tokens for line in self.factory.lines)
         assert services.member_store is not None
+        # clients' data (ratings, kept prompts) goes through the member's own connection:
+        # a follower takes it too, it is not a leader's act
         self.server = ServingServer(
             s.host,
             s.port,
             max_tokens_limit=max_tokens,
             feedback=_feedback_desk(services.member_store),
+            capture=TrafficCapture(CaptureLog(services.member_store)),
         )
         try:
             self.server.start()
@@ -418,6 +423,8 @@ class FactoryRunner:
         if self.server is not None:
             server = self.server
             steps.append(("serving", lambda: _report(self._say, "serving", server.stop())))
+            if server.capture is not None:  # what was kept so far is written, not lost
+                steps.append(("capture", server.capture.close))
         # a waiting trial worker holds memory (and a CUDA context)
         steps += [(f"cluster {ln.name}", ln.ctx.cluster.close) for ln in lines]
         steps.append(("GPU settings", lambda: services.gpus.restore("on exit", None)))

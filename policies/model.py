@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -48,11 +49,53 @@ class DirectorySource(_Strict):
     glob: str = "**/*"
 
 
-DataSourceSpec = Annotated[StdlibErasSource | DirectorySource, Field(discriminator="kind")]
+class TrafficOnlySource(_Strict):
+    """No files: the line learns only from the traffic it serves (`data.capture`)."""
+
+    kind: Literal["traffic"] = "traffic"
+
+
+DataSourceSpec = Annotated[
+    StdlibErasSource | DirectorySource | TrafficOnlySource, Field(discriminator="kind")
+]
+
+
+class CapturePolicy(_Strict):
+    """Served prompts kept as training data. Off unless `enabled`; a request with
+    `"store": false` is never kept, and `redact` patterns are applied before anything is
+    written. Kept prompts become a data file (ingested like any other) once `batch_bytes`
+    of them have gathered."""
+
+    enabled: bool = False
+    sample_rate: float = Field(
+        default=1.0, gt=0, le=1, description="Share of answered prompts kept."
+    )
+    max_bytes_per_day: int = Field(default=5_000_000, gt=0, description="Per line, UTC day.")
+    retention_days: float = Field(
+        default=30.0, gt=0, description="Kept text older than this is deleted (audited)."
+    )
+    redact: list[str] = Field(
+        default_factory=list,
+        description="Regular expressions; every match becomes '[redacted]' before writing.",
+    )
+    batch_bytes: int = Field(default=20_000, gt=0)
+    min_prompt_bytes: int = Field(default=16, ge=1, description="Shorter prompts are not kept.")
+
+    @model_validator(mode="after")
+    def _patterns(self) -> CapturePolicy:
+        for pattern in self.redact:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"redact pattern {pattern!r} is not a regular expression: {exc}"
+                ) from exc
+        return self
 
 
 class DataPolicy(_Strict):
     source: DataSourceSpec = Field(default_factory=StdlibErasSource)
+    capture: CapturePolicy = Field(default_factory=CapturePolicy)
     holdout_fraction: float = Field(
         default=0.1, gt=0.0, lt=0.5, description="Tail of each file kept out of training."
     )
@@ -63,6 +106,17 @@ class DataPolicy(_Strict):
     eval_max_bytes: int = Field(
         default=120_000, gt=0, description="Bytes per held-out set scored by evaluations."
     )
+
+    @model_validator(mode="after")
+    def _traffic_needs_capture(self) -> DataPolicy:
+        if isinstance(self.source, TrafficOnlySource) and not self.capture.enabled:
+            raise ValueError("source kind 'traffic' needs capture.enabled: true")
+        if self.capture.batch_bytes * 2 > self.max_file_bytes:
+            raise ValueError(
+                "capture.batch_bytes must be at most half of max_file_bytes "
+                "(a batch file is about batch_bytes, plus its last prompt)"
+            )
+        return self
 
 
 class BudgetPolicy(_Strict):

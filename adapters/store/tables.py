@@ -342,3 +342,21 @@ class FeedbackRow(SQLModel, table=True):
     correction: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     created_at: str = Field(index=True)
     updated_at: str = ""
+
+
+class CaptureRow(SQLModel, table=True):
+    """A served prompt kept as training data (redacted before it was written), once per line
+    and text. `batch` names the data file it went into (None: not yet)."""
+
+    __tablename__ = "af_capture"
+    __table_args__ = (UniqueConstraint("line", "sha256"),)
+    id: int | None = Field(default=None, primary_key=True)
+    line: str = Field(index=True, max_length=64)
+    version: int
+    completion_id: str = Field(max_length=128)
+    sha256: str = Field(max_length=64)
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    size: int
+    day: str = Field(max_length=10)
+    captured_at: str = Field(index=True)
+    batch: str | None = Field(default=None, max_length=128)

@@ -1,0 +1,107 @@
+"""Captured traffic as a data source: kept prompts gathered into data files.
+
+Once `batch_bytes` of kept prompts have gathered, they are written (in capture order,
+one blank line apart) to `traffic-<first id>-<last id>.txt` in the line's traffic folder,
+and from there they are ingested like any file: hashed, checked (size, binary, UTF-8),
+quarantined or split into train and holdout. Writing a batch is idempotent: the name and
+content follow from the rows, so a crash before the rows are marked rewrites the same file.
+Expiry (`retention_days`) deletes kept text and every batch file that held some of it;
+the unexpired prompts of such a file go back to the pending pool and are gathered again.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapters.data_sources import SourceFile
+from adapters.store.captures import CaptureLog
+from adapters.store.tables import CaptureRow
+from policies.model import CapturePolicy
+
+LABEL = "traffic"
+_GATHER_EVERY_S = 2.0
+
+
+@dataclass(frozen=True)
+class Expired:
+    rows: int
+    bytes: int
+    files: tuple[str, ...]
+
+
+class TrafficSource:
+    def __init__(self, line: str, log: CaptureLog, folder: Path, spec: CapturePolicy) -> None:
+        self.line, self.log, self.folder, self.spec = line, log, folder, spec
+        self.description = f"captured traffic of line {line} ({folder})"
+        self._gathered_at = 0.0
+
+    def list_files(self, completed_cycles: int) -> list[SourceFile]:
+        """The batch files so far, after gathering a new one if enough has been kept (at
+        most every two seconds: the watch asks on every tick)."""
+        if time.monotonic() - self._gathered_at >= _GATHER_EVERY_S:
+            self._gathered_at = time.monotonic()
+            self.gather()
+        if not self.folder.is_dir():
+            return []
+        return [SourceFile(p, LABEL) for p in sorted(self.folder.glob("traffic-*.txt"))]
+
+    def gather(self) -> Path | None:
+        """One batch file of the pending prompts, when there are `batch_bytes` of them.
+        First, any batch this member lacks (another member gathered it, then lost its
+        host) is written again from its rows: same rows, same file, same hash."""
+        for name in self.log.batches(self.line):
+            if not (self.folder / name).exists():
+                _write_atomically(self.folder / name, _text(self.log.rows_of(self.line, name)))
+        if self.log.pending_bytes(self.line) < self.spec.batch_bytes:
+            return None
+        rows, size = [], 0
+        for row in self.log.pending(self.line):  # one batch's worth: a file stays small
+            rows.append(row)
+            size += row.size
+            if size >= self.spec.batch_bytes:
+                break
+        if not rows:
+            return None
+        path = self.folder / f"traffic-{rows[0].id:09d}-{rows[-1].id:09d}.txt"
+        _write_atomically(path, _text(rows))
+        self.log.mark_batched([r.id for r in rows if r.id is not None], path.name)
+        return path
+
+    def expire(self, before_iso: str) -> Expired:
+        """Delete kept text captured before the cutoff, and the batch files holding any."""
+        rows, size, batches = self.log.expire(self.line, before_iso)
+        removed = []
+        for name in batches:
+            self.log.unbatch(self.line, name)  # what is left of it is gathered again
+            path = self.folder / name
+            if path.exists():
+                path.unlink()
+                removed.append(name)
+        return Expired(rows, size, tuple(removed))
+
+
+def _text(rows: list[CaptureRow]) -> str:
+    return "\n\n".join(r.text for r in rows) + "\n"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".txt")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def find_traffic(source: object) -> TrafficSource | None:
+    """The captured-traffic part of a line's source, if it has one."""
+    if isinstance(source, TrafficSource):
+        return source
+    return next((s for s in getattr(source, "sources", ()) if isinstance(s, TrafficSource)), None)

@@ -5,8 +5,9 @@ one blank line apart) to `traffic-<first id>-<last id>.txt` in the line's traffi
 and from there they are ingested like any file: hashed, checked (size, binary, UTF-8),
 quarantined or split into train and holdout. Writing a batch is idempotent: the name and
 content follow from the rows, so a crash before the rows are marked rewrites the same file.
-Expiry (`retention_days`) deletes kept text and every batch file that held some of it;
-the unexpired prompts of such a file go back to the pending pool and are gathered again.
+Expiry (`retention_days`, `controller.traffic_retention`) deletes kept text and every
+batch file that held some of it; the unexpired prompts of such a file go back to the
+pending pool and are gathered again.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ _GATHER_EVERY_S = 2.0
 
 @dataclass(frozen=True)
 class Expired:
+    """Kept text captured before a cutoff: how much, and the batch files holding some."""
+
     rows: int
     bytes: int
-    files: tuple[str, ...]
+    batches: tuple[str, ...]
 
 
 class TrafficSource:
@@ -71,17 +74,18 @@ class TrafficSource:
         self.log.mark_batched([r.id for r in rows if r.id is not None], path.name)
         return path
 
-    def expire(self, before_iso: str) -> Expired:
-        """Delete kept text captured before the cutoff, and the batch files holding any."""
-        rows, size, batches = self.log.expire(self.line, before_iso)
-        removed = []
+    def expiring(self, before_iso: str) -> Expired:
+        """What an expiry at this cutoff deletes (nothing is deleted yet)."""
+        rows, size, batches = self.log.expiring(self.line, before_iso)
+        return Expired(rows, size, tuple(batches))
+
+    def expire(self, before_iso: str, batches: tuple[str, ...]) -> None:
+        """Delete the batch files holding expired text (what else they held goes back to
+        the pending pool), then the text itself. Safe to repeat after a crash."""
         for name in batches:
-            self.log.unbatch(self.line, name)  # what is left of it is gathered again
-            path = self.folder / name
-            if path.exists():
-                path.unlink()
-                removed.append(name)
-        return Expired(rows, size, tuple(removed))
+            self.log.unbatch(self.line, name)
+            (self.folder / name).unlink(missing_ok=True)
+        self.log.expire(self.line, before_iso)
 
 
 def _text(rows: list[CaptureRow]) -> str:

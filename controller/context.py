@@ -149,12 +149,14 @@ class LineContext:
     # data the nodes share ------------------------------------------------------------
 
     def holdouts(self, hashes: tuple[str, ...] | list[str]) -> list[str]:
-        """Paths of the held-out tails of the given files."""
-        return [self.local(self.ingestor.blob_paths(h)[1]) for h in hashes]
+        """Paths of the held-out tails of the given files (those not expired since)."""
+        usable = self.catalog.usable(self.name, hashes)
+        return [self.local(self.ingestor.blob_paths(h)[1]) for h in usable]
 
     def trains(self, hashes: tuple[str, ...] | list[str]) -> list[str]:
-        """Paths of the training parts of the given files."""
-        return [self.local(self.ingestor.blob_paths(h)[0]) for h in hashes]
+        """Paths of the training parts of the given files (those not expired since)."""
+        usable = self.catalog.usable(self.name, hashes)
+        return [self.local(self.ingestor.blob_paths(h)[0]) for h in usable]
 
     def local(self, path: str | Path) -> str:
         """A file of our state directory that this member may lack (an earlier leader wrote

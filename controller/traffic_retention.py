@@ -1,14 +1,24 @@
 """Kept traffic older than the line's `capture.retention_days` is deleted, and audited.
 
+Wherever the text went: the kept prompts, the batch files gathered from them, and the
+training and held-out splits ingested from those files (here and in the shared artefact
+store); such files are marked expired, read by nothing again, and the next dataset version
+leaves them out. The cutoff moves in whole hours (a 24th of a shorter retention), so
+every step is keyed by it: the audit
+event is written first (once per line and cutoff), then the deletions, each of which is
+safe to repeat, and a daemon killed midway finishes the same expiry when it comes back.
+
 Checked from the line's watch tick, at most once a minute and only while the line is idle
-(no cycle is reading the batch files it may delete)."""
+(no cycle is reading the files it deletes): text is gone within an hour of expiring.
+"""
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
-from adapters.traffic_source import TrafficSource, find_traffic
+from adapters.traffic_source import LABEL, Expired, find_traffic
 from agents.actions import Action
 from controller.context import LineContext
 
@@ -29,24 +39,46 @@ class TrafficRetention:
         traffic = find_traffic(self.ctx.source)
         if traffic is None:
             return None
-        return self._expire(traffic, now)
-
-    def _expire(self, traffic: TrafficSource, now: float) -> Action | None:
         days = self.ctx.policy.data.capture.retention_days
-        cutoff = datetime.fromtimestamp(now - days * 86400, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        gone = traffic.expire(cutoff)
-        if not gone.rows:
+        step = min(3600.0, days * 86400 / 24)  # an hour, or less for a short retention
+        edge = (now - days * 86400) // step * step
+        cutoff = datetime.fromtimestamp(edge, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        due = traffic.expiring(cutoff)
+        if not due.rows:
             return None
+        ingested = self.ctx.catalog.from_sources(self.ctx.name, LABEL, set(due.batches))
+        action = self._audit(due, cutoff, days, len(ingested))
+        for row in ingested:
+            self._forget(row.sha256, row.status, row.blob_path, cutoff)
+        traffic.expire(cutoff, due.batches)
+        return action
+
+    def _forget(self, sha256: str, status: str, blob_path: str, cutoff: str) -> None:
+        """An ingested batch's splits (or its quarantined copy), here and in the share."""
+        ctx = self.ctx
+        paths = list(ctx.ingestor.blob_paths(sha256)) if status != "quarantined" else []
+        if status == "quarantined" and blob_path:
+            paths.append(Path(blob_path))
+        for path in paths:
+            if ctx.files is not None:
+                ctx.files.remove(path)
+            else:
+                Path(path).unlink(missing_ok=True)
+        ctx.catalog.mark_expired(ctx.name, sha256, f"captured text expired (before {cutoff})")
+
+    def _audit(self, due: Expired, cutoff: str, days: float, ingested: int) -> Action:
         action = Action(
             "data",
             "expire_traffic",
             "taken",
-            f"deleted {gone.rows} kept prompts ({gone.bytes} bytes) captured before {cutoff} "
-            f"(retention {days:g} days) and {len(gone.files)} data files that held them",
+            f"deleting {due.rows} kept prompts ({due.bytes} bytes) captured before {cutoff} "
+            f"(retention {days:g} days), {len(due.batches)} data files that held them and "
+            f"the {ingested} ingested from those",
             {
-                "rows": gone.rows,
-                "bytes": gone.bytes,
-                "files": list(gone.files),
+                "rows": due.rows,
+                "bytes": due.bytes,
+                "files": list(due.batches),
+                "ingested_files": ingested,
                 "cutoff": cutoff,
                 "retention_days": days,
             },

@@ -111,7 +111,7 @@ class DataPolicy(_Strict):
     def _traffic_needs_capture(self) -> DataPolicy:
         if isinstance(self.source, TrafficOnlySource) and not self.capture.enabled:
             raise ValueError("source kind 'traffic' needs capture.enabled: true")
-        if self.capture.batch_bytes * 2 > self.max_file_bytes:
+        if self.capture.enabled and self.capture.batch_bytes * 2 > self.max_file_bytes:
             raise ValueError(
                 "capture.batch_bytes must be at most half of max_file_bytes "
                 "(a batch file is about batch_bytes, plus its last prompt)"

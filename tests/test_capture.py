@@ -15,9 +15,11 @@ from adapters.data_sources import CombinedSource, make_source
 from adapters.serving import ServedModel, ServingServer
 from adapters.store.audit import AuditLog
 from adapters.store.captures import CaptureLog
+from adapters.store.datasets import DataCatalog
 from adapters.store.db import Store
 from adapters.traffic_capture import CaptureSpec, TrafficCapture
 from adapters.traffic_source import TrafficSource, find_traffic
+from controller.ingest import Ingestor
 from controller.traffic_retention import TrafficRetention
 from policies.loader import PolicyError, load_policy
 from policies.model import CapturePolicy, DataPolicy
@@ -111,20 +113,41 @@ def test_kept_prompts_become_batch_files_that_expire(store: Store, tmp_path: Pat
     source.gather()
     assert (tmp_path / "traffic" / names[0]).read_text() == first  # written again, the same
 
-    audit = AuditLog(store)
+    # ingested like any file, then expired everywhere: rows, batch files, ingested splits
+    audit, catalog = AuditLog(store), DataCatalog(store)
+    policy = DataPolicy(settle_s=0, capture=spec)
+    ingestor = Ingestor(
+        policy_name="m",
+        data_policy=policy,
+        catalog=catalog,
+        audit=audit,
+        data_dir=tmp_path / "data",
+        quarantine_dir=tmp_path / "q",
+    )
+    report = ingestor.ingest(source, 0, cycle_id=None, policy_version=None)
+    assert len(report.new_hashes) == 2
+    splits = [p for h in report.new_hashes for p in ingestor.blob_paths(h)]
+    assert all(p.exists() for p in splits)
     ctx = SimpleNamespace(
         name="m",
         source=CombinedSource(make_source(DataPolicy()), source),
-        policy=SimpleNamespace(version="p1", data=SimpleNamespace(capture=spec)),
+        policy=SimpleNamespace(version="p1", data=policy),
         audit=audit,
+        catalog=catalog,
+        ingestor=ingestor,
+        files=None,
     )
-    retention = TrafficRetention(ctx)  # type: ignore[arg-type]
-    assert find_traffic(ctx.source) is source and retention.check() is None  # nothing is old
-    action = TrafficRetention(ctx).check(now=time.time() + 31 * 86400)  # type: ignore[arg-type]
+    assert find_traffic(ctx.source) is source
+    assert TrafficRetention(ctx).check() is None  # type: ignore[arg-type]  # nothing is old
+    later = time.time() + 31 * 86400
+    action = TrafficRetention(ctx).check(now=later)  # type: ignore[arg-type]
     assert action is not None and action.figures["rows"] == 25
+    assert action.figures["ingested_files"] == 2
     assert log.count("m") == 0 and not list((tmp_path / "traffic").glob("traffic-*"))
-    event = audit.events(agent="data")[-1]
-    assert event.action == "expire_traffic" and event.figures["bytes"] == action.figures["bytes"]
+    assert not any(p.exists() for p in splits) and catalog.usable("m", report.new_hashes) == []
+    assert TrafficRetention(ctx).check(now=later) is None  # type: ignore[arg-type]  # done once
+    events = [e for e in audit.events(agent="data") if e.action == "expire_traffic"]
+    assert len(events) == 1 and events[0].figures["bytes"] == action.figures["bytes"]
     capture.close()
 
 
@@ -140,7 +163,7 @@ def test_capture_settings_are_checked_with_their_lines(tmp_path: Path) -> None:
         load_policy(alone)
     assert "capture.enabled" in str(err.value)
     with pytest.raises(ValueError):
-        DataPolicy(capture=CapturePolicy(batch_bytes=1_500_000))
+        DataPolicy(capture=CapturePolicy(enabled=True, batch_bytes=1_500_000))
     only = DataPolicy(source={"kind": "traffic"}, capture=CapturePolicy(enabled=True))
     with pytest.raises(ValueError):
         make_source(only)  # nothing captures here

@@ -49,6 +49,10 @@ def test_a_file_put_by_one_member_is_fetched_checked_by_another(
     assert b.fetch("trials/c1/trial-000.pt").read_bytes() == b"other"
     # never put: the path as asked, missing
     assert not b.fetch("trials/c1/trial-001.pt").exists()
+    # removed (expired data): gone here and from the share, twice is fine
+    a.remove(src)
+    a.remove(src)
+    assert not src.exists() and share.get("trials/c1/trial-000.pt") is None
 
 
 def test_a_trial_artefact_is_found_by_its_content_not_its_name(

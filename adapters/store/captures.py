@@ -97,9 +97,9 @@ class CaptureLog:
                 s.add(row)
             s.commit()
 
-    def expire(self, line: str, before: str) -> tuple[int, int, list[str]]:
-        """Delete the line's kept text captured before an ISO time: (rows, bytes, the data
-        files that held some of it)."""
+    def expiring(self, line: str, before: str) -> tuple[int, int, list[str]]:
+        """What expiring the line's text captured before an ISO time would delete: (rows,
+        bytes, the data files that hold some of it)."""
         where = (CaptureRow.line == line, CaptureRow.captured_at < before)
         with self.store.session() as s:
             rows, size = s.exec(
@@ -110,10 +110,18 @@ class CaptureLog:
                 .where(*where, col(CaptureRow.batch).is_not(None))
                 .distinct()
             ).all()
-            if rows:
-                s.exec(delete(CaptureRow).where(*where))  # type: ignore[call-overload]
-                s.commit()
         return int(rows), int(size), sorted(b for b in batches if b)
+
+    def expire(self, line: str, before: str) -> int:
+        """Delete the line's text captured before an ISO time; returns the rows deleted."""
+        with self.store.session() as s:
+            result = s.exec(
+                delete(CaptureRow).where(  # type: ignore[call-overload]
+                    CaptureRow.line == line, CaptureRow.captured_at < before
+                )
+            )
+            s.commit()
+        return int(result.rowcount or 0)
 
     def count(self, line: str) -> int:
         with self.store.session() as s:

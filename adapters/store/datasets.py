@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
@@ -100,6 +101,30 @@ class DataCatalog:
                     )
                 ).all()
             )
+
+    def usable(self, policy_name: str, hashes: list[str] | tuple[str, ...]) -> list[str]:
+        """The given files that may still be read (not expired), in their order."""
+        live = {r.sha256 for r in self.files(policy_name, hashes) if r.status == "ingested"}
+        return [h for h in hashes if h in live]
+
+    def from_sources(self, policy_name: str, label: str, names: set[str]) -> list[DataFileRow]:
+        """The files of one label (e.g. traffic) whose source file had one of these names."""
+        with self.store.session() as s:
+            rows = s.exec(
+                select(DataFileRow).where(
+                    DataFileRow.policy_name == policy_name, DataFileRow.label == label
+                )
+            ).all()
+        return [r for r in rows if Path(r.source_path).name in names]
+
+    def mark_expired(self, policy_name: str, sha256: str, reason: str) -> None:
+        """Its text is deleted: never read again, left out of the next dataset version."""
+        with self.store.session() as s:
+            row = s.get(DataFileRow, (policy_name, sha256))
+            if row is not None and row.status != "expired":
+                row.status, row.reason = "expired", reason
+                s.add(row)
+                s.commit()
 
     def record_file(self, row: DataFileRow) -> bool:
         """Insert once by content hash; False when it was already known."""

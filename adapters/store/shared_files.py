@@ -40,6 +40,10 @@ class FileShare(Protocol):
         """The file's bytes and the SHA-256 it was put with; None if never put."""
         ...
 
+    def delete(self, key: str) -> None:
+        """Forget the file (expired data); no error when it is not there."""
+        ...
+
 
 class DatabaseShare:
     """Files as rows of `af_blob`: nothing more to run or mount."""
@@ -72,6 +76,10 @@ class DatabaseShare:
             row = s.get(BlobRow, key)
         return (bytes(row.data), row.sha256) if row is not None else None
 
+    def delete(self, key: str) -> None:
+        with self.store.engine.begin() as conn:
+            conn.execute(BlobRow.__table__.delete().where(BlobRow.__table__.c.key == key))
+
 
 class DirectoryShare:
     """Files under a directory every member mounts; each beside a `.sha256` of its own."""
@@ -99,6 +107,11 @@ class DirectoryShare:
         except FileNotFoundError:
             return None
 
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + ".sha256").unlink(missing_ok=True)
+
 
 def make_share(url: str | None, store: Store) -> FileShare | None:
     """`db`, `file:///path`, or None/`none` (a single daemon on SQLite)."""
@@ -125,6 +138,12 @@ class SharedFiles:
         if rel == ".." or rel.startswith("../"):
             raise ShareError(f"{path} is not under the state directory {self.state_dir}")
         return Path(rel).as_posix()
+
+    def remove(self, path: str | Path) -> None:
+        """Delete a file of our state directory here and from the share (expired data)."""
+        Path(path).unlink(missing_ok=True)
+        if self.share is not None:
+            self.share.delete(self.key(path))
 
     def publish(self, path: str | Path) -> None:
         """Put a file of our state directory in the share (no-op without one)."""

@@ -29,8 +29,9 @@ class DataNode:
         )
         dataset = ctx.catalog.latest(ctx.name)
         fresh = [f.sha256 for f in ctx.catalog.unassigned(ctx.name)]
-        if fresh:
-            dataset = self._new_dataset(dataset, fresh, cid)
+        expired = self._expired(dataset)
+        if fresh or expired:
+            dataset = self._new_dataset(dataset, fresh, cid, expired)
         # "new" means no model has been trained on it yet: a deferred or failed cycle leaves
         # its data new for the next one (re-running this node computes the same answer)
         trained = self._last_trained_dataset()
@@ -100,17 +101,31 @@ class DataNode:
                     hist[b] += data.count(b)
         return hist
 
+    def _expired(self, dataset: DatasetVersion | None) -> list[str]:
+        """Files of the dataset whose text expired since (captured traffic)."""
+        if dataset is None:
+            return []
+        usable = set(self.ctx.catalog.usable(self.ctx.name, dataset.file_hashes))
+        return [h for h in dataset.file_hashes if h not in usable]
+
     def _new_dataset(
-        self, parent: DatasetVersion | None, new: list[str], cid: str
+        self, parent: DatasetVersion | None, new: list[str], cid: str, expired: list[str] = ()
     ) -> DatasetVersion:
+        """The parent's files and the new ones, less any that expired (whose byte counts
+        are then recounted from what is left)."""
         ctx = self.ctx
-        files = sorted(set(parent.file_hashes if parent else ()) | set(new))
+        kept = set(parent.file_hashes if parent else ()) - set(expired)
+        files = sorted(kept | set(new))
         digest = hashlib.sha256("\n".join([ctx.name, *files]).encode()).hexdigest()
-        hist = list(parent.byte_hist) if parent else [0] * 256
-        hist = [a + b for a, b in zip(hist, self._histogram(new), strict=True)]
-        n_bytes = (parent.n_bytes if parent else 0) + sum(
-            r.size_bytes for r in ctx.catalog.files(ctx.name, new)
-        )
+        if expired:
+            hist = self._histogram(files)
+            n_bytes = sum(r.size_bytes for r in ctx.catalog.files(ctx.name, files))
+        else:
+            hist = list(parent.byte_hist) if parent else [0] * 256
+            hist = [a + b for a, b in zip(hist, self._histogram(new), strict=True)]
+            n_bytes = (parent.n_bytes if parent else 0) + sum(
+                r.size_bytes for r in ctx.catalog.files(ctx.name, new)
+            )
         return ctx.catalog.create(
             policy_name=ctx.name,
             version=digest[:16],

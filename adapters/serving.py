@@ -932,7 +932,7 @@ class ServingServer:
             temperature,
             seed,
             routing.sample_rate,
-            self.feedback.ids.issue(kind, served.model_id),
+            self.feedback.ids.issue(kind, served.model_id, routed=model == endpoint.name),
             store is not False,
         )
 

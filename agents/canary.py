@@ -213,28 +213,35 @@ def _check_feedback(
 ) -> None:
     """Clients' ratings: a challenger confidently rated worse than the champion by more than
     the allowed drop fails. Ratings are optional evidence: too few of them, or bounds that
-    straddle the limit, say so in the figures but never hold a step up."""
+    straddle the limit, say so in the figures but never hold a step up.
+
+    The ratings accumulate over the rollout and are looked at after every step, so each
+    look gets an equal share of the error the policy allows (Bonferroni over the steps and
+    extensions). Each side gets one 0 and one 1 rating more (a uniform prior), so a small
+    sample of identical ratings does not look certain."""
     champ, chall = ratings
     ev.figures |= {"champion_ratings": len(champ), "challenger_ratings": len(chall)}
     if min(len(champ), len(chall)) < policy.min_feedback:
         ev.figures["feedback"] = f"not judged: fewer than {policy.min_feedback} ratings each"
         return
+    looks = len(policy.steps) + policy.max_extensions
+    confidence = 1.0 - (1.0 - policy.confidence) / looks
     lo, hi = bootstrap_diff_bounds(
-        champ, chall, confidence=policy.confidence, resamples=2000, seed=seed
+        [*champ, 0.0, 1.0], [*chall, 0.0, 1.0], confidence=confidence, resamples=4000, seed=seed
     )
-    drop = sum(champ) / len(champ) - sum(chall) / len(chall)
+    champ_mean, chall_mean = sum(champ) / len(champ), sum(chall) / len(chall)
     ev.figures |= {
-        "champion_rating": round(sum(champ) / len(champ), 4),
-        "challenger_rating": round(sum(chall) / len(chall), 4),
-        "rating_drop": round(drop, 4),
+        "champion_rating": round(champ_mean, 4),
+        "challenger_rating": round(chall_mean, 4),
+        "rating_drop": round(champ_mean - chall_mean, 4),
         "rating_drop_bounds": [round(lo, 4), round(hi, 4)],
+        "rating_confidence": round(confidence, 5),
     }
     if lo > policy.max_feedback_drop:
         ev.failed.append(
-            f"clients rate it worse: mean rating {ev.figures['challenger_rating']:.2f} against "
-            f"the champion's {ev.figures['champion_rating']:.2f} ({len(chall)} and "
-            f"{len(champ)} ratings; drop bounds {lo:.2f}..{hi:.2f} > allowed "
-            f"{policy.max_feedback_drop:.2f})"
+            f"clients rate it worse: mean rating {chall_mean:.2f} against the champion's "
+            f"{champ_mean:.2f} ({len(chall)} and {len(champ)} ratings; drop bounds "
+            f"{lo:.2f}..{hi:.2f} > allowed {policy.max_feedback_drop:.2f})"
         )
 
 

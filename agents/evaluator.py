@@ -37,7 +37,7 @@ class Scores:
 
 
 #: Metrics that exist only once clients gave something to measure: skipped, said so, until then.
-WAITS_FOR_CLIENTS = {"feedback_bpb": "skipped: no corrections from clients yet"}
+WAITS_FOR_CLIENTS = {"feedback_bpb": "skipped: too few corrections from clients yet"}
 
 
 def check_metric_gates(
@@ -55,6 +55,10 @@ def check_metric_gates(
             continue
         if value is None or not math.isfinite(value):
             failures.append(f"{name}: candidate has no measured value")
+            continue
+        base = champion.metric(name) if champion is not None else None
+        if name in WAITS_FOR_CLIENTS and base is not None and not math.isfinite(base):
+            failures.append(f"{name}: the champion could not be measured to compare with")
             continue
         label = name
         if name == "tokens_per_joule" and candidate.energy_method:

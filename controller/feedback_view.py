@@ -14,7 +14,8 @@ from adapters.store.feedback import FeedbackLog
 
 
 def read_feedback(store: Store, line: str | None, limit: int) -> dict[str, Any]:
-    """The summary per version and the newest `limit` ratings (of one line, or all)."""
+    """The summary per version and the newest `limit` ratings (of one line, or all): the
+    JSON export is these, exactly as stored."""
     log = FeedbackLog(store)
     return {
         "versions": [vars(v) for v in log.summary(line)],
@@ -56,7 +57,7 @@ def show_feedback(view: dict[str, Any], console: Console, as_json: bool) -> int:
     for col in ("when", "model", "rating", "correction"):
         newest.add_column(col)
     for r in view["ratings"]:
-        fix = r["correction"] or ""
+        fix = _shown(r["correction"] or "")
         newest.add_row(
             r["updated_at"][:19],
             Text(f"{r['line']}:v{r['version']}"),
@@ -65,3 +66,9 @@ def show_feedback(view: dict[str, Any], console: Console, as_json: bool) -> int:
         )
     console.print(newest)
     return 0
+
+
+def _shown(text: str) -> str:
+    """A client's text on an operator's terminal: one line, no control characters (no
+    escape sequence reaches the terminal, whatever was stored before it was refused)."""
+    return "".join(ch if ch.isprintable() else " " for ch in text)

@@ -154,14 +154,18 @@ class FactoryRunner:
             return True
         max_tokens = max(line.policy.serving.max_tokens for line in self.factory.lines)
         assert services.member_store is not None
-        # clients' data (ratings, kept prompts) goes through the member's own connection:
-        # a follower takes it too, it is not a leader's act
+        # clients' data (ratings, kept prompts) is no leader's act: a follower takes it too,
+        # through connections of no term and a pool of its own (a flood of it never delays
+        # the lease's renewals)
+        clients = services.member_store
+        if s.shared:
+            clients = services.clients_store = Store(s.resolved_db_url, None, s.lease.ttl_s / 2)
         self.server = ServingServer(
             s.host,
             s.port,
             max_tokens_limit=max_tokens,
-            feedback=_feedback_desk(services.member_store),
-            capture=TrafficCapture(CaptureLog(services.member_store)),
+            feedback=_feedback_desk(clients),
+            capture=TrafficCapture(CaptureLog(clients)),
         )
         try:
             self.server.start()
@@ -448,6 +452,8 @@ class FactoryRunner:
         _guarded(self._say, "store", services.store.dispose)
         if services.member_store is not None and services.member_store is not services.store:
             _guarded(self._say, "store", services.member_store.dispose)
+        if services.clients_store is not None:
+            _guarded(self._say, "store", services.clients_store.dispose)
         if self._lock is not None:
             self._lock.release()
         self._watchdog.cancel()

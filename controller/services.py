@@ -53,6 +53,7 @@ class FactoryServices:
     # a shared store (PostgreSQL): the member's own bookkeeping, never fenced (serving's
     # tokens and events, membership); `store` above is fenced by the leader's term
     member_store: Store | None = None
+    clients_store: Store | None = None  # clients' data (feedback, captured prompts), shared store
     member_audit: AuditLog | None = None
     member_ledger: Ledger | None = None
     files: SharedFiles | None = None  # artefacts and data splits every member reads

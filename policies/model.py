@@ -270,9 +270,25 @@ class DriftPolicy(_Strict):
     )
 
 
+class LivePolicy(_Strict):
+    """Watching the champion in production: the prompts it serves against its training data
+    (byte-distribution JS divergence) and its bits/byte on them against its own evaluation.
+    Either crossing its threshold is live drift: retrain, on captured traffic when
+    `data.capture` is on."""
+
+    enabled: bool = True
+    every_s: float = Field(default=300.0, gt=0, description="How often the sample is judged.")
+    min_prompts: int = Field(default=32, ge=1, description="Served prompts a judgement needs.")
+    js_divergence: float = Field(default=0.02, ge=0, le=1)
+    loss_increase_pct: float = Field(
+        default=10.0, ge=0, description="Live bits/byte over the champion's evaluation, %."
+    )
+
+
 class TriggerPolicy(_Strict):
     schedule: SchedulePolicy = Field(default_factory=SchedulePolicy)
     drift: DriftPolicy = Field(default_factory=DriftPolicy)
+    live: LivePolicy = Field(default_factory=LivePolicy)
     quality_floor_bpb: float | None = Field(
         default=None,
         gt=0,
@@ -294,6 +310,9 @@ class GatePolicy(_Strict):
         default=5.0, ge=0, description="Allowed loss of quality on reference data, %."
     )
     bootstrap: BootstrapGate = Field(default_factory=lambda: BootstrapGate())
+    feedback_min_corrections: int = Field(
+        default=20, ge=1, description="Corrections from clients before feedback_bpb is measured."
+    )
     metrics: dict[GateMetric, MetricGate] = Field(
         default_factory=dict,
         description="Further thresholds per metric: absolute bounds and changes against the "

@@ -58,6 +58,7 @@ class FeedbackLog:
                         version=fb.version,
                         rating=fb.rating,
                         correction=fb.correction,
+                        routed=fb.routed,
                         created_at=now,
                         updated_at=now,
                     )
@@ -70,7 +71,8 @@ class FeedbackLog:
         raise RuntimeError(f"could not store feedback for {fb.completion_id}")
 
     def ratings(self, line: str, versions: list[int], since: str) -> dict[int, list[float]]:
-        """Ratings of the given versions' answers rated since an ISO time, per version."""
+        """Ratings, since an ISO time, of the given versions' answers that the line's routing
+        chose (a version a client pinned is no evidence about a canary's split), per version."""
         out: dict[int, list[float]] = {v: [] for v in versions}
         with self.store.session() as s:
             rows = s.exec(
@@ -78,6 +80,7 @@ class FeedbackLog:
                     FeedbackRow.line == line,
                     col(FeedbackRow.version).in_(versions),
                     FeedbackRow.updated_at >= since,
+                    col(FeedbackRow.routed).is_(True),
                 )
             ).all()
         for version, rating in rows:
@@ -90,7 +93,7 @@ class FeedbackLog:
             rows = s.exec(
                 select(FeedbackRow.correction)
                 .where(FeedbackRow.line == line, col(FeedbackRow.correction).is_not(None))
-                .order_by(col(FeedbackRow.id).desc())
+                .order_by(col(FeedbackRow.updated_at).desc())
                 .limit(limit)
             ).all()
         return [r for r in rows if r]

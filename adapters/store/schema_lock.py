@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 KEY = "aifactory-schema"
 POLL_S = 0.1
@@ -25,18 +25,29 @@ class SchemaLockTimeout(RuntimeError):
 
 
 @contextmanager
-def schema_lock(engine: Engine, timeout_s: float = 120.0) -> Iterator[None]:
-    """Hold the session-level schema lock on a connection of its own for the block."""
+def schema_lock(engine: Engine, timeout_s: float = 900.0) -> Iterator[None]:
+    """Hold the session-level schema lock on a connection of its own for the block (long:
+    an upgrade may build an index on a large table meanwhile). The connection never goes
+    back to the pool holding the lock: if the unlock fails, it is discarded."""
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         deadline = time.monotonic() + timeout_s
         try_lock = text("SELECT pg_try_advisory_lock(hashtext(:k))")
-        while not conn.execute(try_lock, {"k": KEY}).scalar():
-            if time.monotonic() > deadline:
-                raise SchemaLockTimeout(
-                    f"another aifactory member held the schema lock for over {timeout_s:.0f} s"
-                )
-            time.sleep(POLL_S)
+        locked = False
         try:
+            while not (locked := bool(conn.execute(try_lock, {"k": KEY}).scalar())):
+                if time.monotonic() > deadline:
+                    raise SchemaLockTimeout(
+                        f"another aifactory member held the schema lock for over {timeout_s:.0f} s"
+                    )
+                time.sleep(POLL_S)
             yield
         finally:
-            conn.execute(text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": KEY})
+            if locked:
+                _unlock(conn)
+
+
+def _unlock(conn: Connection) -> None:
+    try:
+        conn.execute(text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": KEY})
+    except Exception:
+        conn.invalidate()  # closing the session releases the lock; nothing to report

@@ -6,7 +6,7 @@ identically on SQLite and PostgreSQL. Timestamps that take part in hashes are IS
 
 from __future__ import annotations
 
-from sqlalchemy import Column, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -334,13 +334,17 @@ class FeedbackRow(SQLModel, table=True):
     the text the answer should have been."""
 
     __tablename__ = "af_feedback"
+    __table_args__ = (
+        Index("ix_af_feedback_line_version_updated", "line", "version", "updated_at"),
+    )
     id: int | None = Field(default=None, primary_key=True)
     completion_id: str = Field(unique=True, max_length=128)
-    line: str = Field(index=True, max_length=64)
+    line: str = Field(max_length=64)
     version: int
+    routed: bool = True  # False: the client pinned the version (no evidence for a canary)
     rating: float
     correction: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    created_at: str = Field(index=True)
+    created_at: str = ""
     updated_at: str = ""
 
 

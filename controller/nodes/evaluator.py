@@ -7,7 +7,12 @@ reference: held-out tails of the data the champion was trained on.
 
 from __future__ import annotations
 
+import math
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from adapters.energy import EnergyReading, HostCpuEnergyMeter
@@ -39,8 +44,10 @@ class EvaluatorNode:
         )
         recent = ctx.holdouts(unseen or dataset.file_hashes)
         reference = ctx.holdouts(champion_data.file_hashes) if champion_data else recent
-        corrections = self._corrections(cid)
-        with ctx.measuring:  # one in-process measurement at a time: CPU time is per process
+        with (
+            self._corrections() as corrections,
+            ctx.measuring,  # one in-process measurement at a time: CPU time is per process
+        ):
             m = self._measure(candidate, champion, recent, reference, corrections)
         ctx.book_eval(f"{cid}:eval", cid, m.tokens, m.reading)
         if ctx.budget is not None:
@@ -67,17 +74,35 @@ class EvaluatorNode:
         )
         return {"blessed": verdict.blessed}
 
-    def _corrections(self, cid: str) -> str | None:
-        """Clients' corrections of the line's answers as one file (None while there are
-        none): both models are scored on what users said the answers should have been."""
-        feedback = self.ctx.feedback
-        texts = feedback.corrections(self.ctx.name) if feedback is not None else []
-        if not texts:
-            return None
-        path = self.ctx.trials_dir.parent / "feedback" / f"{cid}-corrections.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(reversed(texts)) + "\n", encoding="utf-8")
-        return str(path)
+    @contextmanager
+    def _corrections(self) -> Iterator[str | None]:
+        """Clients' newest corrections of the line's answers, up to the evaluation's byte
+        budget, as a file that lives for the evaluation (None with fewer than the gates'
+        `feedback_min_corrections`): both models are scored on what users said the
+        answers should have been."""
+        ctx = self.ctx
+        feedback, wanted = ctx.feedback, ctx.policy.gates.feedback_min_corrections
+        texts = feedback.corrections(ctx.name) if feedback is not None else []
+        if len(texts) < wanted:
+            yield None
+            return
+        kept, size = [], 0
+        for text in texts:  # newest first: what is scored is the newest
+            n = len(text.encode("utf-8")) + 1
+            if kept and size + n > ctx.policy.data.eval_max_bytes:
+                break
+            kept.append(text)
+            size += n
+        folder = ctx.trials_dir.parent / "feedback"
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            "w", encoding="utf-8", dir=folder, suffix=".txt", delete=False
+        ) as f:
+            f.write("\n".join(kept) + "\n")
+        try:
+            yield f.name
+        finally:
+            Path(f.name).unlink(missing_ok=True)
 
     def _measure(
         self,
@@ -150,13 +175,14 @@ class _Scorer:
         return Scores(r.bpb, f.bpb, tuple(r.chunk_bpb), feedback_bpb=self._on_corrections(path))
 
     def _on_corrections(self, path: str) -> float | None:
-        """Bits/byte on clients' corrections; None without any (or too little to score)."""
+        """Bits/byte on clients' corrections; None without enough of them, NaN when they
+        could not be scored (a gate on it then fails, never passes silently)."""
         if self.corrections is None:
             return None
         try:
             c = self.ctx.evaluate(path, [self.corrections])
         except Exception as exc:
             self.ctx.reporter.info(f"[evaluator] corrections could not be scored: {exc}")
-            return None
+            return math.nan
         self.tokens += c.tokens
         return c.bpb

@@ -125,6 +125,7 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _WINDOW_MAX_LATENCIES = 50_000
 _WINDOW_MAX_PROMPTS = 512
 _SAMPLED_PROMPT_CHARS = 2048
+_LIVE_SAMPLE = 256  # served prompts kept per version for live monitoring
 #: A line is named like its policy (``policies.model``), so ``<line>:vN`` parses unambiguously.
 _LINE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 #: Longest requested model name echoed back in a 404 (the name comes from the client).
@@ -202,6 +203,25 @@ class _Routing:
 
     def served(self) -> list[ServedModel]:
         return [self.model] + ([self.challenger] if self.challenger is not None else [])
+
+
+class _Reservoir:
+    """A uniform sample of a stream of prompts in bounded memory (reservoir sampling)."""
+
+    def __init__(self, rng: random.Random, size: int = 0) -> None:
+        self.size = size or _LIVE_SAMPLE
+        self.kept: list[str] = []
+        self.seen = 0
+        self._rng = rng
+
+    def offer(self, prompt: str) -> None:
+        self.seen += 1
+        if len(self.kept) < self.size:
+            self.kept.append(prompt)
+            return
+        slot = self._rng.randrange(self.seen)
+        if slot < self.size:
+            self.kept[slot] = prompt
 
 
 @dataclass
@@ -439,6 +459,8 @@ class LineEndpoint:
         self._window = LiveWindow()
         self._max_tokens_limit: int | None = None
         self.capture: CaptureSpec | None = None  # set from the line's policy; None: keep nothing
+        self._live: dict[int, _Reservoir] = {}  # served prompts per version (live monitoring)
+        self._live_figures: dict[int, dict[str, float]] = {}
         self._detached = False
         self._rng = random.Random()
         self._swap_lock = threading.Lock()
@@ -536,7 +558,8 @@ class LineEndpoint:
         return window
 
     def _note(self, job: _Job, answered: bool, latency_s: float) -> None:
-        """Count one finished request in the window; maybe keep its prompt for scoring."""
+        """Count one finished request in the window; maybe keep its prompt for scoring;
+        offer it to the version's live sample."""
         sample = (
             answered
             and job.sample_rate > 0
@@ -547,6 +570,33 @@ class LineEndpoint:
             self._window.add(job.served.version, not answered, latency_s)
             if sample and len(self._window.prompts) < _WINDOW_MAX_PROMPTS:
                 self._window.prompts.append(job.prompt[-_SAMPLED_PROMPT_CHARS:])
+            if answered and job.store:  # never a prompt its client asked not to be kept
+                live = self._live.setdefault(job.served.version, _Reservoir(self._rng))
+                live.offer(job.prompt[-_SAMPLED_PROMPT_CHARS:])
+
+    # ------------------------------------------------------------------ live monitoring
+
+    def live_count(self, version: int) -> int:
+        """Prompts the version answered since its live sample was last taken."""
+        with self._window_lock:
+            live = self._live.get(version)
+            return live.seen if live is not None else 0
+
+    def take_live_sample(self, version: int) -> list[str]:
+        """A uniform sample (at most :data:`_LIVE_SAMPLE`) of the prompts the version
+        answered since the last call; the next sample starts empty."""
+        with self._window_lock:
+            live = self._live.pop(version, None)
+        return live.kept if live is not None else []
+
+    def publish_live(self, version: int, figures: dict[str, float]) -> None:
+        """What the live watch found for the version: exported on `/metrics`."""
+        with self._window_lock:
+            self._live_figures[version] = dict(figures)
+
+    def live_figures(self) -> dict[int, dict[str, float]]:
+        with self._window_lock:
+            return {v: dict(f) for v, f in self._live_figures.items()}
 
     # ------------------------------------------------------------------ request side
 
@@ -1184,7 +1234,7 @@ class _ServingCollector(Collector):
             tokens.add_metric([*key, "prompt"], m["prompt_tokens"])
             tokens.add_metric([*key, "completion"], m["completion_tokens"])
             latency.add_metric(key, count_value=m["requests"], sum_value=m["latency_s_sum"])
-        yield from (requests, failures, tokens, latency, self._shares())
+        yield from (requests, failures, tokens, latency, self._shares(), *self._live())
         capture = self._server.capture
         if capture is not None:
             kept = CounterMetricFamily(
@@ -1221,6 +1271,35 @@ class _ServingCollector(Collector):
             )
             epoch.add_metric([str(member["member"])], float(member["epoch"]))  # type: ignore[arg-type]
             yield from (leader, epoch)
+
+    def _live(self) -> list[GaugeMetricFamily]:
+        """What the live watch last found per line and version (see `controller.live_watch`)."""
+        labels = ["line", "version"]
+        families = {
+            "prompts": GaugeMetricFamily(
+                "aifactory_live_prompts", "Served prompts the last live check judged", labels=labels
+            ),
+            "js_divergence": GaugeMetricFamily(
+                "aifactory_live_js_divergence",
+                "Byte-distribution JS divergence of served prompts from the training data",
+                labels=labels,
+            ),
+            "bpb": GaugeMetricFamily(
+                "aifactory_live_bpb", "Bits/byte of the version on served prompts", labels=labels
+            ),
+            "loss_increase_pct": GaugeMetricFamily(
+                "aifactory_live_loss_increase_pct",
+                "Live bits/byte over the version's evaluation figure, %",
+                labels=labels,
+            ),
+        }
+        for endpoint in self._server._endpoints():
+            for version, figures in sorted(endpoint.live_figures().items()):
+                for name, family in families.items():
+                    value = figures.get(name)
+                    if value is not None:
+                        family.add_metric([endpoint.name, f"v{version}"], value)
+        return list(families.values())
 
     def _shares(self) -> GaugeMetricFamily:
         share = GaugeMetricFamily(

@@ -52,14 +52,16 @@ class TrafficSource:
             return []
         return [SourceFile(p, LABEL) for p in sorted(self.folder.glob("traffic-*.txt"))]
 
-    def gather(self) -> Path | None:
-        """One batch file of the pending prompts, when there are `batch_bytes` of them.
-        First, any batch this member lacks (another member gathered it, then lost its
-        host) is written again from its rows: same rows, same file, same hash."""
+    def gather(self, force: bool = False) -> Path | None:
+        """One batch file of the pending prompts, when there are `batch_bytes` of them (or
+        any, with `force`: live drift wants what there is now). First, any batch this
+        member lacks (another member gathered it, then lost its host) is written again from
+        its rows: same rows, same file, same hash."""
         for name in self.log.batches(self.line):
             if not (self.folder / name).exists():
                 _write_atomically(self.folder / name, _text(self.log.rows_of(self.line, name)))
-        if self.log.pending_bytes(self.line) < self.spec.batch_bytes:
+        pending = self.log.pending_bytes(self.line)
+        if pending == 0 or (pending < self.spec.batch_bytes and not force):
             return None
         rows, size = [], 0
         for row in self.log.pending(self.line):  # one batch's worth: a file stays small

@@ -24,6 +24,7 @@ class DataObservation:
     js_divergence: float | None = None
     champion_new_bpb: float | None = None
     champion_ref_bpb: float | None = None
+    live_drift: bool = False  # the cycle was asked for by the live watch (served prompts)
 
     @property
     def loss_increase_pct(self) -> float | None:
@@ -85,6 +86,20 @@ def decide_data(obs: DataObservation, policy: Policy) -> DataDecision:
     if reasons:
         return DataDecision(
             True, (Action("data", "retrain", "taken", "; ".join(reasons), figures),)
+        )
+    if obs.live_drift:
+        return DataDecision(
+            True,
+            (
+                Action(
+                    "data",
+                    "retrain",
+                    "taken",
+                    "live drift on the champion's served prompts (see its live_drift event), "
+                    "and new data to learn from",
+                    figures,
+                ),
+            ),
         )
     if policy.triggers.retrain_on_new_data:
         return DataDecision(

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from agents.actions import Action
 from policies.model import Policy
 
+#: The trigger of a cycle the live watch asks for (the data node reads it).
+LIVE_TRIGGER = "live drift"
+
 
 @dataclass(frozen=True)
 class LiveObservation:

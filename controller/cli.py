@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from controller.settings import Settings
+from controller.traffic_cli import add_traffic_parser
 from policies.loader import PolicyError, load_policy
 from policies.model import policy_json_schema
 
@@ -131,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     feedback.add_argument("--limit", type=_positive_int, default=20, help="newest N ratings")
     feedback.add_argument("--json", action="store_true", help="export as JSON")
 
+    add_traffic_parser(sub, _common)
+
     for verb in ("approve", "reject"):
         p = sub.add_parser(verb, help=f"{verb} a promotion waiting for a person")
         _common(p)
@@ -232,6 +235,11 @@ def _offline(args: argparse.Namespace, settings: Settings, console: Console) -> 
         if args.command == "status" and not args.line and len(book.policy_names()) > 1:
             return _status_all(args, store, book, registry, console)
         name = _policy_name(settings, book, args.line, explicit=args.policy is not None)
+        if args.command == "traffic":
+            from controller.traffic_cli import run_traffic
+
+            state = book.daemon_state(name)
+            return run_traffic(args, name, args.url or (state and state.serving_url), console)
         if args.command == "status":
             return _status(args, name, store, book, registry, console)
         if args.command == "models":

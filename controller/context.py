@@ -71,7 +71,7 @@ class CycleState(TypedDict, total=False):
 
 class LiveTraffic(Protocol):
     """What the canary reads from serving for its line: the live figures since the last
-    call, and what is served."""
+    call, and what is served; and the live watch: a sample of served prompts per version."""
 
     def take_window(self) -> LiveWindow: ...
 
@@ -82,6 +82,12 @@ class LiveTraffic(Protocol):
 
     @property
     def challenger(self) -> tuple[Any, float] | None: ...
+
+    def live_count(self, version: int) -> int: ...
+
+    def take_live_sample(self, version: int) -> list[str]: ...
+
+    def publish_live(self, version: int, figures: dict[str, float]) -> None: ...
 
 
 @dataclass

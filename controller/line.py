@@ -22,10 +22,12 @@ from adapters.llm import make_advisor
 from adapters.store.db import utcnow_iso
 from adapters.workload.loader import load_workload
 from controller.cycle_runner import CycleRun, CycleRunner
+from controller.demo_traffic import DemoTraffic
 from controller.graph import build_cycle_graph
 from controller.line_schedule import LineSchedule
 from controller.line_setup import build_context, traffic_source, wire_capture, wire_gpu
 from controller.line_view import heartbeat, serving_differs
+from controller.live_watch import LiveWatch
 from controller.overview import FactoryView
 from controller.services import FactoryServices
 from controller.traffic_retention import TrafficRetention
@@ -60,6 +62,8 @@ class ProductionLine:
         self.cycles: CycleRunner | None = None
         self.done = 0  # cycles completed or failed
         self.retention = TrafficRetention(self.ctx)
+        self.live = LiveWatch(self.ctx, lambda why: self.requests.put(("cycle", why)))
+        self.demo = DemoTraffic(self.ctx, self._serving_url)
         self._thread: threading.Thread | None = None
         self._starting = threading.Lock()  # the factory's watch and the roles both start lines
 
@@ -156,6 +160,7 @@ class ProductionLine:
     def stop(self) -> None:
         self.stop_event.set()
         self.requests.put(("wake", ""))
+        self.demo.stop()
 
     def undrain(self) -> None:
         """Listed in the factory file again before its drain ended: it goes on as before."""
@@ -251,9 +256,13 @@ class ProductionLine:
         self.watch.check(self)
         if serving_differs(self, view):
             self.sync_serving()
+        self.demo.sync()
         if self.busy.is_set() or not self.requests.empty():
             return
         self.retention.check()  # idle: no cycle reads the files it may delete
+        self.live.check()
+        if not self.requests.empty():  # live drift asked for a cycle
+            return
         waiting = view.awaiting.get(self.name, set())
         answered = self.answered(waiting) if waiting else []
         if answered:  # a draining line too: its paused cycle must end for it to go
@@ -263,6 +272,10 @@ class ProductionLine:
             completed = view.completed.get(self.name, 0)
             if ctx.ingestor.pending(ctx.source, completed, view.known.get(self.name, set())):
                 self.requests.put(("cycle", "new data"))
+
+    def _serving_url(self) -> str | None:
+        serving = self.services.serving
+        return serving.server.url if serving is not None else None
 
     def sync_serving(self) -> None:
         """A draining line still serves (its champion, its canary) until it is removed."""

@@ -546,6 +546,21 @@ class RolloutPolicy(_Strict):
         return self
 
 
+class DemoTrafficPolicy(_Strict):
+    """Demo only: the daemon sends its own line requests (labelled `aifactory-demo-<n>`),
+    pieces of the standard library. `by_champion[k]` names what users ask about while
+    champion v(k+1) serves; the last entry goes on. A real line leaves `demo` out."""
+
+    rate_per_s: float = Field(default=4.0, gt=0, le=200)
+    workers: int = Field(default=2, ge=1, le=16)
+    max_tokens: int = Field(default=16, ge=1)
+    by_champion: list[list[str]] = Field(min_length=1)
+
+
+class DemoPolicy(_Strict):
+    traffic: DemoTrafficPolicy | None = None
+
+
 class Policy(_Strict):
     """One production line: what to train, on what, within which limits, and when to ship."""
 
@@ -566,16 +581,21 @@ class Policy(_Strict):
         "at once.",
     )
     advisor: AdvisorPolicy | None = None
+    demo: DemoPolicy | None = None
 
     def canonical_json(self) -> str:
         """Stable text form; the policy version is its hash. Settings added since policies
         were first versioned are left out while at their default (the cluster's `kind`,
-        `tuning.parallel_trials`), so a policy written before them keeps its version."""
+        `tuning.parallel_trials`, capture, live monitoring, feedback), so a policy written
+        before them keeps its version."""
         data = self.model_dump(mode="json")
-        if data["cluster"].get("kind") == "local":
-            del data["cluster"]["kind"]
-        if data["tuning"].get("parallel_trials") == 1:
-            del data["tuning"]["parallel_trials"]
+        for path, default in _ADDED_SINCE_FIRST_VERSION:
+            *parents, key = path
+            node = data
+            for name in parents:
+                node = node.get(name) if isinstance(node, dict) else None
+            if isinstance(node, dict) and key in node and node[key] == default:
+                del node[key]
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @functools.cached_property
@@ -586,3 +606,17 @@ class Policy(_Strict):
 
 def policy_json_schema() -> dict[str, Any]:
     return Policy.model_json_schema()
+
+
+#: (path, default) of every setting added after policies were first versioned: left out of
+#: the canonical form while at its default.
+_ADDED_SINCE_FIRST_VERSION: list[tuple[tuple[str, ...], Any]] = [
+    (("cluster", "kind"), "local"),
+    (("tuning", "parallel_trials"), 1),
+    (("data", "capture"), CapturePolicy().model_dump(mode="json")),
+    (("triggers", "live"), LivePolicy().model_dump(mode="json")),
+    (("gates", "feedback_min_corrections"), 20),
+    (("rollout", "min_feedback"), 10),
+    (("rollout", "max_feedback_drop"), 0.1),
+    (("demo",), None),
+]

@@ -7,6 +7,7 @@ cycle once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -128,7 +129,9 @@ def test_paused_leader_is_fenced_and_killed_leader_is_replaced(tmp_path: Path, p
             logs["b"],
             b,
         )
-        time.sleep(TTL_S)  # a's worker finishes its trial meanwhile
+        # a's worker finishes its trial meanwhile: its result waits for a paused parent,
+        # whose first act on waking is to write it (and be refused)
+        _wait_idle([c for c in psutil.Process(a.pid).children(recursive=True)], 90)
         os.kill(a.pid, signal.SIGCONT)
         wait_for(
             lambda: "no longer leads" in logs["a"].read_text(), 30, "a steps down", logs["a"], a
@@ -159,6 +162,27 @@ def test_paused_leader_is_fenced_and_killed_leader_is_replaced(tmp_path: Path, p
 
     _check_once(store, a_workers, pg_url)
     store.dispose()
+
+
+def _wait_idle(procs: list[psutil.Process], timeout_s: float) -> None:
+    """Until the processes have used no CPU for a second (their work is done)."""
+    deadline = time.monotonic() + timeout_s
+
+    def used() -> float:
+        total = 0.0
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
+    before = used()
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = used()
+        if now - before < 0.05:
+            return
+        before = now
 
 
 def _cycle(store: Any) -> str | None:

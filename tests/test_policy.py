@@ -148,3 +148,15 @@ def test_the_default_cluster_kind_leaves_the_version_as_it_was() -> None:
     assert plain.version == tagged.version
     assert '"kind"' not in plain.canonical_json().split('"cluster"')[1].split("}")[0]
     assert parse_policy("name: x\ncluster: {reuse_workers: true}\n").version != plain.version
+
+
+def test_settings_added_later_leave_an_old_policys_version_alone() -> None:
+    """Capture, live monitoring, feedback and demo settings at their defaults are left out
+    of the canonical form: a policy written before them keeps the version it had."""
+    from conftest import TINY_POLICY
+
+    old = load_policy(TINY_POLICY)
+    assert old.version == "7dbd3e6273f6c405"
+    capture = old.data.capture.model_copy(update={"enabled": True})
+    edited = old.model_copy(update={"data": old.data.model_copy(update={"capture": capture})})
+    assert '"capture"' in edited.canonical_json() and '"capture"' not in old.canonical_json()

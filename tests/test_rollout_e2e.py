@@ -247,6 +247,35 @@ def test_a_challenger_clients_rate_worse_is_rolled_back(tmp_path: Path) -> None:
     store.dispose()
 
 
+def test_the_demos_own_traffic_gives_its_canary_real_requests(tmp_path: Path) -> None:
+    """No client of the test's own: the policy's demo traffic asks about era 1's topics
+    while v1 serves, so the canary of v2 judges real requests; from v2 on it asks about
+    the documentation's prose."""
+    demo = "demo:\n  traffic:\n    rate_per_s: 12\n    by_champion: [[concurrent], [pydoc_data]]\n"
+    state, pol, url, args = _start(tmp_path, ROLLOUT.format(interval=3, min_requests=8))
+    pol.write_text(pol.read_text() + demo)
+    log = tmp_path / "daemon.log"
+    with daemon(*args, log=log) as proc:
+        store = wait_for(lambda: (state / "trials").exists() and open_store(url), 60, "db", log)
+        rollouts = RolloutBook(store)
+        row = wait_for(
+            lambda: (r := rollouts.recent("tiny")) and r[0].status != "running" and r[0],
+            240,
+            "the canary to end",
+            log,
+        )
+        wait_for(lambda: "asks about pydoc_data while v2 serves" in log.read_text(), 30, "", log)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert row.status == "promoted", row.reason
+    text = log.read_text()
+    assert "[demo] demo traffic asks about concurrent while v1 serves" in text
+    steps = [e for e in AuditLog(store).events(agent="deployer") if e.action == "canary_step"]
+    assert steps and all(e.figures["challenger_requests"] >= 8 for e in steps), steps
+    assert not any(" 0 challenger requests" in e.reason for e in steps)
+    store.dispose()
+
+
 def test_paused_canary_survives_restart_and_continues_when_told(tmp_path: Path) -> None:
     # nobody sends traffic: the only step is inconclusive and the rollout waits for a person
     rollout = ROLLOUT.format(interval=1, min_requests=5).replace("[50, 100]", "[100]")

@@ -1,8 +1,9 @@
 """Traffic becomes data, with the real daemon: the tiny line is trained on one era of
 files, then clients send prompts from a domain no file has shown (the standard library's
-documentation prose). With capture on, the factory keeps them (redacted; never what a
-client asked not to be stored), gathers them into a data file, notices the drift, retrains
-on them and promotes a model that scores better on that traffic."""
+documentation prose). The live watch notices the champion's served prompts drift; with
+capture on, the factory has kept them (redacted; never what a client asked not to be
+stored), gathers them into a data file, retrains on them and promotes a model that scores
+better on that traffic."""
 
 from __future__ import annotations
 
@@ -26,10 +27,11 @@ pytestmark = pytest.mark.slow
 
 CAPTURE = """  capture:
     enabled: true
-    batch_bytes: 12000
+    batch_bytes: 100000
     redact: ['[\\w.]+@example\\.org']
   settle_s: 0
 """
+LIVE = "  schedule: {every_s: 3600}\n  live: {every_s: 1, min_prompts: 150}\n"
 PRIVATE = "PRIVATE-MARKER-never-kept"
 EMAIL = "ops.lead@example.org"
 
@@ -47,6 +49,7 @@ def test_the_factory_learns_a_new_domain_from_its_traffic(tmp_path: Path) -> Non
         **{
             "      - [concurrent]\n": "",
             "  eval_max_bytes: 16000\n": "  eval_max_bytes: 16000\n" + CAPTURE,
+            "  schedule: {every_s: 3600}\n": LIVE,
         },
     )
     state = tmp_path / "state"
@@ -54,7 +57,7 @@ def test_the_factory_learns_a_new_domain_from_its_traffic(tmp_path: Path) -> Non
     args = ["--policy", str(pol), "--state-dir", str(state), "--port", "0", "--tick-s", "0.3"]
     log = tmp_path / "daemon.log"
     prose = _prose()
-    sent, unseen = prose[:90], prose[200:260]  # scored on prompts no client sent
+    sent, unseen = prose[:150], prose[200:260]  # scored on prompts no client sent
     with daemon(*args, log=log) as proc:
         store = wait_for(lambda: (state / "trials").exists() and open_store(url), 60, "db", log)
         book, registry = CycleBook(store), ModelRegistry(store, state / "models")
@@ -73,6 +76,7 @@ def test_the_factory_learns_a_new_domain_from_its_traffic(tmp_path: Path) -> Non
                 assert client.post(endpoint, json=body).status_code == 200
                 private = {"model": "tiny", "prompt": f"{PRIVATE} {i}", "store": False}
                 assert client.post(endpoint, json=private).status_code == 200
+        seen = wait_for(lambda: _live_metrics(st.serving_url), 60, "live figures", log)
         wait_for(lambda: registry.alias("tiny", "champion") == 2, 240, "v2 promoted", log)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
@@ -88,6 +92,11 @@ def test_the_factory_learns_a_new_domain_from_its_traffic(tmp_path: Path) -> Non
         if e.action == "retrain" and e.cycle_id == "tiny-c0002"
     )
     assert decision.outcome == "taken" and "drift" in decision.reason, decision.reason
+    live = next(e for e in AuditLog(store).events(agent="data") if e.action == "live_drift")
+    assert live.outcome == "taken" and live.figures["live_prompts"] == 150, live.reason
+    js, rise = live.figures["live_js_divergence"], live.figures["live_loss_increase_pct"]
+    assert js >= 0.02 or rise >= 10, live.figures
+    assert 'aifactory_live_js_divergence{line="tiny",version="v1"}' in seen
     # better on that traffic: both champions scored on prose no client sent
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write("".join(unseen))
@@ -95,11 +104,16 @@ def test_the_factory_learns_a_new_domain_from_its_traffic(tmp_path: Path) -> Non
     before = bytelm.evaluate(registry.verified_path(registry.get("tiny", 1)), [f.name]).bpb  # type: ignore[arg-type]
     after = bytelm.evaluate(registry.verified_path(v2), [f.name]).bpb
     print(f"bits/byte on unsent traffic: v1 {before:.4f}, v2 {after:.4f}")
-    assert after < before * 0.95, (before, after)
+    assert after < before * 0.97, (before, after)
     # nothing a client kept private, and no redacted address, reached the disk
-    assert CaptureLog(store).count("tiny") >= 60
+    assert CaptureLog(store).count("tiny") >= 100
     for path in state.rglob("*"):
         if path.is_file():
             data = path.read_bytes()
             assert PRIVATE.encode() not in data and EMAIL.encode() not in data, path
     store.dispose()
+
+
+def _live_metrics(url: str) -> str | None:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return text if "aifactory_live_prompts{" in text else None

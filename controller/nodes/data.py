@@ -14,6 +14,7 @@ from adapters.store.registry import ModelVersion
 from agents.actions import Action
 from agents.data import DataObservation, decide_data
 from agents.drift import js_divergence
+from agents.live import LIVE_TRIGGER
 from controller.context import CycleState, LineContext
 
 
@@ -49,6 +50,7 @@ class DataNode:
             quarantined=len(report.quarantined),
             dataset_version=dataset.version if dataset else None,
             has_champion=champion is not None,
+            live_drift=state.get("trigger") == LIVE_TRIGGER,
         )
         if champion is not None and new:
             obs = self._drift(obs, champion, new, cid)
@@ -179,6 +181,7 @@ class DataNode:
             js_divergence=js,
             champion_new_bpb=new_bpb,
             champion_ref_bpb=ref_bpb,
+            live_drift=obs.live_drift,
         )
 
 

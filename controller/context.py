@@ -66,6 +66,8 @@ class CycleState(TypedDict, total=False):
     canary_extensions: int
     canary_champion: dict[str, Any]
     canary_carry: dict[str, Any]  # evidence of a step being extended
+    drift: dict[str, Any]  # the data node's drift figures (the retraining's features)
+    value: dict[str, Any]  # the predicted gain per kWh, when one was made
     stage_s: Annotated[dict[str, float], _merge]
 
 

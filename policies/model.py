@@ -285,10 +285,26 @@ class LivePolicy(_Strict):
     )
 
 
+class RetrainValuePolicy(_Strict):
+    """Whether a retraining pays: its gain per kWh predicted from the line's own history of
+    retrainings. Without a threshold the prediction is recorded (and later compared with the
+    outcome) but never defers."""
+
+    min_gain_pct_per_kwh: float | None = Field(
+        default=None, ge=0, description="Defer a retraining predicted to gain less (% per kWh)."
+    )
+    min_history: int = Field(default=4, ge=1, description="Past retrainings a prediction needs.")
+    max_staleness_h: float | None = Field(
+        default=168.0, gt=0, description="A champion older than this is never kept by the rule."
+    )
+    confidence: float = Field(default=0.8, gt=0.5, lt=1)
+
+
 class TriggerPolicy(_Strict):
     schedule: SchedulePolicy = Field(default_factory=SchedulePolicy)
     drift: DriftPolicy = Field(default_factory=DriftPolicy)
     live: LivePolicy = Field(default_factory=LivePolicy)
+    value: RetrainValuePolicy = Field(default_factory=RetrainValuePolicy)
     quality_floor_bpb: float | None = Field(
         default=None,
         gt=0,
@@ -615,6 +631,7 @@ _ADDED_SINCE_FIRST_VERSION: list[tuple[tuple[str, ...], Any]] = [
     (("tuning", "parallel_trials"), 1),
     (("data", "capture"), CapturePolicy().model_dump(mode="json")),
     (("triggers", "live"), LivePolicy().model_dump(mode="json")),
+    (("triggers", "value"), RetrainValuePolicy().model_dump(mode="json")),
     (("gates", "feedback_min_corrections"), 20),
     (("rollout", "min_feedback"), 10),
     (("rollout", "max_feedback_drop"), 0.1),

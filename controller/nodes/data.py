@@ -16,6 +16,7 @@ from agents.data import DataObservation, decide_data
 from agents.drift import js_divergence
 from agents.live import LIVE_TRIGGER
 from controller.context import CycleState, LineContext
+from controller.retrain_value import judge_value
 
 
 class DataNode:
@@ -55,16 +56,28 @@ class DataNode:
         if champion is not None and new:
             obs = self._drift(obs, champion, new, cid)
         decision = decide_data(obs, ctx.policy)
-        for i, action in enumerate(decision.actions):
+        actions, retrain = list(decision.actions), decision.retrain
+        value: dict[str, Any] = {}
+        if retrain and champion is not None:  # is it worth its energy? (the line's history)
+            verdict = judge_value(ctx, obs, champion.created_at)
+            actions.append(verdict)
+            retrain, value = verdict.outcome == "taken", dict(verdict.figures)
+        for i, action in enumerate(actions):
             ctx.record(action, cid, f"data:{action.action}:{i}")
-        ctx.reporter.info(f"[data] {decision.actions[-1].reason}")
+        ctx.reporter.info(f"[data] {actions[-1].reason}")
         first_seen = [f.first_seen for f in ctx.catalog.files(ctx.name, new) if f.first_seen]
         return {
             "dataset_version": obs.dataset_version,
-            "retrain": decision.retrain,
+            "retrain": retrain,
             "new_files": new,
             "champion_new_bpb": obs.champion_new_bpb,
             "new_since": _iso_to_unix(min(first_seen)) if first_seen else None,
+            "drift": {
+                "had_champion": champion is not None,
+                "js_divergence": obs.js_divergence,
+                "loss_increase_pct": obs.loss_increase_pct,
+            },
+            "value": value,
         }
 
     def _audit_ingest(

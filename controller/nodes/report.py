@@ -1,4 +1,5 @@
-"""The report node: the optional LLM advisor explains the cycle in the audit log, within
+"""The report node: what the cycle's retraining bought against its prediction (the data
+agent's history); the optional LLM advisor explains the cycle in the audit log, within
 the agent-token budget; it never acts."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from adapters.store.ledger import today_utc
 from agents.actions import Action
 from agents.advisor import AdviceObservation, decide_advice
 from controller.context import CycleState, LineContext
+from controller.retrain_value import record_outcome
 
 
 class ReportNode:
@@ -18,6 +20,7 @@ class ReportNode:
 
     def __call__(self, state: CycleState) -> dict[str, Any]:
         ctx, cid = self.ctx, state["cycle_id"]
+        record_outcome(ctx, cid, dict(state))  # what the retraining bought, beside its forecast
         spec = ctx.policy.advisor
         key = f"{cid}:advisor:explain"
         if ctx.advisor is None or spec is None or ctx.audit.has_key(key):

@@ -309,6 +309,7 @@ class _Job:
     sample_rate: float = 0.0
     completion_id: str = ""  # issued at the start: names the answer (feedback, capture)
     store: bool = True  # False: the client asked that nothing of it be kept
+    asked_store: bool | None = None  # what the client said ("store"), None: nothing
 
 
 class _ApiError(Exception):
@@ -488,6 +489,7 @@ class LineEndpoint:
                 self._check_attached()
             previous = self._routing
             self._routing = _Routing(model) if model is not None else None
+        self._prune_live()
         return previous.model if previous is not None else None
 
     def route(
@@ -514,6 +516,14 @@ class LineEndpoint:
         with self._swap_lock:
             self._check_attached()
             self._routing = routing
+        self._prune_live()
+
+    def _prune_live(self) -> None:
+        """Live samples of versions no longer served are dropped (a follower's too)."""
+        routing = self._routing
+        served = {m.version for m in routing.served()} if routing is not None else set()
+        with self._window_lock:
+            self._live = {v: s for v, s in self._live.items() if v in served}
 
     @property
     def current(self) -> ServedModel | None:
@@ -570,7 +580,7 @@ class LineEndpoint:
             self._window.add(job.served.version, not answered, latency_s)
             if sample and len(self._window.prompts) < _WINDOW_MAX_PROMPTS:
                 self._window.prompts.append(job.prompt[-_SAMPLED_PROMPT_CHARS:])
-            if answered and job.store:  # never a prompt its client asked not to be kept
+            if answered and job.store and len(job.prompt) >= 8:  # never one asked not to be kept
                 live = self._live.setdefault(job.served.version, _Reservoir(self._rng))
                 live.offer(job.prompt[-_SAMPLED_PROMPT_CHARS:])
 
@@ -588,6 +598,12 @@ class LineEndpoint:
         with self._window_lock:
             live = self._live.pop(version, None)
         return live.kept if live is not None else []
+
+    def keep_live_only(self, version: int) -> None:
+        """Drop the samples (and figures) of every other version: retired ones go."""
+        with self._window_lock:
+            self._live = {v: s for v, s in self._live.items() if v == version}
+            self._live_figures = {v: f for v, f in self._live_figures.items() if v == version}
 
     def publish_live(self, version: int, figures: dict[str, float]) -> None:
         """What the live watch found for the version: exported on `/metrics`."""
@@ -721,7 +737,12 @@ class ServingServer:
         if completion is not None and job.store and spec is not None and capture is not None:
             try:  # keeping a prompt never fails the answer it came with
                 capture.offer(
-                    spec, job.served.line, job.served.version, job.completion_id, job.prompt
+                    spec,
+                    job.served.line,
+                    job.served.version,
+                    job.completion_id,
+                    job.prompt,
+                    job.asked_store,
                 )
             except Exception as exc:
                 _log.warning("capture failed: %s: %s", type(exc).__name__, exc)
@@ -984,6 +1005,7 @@ class ServingServer:
             routing.sample_rate,
             self.feedback.ids.issue(kind, served.model_id, routed=model == endpoint.name),
             store is not False,
+            store,
         )
 
     def _not_found(self, model: str) -> _ApiError:

@@ -1,11 +1,15 @@
 """Served prompts kept as training data, when a line's policy asks (`data.capture`).
 
 The server hands every answered request to :meth:`TrafficCapture.offer`; what is kept is
-decided here, on the request's thread and cheaply: never a request that said
-``"store": false``, only the policy's sample, only while the line's byte allowance for the
-UTC day lasts, and always redacted before it leaves this module. Kept prompts queue for a
-writer thread that stores them in batches through a :class:`CaptureSink`, so a slow store
-never slows an answer; a full queue drops (counted), it never blocks.
+decided here, on the request's thread, cheaply and without the store: never a request that
+said ``"store": false`` (nor, with ``opt_in``, one that did not say ``"store": true``), only
+the policy's sample, never a prompt over ``max_prompt_bytes``, only while the line's byte
+allowance for the UTC day lasts, and always redacted before it leaves this module. Kept
+prompts queue for a writer thread that stores them in batches through a
+:class:`CaptureSink`, so a slow or failing store never slows an answer; a full queue drops
+(counted), it never blocks. The allowance is counted here and, on the writer thread, against
+what the store says the line kept that day on this member and before it (a restart does not
+reset it); members count their own.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ class CaptureSpec:
     max_bytes_per_day: int = 5_000_000
     redact: tuple[str, ...] = ()
     min_prompt_bytes: int = 16
+    max_prompt_bytes: int = 65_536
+    opt_in: bool = False  # keep only requests that said "store": true
     patterns: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -55,6 +61,7 @@ class Captured:
     sha256: str
     day: str
     captured_at: float
+    day_cap: int = 0  # the line's allowance for the day (bytes); 0: none
 
 
 class CaptureSink(Protocol):
@@ -75,16 +82,25 @@ class TrafficCapture:
         self.kept = 0
         self._rng = random.Random(seed)
         self._queue: queue.Queue[Captured | None] = queue.Queue(_QUEUE_MAX)
-        self._used: dict[tuple[str, str], int] = {}  # (line, day) -> bytes kept
+        self._used: dict[tuple[str, str], int] = {}  # (line, day) -> bytes queued here
+        self._stored: dict[tuple[str, str], int] = {}  # (line, day) -> bytes in the store
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._write, name="aifactory-capture", daemon=True)
         self._thread.start()
 
     def offer(
-        self, spec: CaptureSpec, line: str, version: int, completion_id: str, prompt: str
+        self,
+        spec: CaptureSpec,
+        line: str,
+        version: int,
+        completion_id: str,
+        prompt: str,
+        store: bool | None = None,
     ) -> bool:
         """Keep this prompt if the spec says so; True when queued."""
-        if self._rng.random() >= spec.sample_rate:
+        if store is False or (spec.opt_in and store is not True):
+            return False
+        if len(prompt) > spec.max_prompt_bytes or self._rng.random() >= spec.sample_rate:
             return False
         text = spec.scrub(prompt)
         try:  # what ingestion would quarantine (NUL, not UTF-8) would spoil a whole batch
@@ -92,13 +108,15 @@ class TrafficCapture:
         except UnicodeEncodeError:
             return False
         size = len(raw)
-        if size < spec.min_prompt_bytes or b"\x00" in raw:
+        if not spec.min_prompt_bytes <= size <= spec.max_prompt_bytes or b"\x00" in raw:
             return False
         day = datetime.now(UTC).strftime("%Y-%m-%d")
         if not self._allow(spec, line, day, size):
             return False
         digest = hashlib.sha256(raw).hexdigest()
-        row = Captured(line, version, completion_id, text, digest, day, time.time())
+        row = Captured(
+            line, version, completion_id, text, digest, day, time.time(), spec.max_bytes_per_day
+        )
         try:
             self._queue.put_nowait(row)
         except queue.Full:
@@ -108,22 +126,30 @@ class TrafficCapture:
         return True
 
     def _allow(self, spec: CaptureSpec, line: str, day: str, size: int) -> bool:
-        """The day's allowance: started from what the store says this line kept today
-        (a restart does not reset it), then counted here."""
+        """The day's allowance as this process counted it (the writer also checks it
+        against the store)."""
         key = (line, day)
         with self._lock:
-            used = self._used.get(key)
-        if used is None:
-            try:
-                used = self.sink.bytes_on(line, day)
-            except Exception:
-                return False  # cannot tell what is left: keep nothing rather than too much
-        with self._lock:
-            used = self._used.setdefault(key, used)
+            used = self._used.get(key, 0)
             if used + size > spec.max_bytes_per_day:
                 return False
             self._used[key] = used + size
         return True
+
+    def _within_allowance(self, rows: list[Captured]) -> list[Captured]:
+        """On the writer thread: the rows that fit what the store says was kept today
+        (asked once per line and day; an unreachable store keeps nothing)."""
+        kept = []
+        for row in rows:
+            key = (row.line, row.day)
+            if key not in self._stored:
+                self._stored[key] = self.sink.bytes_on(row.line, row.day)
+            size = len(row.text.encode("utf-8"))
+            if row.day_cap and self._stored[key] + size > row.day_cap:
+                continue
+            self._stored[key] += size
+            kept.append(row)
+        return kept
 
     def flush(self, timeout_s: float = 10.0) -> None:
         """Wait until everything queued so far is written (tests, shutdown)."""
@@ -154,9 +180,11 @@ class TrafficCapture:
                     break
                 rows.append(more)
             try:
-                new = self.sink.add(rows)
+                fitting = self._within_allowance(rows)
+                new = self.sink.add(fitting) if fitting else 0
                 with self._lock:
                     self.kept += new
+                    self.dropped += len(rows) - len(fitting)
             except Exception:
                 with self._lock:
                     self.dropped += len(rows)

@@ -79,9 +79,12 @@ class TrafficClient:
         return self
 
     def stop(self, timeout_s: float = 10.0) -> TrafficCounts:
+        """Stop sending; wait up to `timeout_s` in all for requests in flight (0: do not
+        wait, the threads end after their request)."""
         self._stop.set()
+        deadline = time.monotonic() + timeout_s
         for thread in self._threads:
-            thread.join(timeout_s)
+            thread.join(max(0.0, deadline - time.monotonic()))
         return self.counts
 
     def run_for(self, seconds: float) -> TrafficCounts:

@@ -24,8 +24,9 @@ class LiveObservation:
     prompts: int
     js_divergence: float | None
     live_bpb: float | None
-    eval_bpb: float | None  # the champion's bits/byte on held-out data when it was judged
+    eval_bpb: float | None  # the champion on its own held-out text, cut like the prompts
     capture: bool  # served prompts are kept as data (something new to learn from)
+    sample_bytes: int = 0
 
     @property
     def loss_increase_pct(self) -> float | None:
@@ -38,12 +39,13 @@ def decide_live(obs: LiveObservation, policy: Policy) -> Action | None:
     """Live drift: an action (retrain, or why not); None when the champion is fine or the
     sample is too small to say."""
     live = policy.triggers.live
-    if obs.prompts < live.min_prompts:
+    if obs.prompts < live.min_prompts or obs.sample_bytes < live.min_bytes:
         return None
     inc = obs.loss_increase_pct
     figures: dict[str, object] = {
         "version": obs.version,
         "live_prompts": obs.prompts,
+        "live_sample_bytes": obs.sample_bytes,
         "live_js_divergence": _r(obs.js_divergence),
         "js_threshold": live.js_divergence,
         "live_bpb": _r(obs.live_bpb),
@@ -61,7 +63,8 @@ def decide_live(obs: LiveObservation, policy: Policy) -> Action | None:
     if inc is not None and inc >= live.loss_increase_pct:
         reasons.append(
             f"the champion scores {obs.live_bpb:.3f} bits/byte on served prompts, {inc:.1f}% "
-            f"over its evaluation's {obs.eval_bpb:.3f} (>= {live.loss_increase_pct:.1f}%)"
+            f"over its {obs.eval_bpb:.3f} on its own held-out text cut the same way "
+            f"(>= {live.loss_increase_pct:.1f}%)"
         )
     if not reasons:
         return None

@@ -89,6 +89,8 @@ class LiveTraffic(Protocol):
 
     def take_live_sample(self, version: int) -> list[str]: ...
 
+    def keep_live_only(self, version: int) -> None: ...
+
     def publish_live(self, version: int, figures: dict[str, float]) -> None: ...
 
 
@@ -130,6 +132,7 @@ class LineContext:
     # count two lines' concurrent windows twice
     measuring: threading.Lock = field(default_factory=threading.Lock)
     files: SharedFiles | None = None  # files every member reads (a shared store)
+    kept_traffic: Any = None  # adapters.traffic_source.TrafficSource: expired by retention
 
     @property
     def name(self) -> str:

@@ -53,6 +53,7 @@ class DemoTraffic:
             ).start()
 
     def stop(self) -> None:
+        """Stop sending (never waits: called from the tick and on shutdown)."""
         if self.client is not None:
-            self.client.stop()
+            self.client.stop(timeout_s=0)
             self.client, self._spec, self._topics = None, None, []

@@ -176,6 +176,7 @@ class FactoryWatch:
     def _remove(self, line: ProductionLine) -> None:
         services = self.services
         line.unschedule()
+        line.demo.stop()  # its demo users go with it
         if services.serving is not None:
             services.serving.book_served_tokens()  # its last tokens are its own
             services.serving.server.remove_line(line.name)

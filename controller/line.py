@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,13 @@ from controller.cycle_runner import CycleRun, CycleRunner
 from controller.demo_traffic import DemoTraffic
 from controller.graph import build_cycle_graph
 from controller.line_schedule import LineSchedule
-from controller.line_setup import build_context, traffic_source, wire_capture, wire_gpu
+from controller.line_setup import (
+    build_context,
+    offered,
+    traffic_source,
+    wire_capture,
+    wire_gpu,
+)
 from controller.line_view import heartbeat, serving_differs
 from controller.live_watch import LiveWatch
 from controller.overview import FactoryView
@@ -33,6 +40,7 @@ from controller.services import FactoryServices
 from controller.traffic_retention import TrafficRetention
 from controller.watch import PolicyWatch
 from policies.factory import LineSpec
+from policies.loader import PolicyError, load_policy
 from policies.model import Policy
 
 #: An idle line's thread wakes this often to look at its staged policy and drain state
@@ -40,6 +48,7 @@ from policies.model import Policy
 _IDLE_WAKE_S = 5.0
 #: How long a line waits after trouble of its own (audited) before it tries again.
 _TROUBLE_S = 5.0
+_FOLLOW_CAPTURE_S = 10.0
 
 
 class ProductionLine:
@@ -64,6 +73,7 @@ class ProductionLine:
         self.retention = TrafficRetention(self.ctx)
         self.live = LiveWatch(self.ctx, lambda why: self.requests.put(("cycle", why)))
         self.demo = DemoTraffic(self.ctx, self._serving_url)
+        self._capture_read_at = 0.0
         self._thread: threading.Thread | None = None
         self._starting = threading.Lock()  # the factory's watch and the roles both start lines
 
@@ -184,6 +194,10 @@ class ProductionLine:
         try:
             if kind in ("policy", "wake") or (kind == "cycle" and self.draining.is_set()):
                 return
+            if kind == "live":
+                if not self.awaiting() and not self.draining.is_set():
+                    self.live.check()
+                return
             if kind == "resume":
                 run = self.cycles.run("resume", resume_id=arg) if self.cycles else None
             elif self.awaiting():
@@ -260,9 +274,6 @@ class ProductionLine:
         if self.busy.is_set() or not self.requests.empty():
             return
         self.retention.check()  # idle: no cycle reads the files it may delete
-        self.live.check()
-        if not self.requests.empty():  # live drift asked for a cycle
-            return
         waiting = view.awaiting.get(self.name, set())
         answered = self.answered(waiting) if waiting else []
         if answered:  # a draining line too: its paused cycle must end for it to go
@@ -272,6 +283,22 @@ class ProductionLine:
             completed = view.completed.get(self.name, 0)
             if ctx.ingestor.pending(ctx.source, completed, view.known.get(self.name, set())):
                 self.requests.put(("cycle", "new data"))
+            elif self.live.due():  # scored on the line's thread, not the factory's tick
+                self.requests.put(("live", ""))
+
+    def follow_capture(self) -> None:
+        """A follower's lines: the capture settings of the policy file as it is now (at
+        most every 10 s; an invalid file keeps the last good settings)."""
+        now = time.monotonic()
+        if now - self._capture_read_at < _FOLLOW_CAPTURE_S:
+            return
+        self._capture_read_at = now
+        try:
+            policy = load_policy(self.path)
+        except PolicyError:
+            return
+        if policy.name == self.name:
+            wire_capture(self.services, policy)
 
     def _serving_url(self) -> str | None:
         serving = self.services.serving
@@ -306,9 +333,11 @@ class ProductionLine:
         old = ctx.policy
         workload = load_workload(policy.workload)
         traffic = traffic_source(self.services, policy)
-        source, advisor = make_source(policy.data, traffic), make_advisor(policy.advisor)
+        source = make_source(policy.data, offered(traffic))
+        advisor = make_advisor(policy.advisor)
         ctx.book.save_policy(policy, str(self.path))
         ctx.policy, ctx.advisor, ctx.source = policy, advisor, source
+        ctx.kept_traffic = traffic
         wire_capture(self.services, policy)
         ctx.ingestor.data_policy = policy.data
         ctx.workload, ctx.workload_spec = workload, policy.workload

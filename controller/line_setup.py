@@ -40,6 +40,7 @@ def build_context(
     cluster behind the factory's slots, share of the budgets and serving endpoint)."""
     st = s.settings
     audit = s.audit.for_line(policy.name)
+    traffic = traffic_source(s, policy)
     ingestor = Ingestor(
         policy_name=policy.name,
         data_policy=policy.data,
@@ -61,7 +62,8 @@ def build_context(
         cluster=SlottedCluster(make_cluster(policy.cluster), s.slots, policy.name),
         workload=load_workload(policy.workload),
         workload_spec=policy.workload,
-        source=make_source(policy.data, traffic_source(s, policy)),
+        source=make_source(policy.data, offered(traffic)),
+        kept_traffic=traffic,
         ingestor=ingestor,
         trials_dir=st.state_dir / "trials",
         threads=st.threads,
@@ -98,13 +100,16 @@ def wire_gpu(gpus: FactoryGpus, ctx: LineContext) -> None:
         ctx.power_limit_released = gpus.trial_ended
 
 
-def traffic_source(s: FactoryServices, policy: Policy) -> TrafficSource | None:
-    """The line's captured traffic as data, when its policy captures."""
-    spec = policy.data.capture
-    if not spec.enabled:
-        return None
+def traffic_source(s: FactoryServices, policy: Policy) -> TrafficSource:
+    """The line's kept traffic: data while its policy captures, and expired by the
+    retention whatever the policy says now (an earlier policy may have kept some)."""
     folder = s.settings.state_dir / "traffic" / policy.name
-    return TrafficSource(policy.name, CaptureLog(s.store), folder, spec)
+    return TrafficSource(policy.name, CaptureLog(s.store), folder, policy.data.capture)
+
+
+def offered(traffic: TrafficSource) -> TrafficSource | None:
+    """The kept traffic as a data source, only while capture is on."""
+    return traffic if traffic.spec.enabled else None
 
 
 def wire_capture(s: FactoryServices, policy: Policy) -> None:
@@ -118,6 +123,8 @@ def wire_capture(s: FactoryServices, policy: Policy) -> None:
             max_bytes_per_day=spec.max_bytes_per_day,
             redact=tuple(spec.redact),
             min_prompt_bytes=spec.min_prompt_bytes,
+            max_prompt_bytes=min(spec.batch_bytes, 65_536),
+            opt_in=spec.opt_in,
         )
         if spec.enabled
         else None

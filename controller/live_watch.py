@@ -1,19 +1,22 @@
 """The champion watched in production: its served prompts against what it learned and how
-it was judged (`agents.live.decide_live`), on the line's watch tick.
+it was judged (`agents.live.decide_live`).
 
-Every `triggers.live.every_s`, once the champion has answered `min_prompts`, the line
-takes the server's uniform sample of those prompts, measures their byte distribution
-against the champion's training data (JS divergence) and the champion's bits/byte on them
-(an in-process evaluation, booked on the ledger as estimated or measured evaluation work),
-publishes the figures on `/metrics`, and hands them to the data agent. Live drift is
-audited, once per champion and outcome; with capture on, the prompts kept so far become a
-data file at once and a cycle is asked for ("live drift"), so the retraining learns from
-them: at most one such retraining per champion version (its byte distribution is judged
-against the whole training data, which stays a mixture after a retraining on traffic; the
-figures keep going to `/metrics`).
+Every `triggers.live.every_s`, once the champion has answered `min_prompts`, the tick asks
+the line's own thread for a check (scoring must not hold up the factory's tick). The check
+takes the server's uniform sample of those prompts (redacted with the line's capture
+patterns), measures their byte distribution against the champion's training data (JS
+divergence) and the champion's bits/byte on them against its bits/byte on its own held-out
+text cut into pieces of the same lengths (short prompts score worse than long text with no
+drift at all), publishes the figures on `/metrics`, and hands them to the data agent. Live
+drift is audited, once per champion and outcome; with capture on, the prompts kept so far
+become a data file at once and a cycle is asked for ("live drift"): at most one such
+retraining per champion version (its byte distribution is judged against the whole
+training data, which stays a mixture after a retraining on traffic; the figures keep going
+to `/metrics`).
 
-The sample is scored from a file in memory (/dev/shm where there is one): prompts a
-client asked not to be stored are never in the sample, and nothing of it stays anywhere.
+The sample is scored from memory (/dev/shm); where there is none, its bits/byte are not
+measured rather than written to disk. Prompts a client asked not to be stored are never in
+the sample.
 """
 
 from __future__ import annotations
@@ -26,11 +29,15 @@ from pathlib import Path
 
 from adapters.energy import HostCpuEnergyMeter
 from adapters.store.registry import ModelVersion
-from adapters.traffic_source import find_traffic
+from adapters.traffic_capture import CaptureSpec
+from adapters.traffic_source import LABEL
 from agents.actions import Action
 from agents.drift import byte_histogram, js_divergence
 from agents.live import LIVE_TRIGGER, LiveObservation, decide_live
 from controller.context import LineContext
+
+MEMORY = "/dev/shm"
+PREFIX = "aifactory-live-"
 
 
 class LiveWatch:
@@ -38,24 +45,35 @@ class LiveWatch:
         self.ctx = ctx
         self.ask_cycle = ask_cycle
         self._checked_at = time.monotonic()  # the first check waits a whole interval
+        _sweep_memory()
+
+    def due(self) -> bool:
+        """Cheap (the tick asks): is a check due, with enough served prompts?"""
+        ctx, live = self.ctx, self.ctx.policy.triggers.live
+        if not live.enabled or ctx.traffic is None:
+            return False
+        if time.monotonic() - self._checked_at < live.every_s:
+            return False
+        version = ctx.champion_version()
+        return version is not None and ctx.traffic.live_count(version) >= live.min_prompts
 
     def check(self) -> Action | None:
-        """Judge the champion's live sample when one is due; the audited action, if any."""
-        ctx, live = self.ctx, self.ctx.policy.triggers.live
-        traffic = ctx.traffic
-        if not live.enabled or traffic is None:
-            return None
-        if time.monotonic() - self._checked_at < live.every_s:
-            return None
+        """Judge the champion's live sample (on the line's thread); the audited action."""
+        ctx, traffic = self.ctx, self.ctx.traffic
         champion = ctx.champion()
-        if champion is None or traffic.live_count(champion.version) < live.min_prompts:
+        if traffic is None or champion is None:
             return None
         self._checked_at = time.monotonic()
-        obs = self._observe(champion, traffic.take_live_sample(champion.version))
+        traffic.keep_live_only(champion.version)  # retired versions' samples go
+        prompts = [_scrub(ctx, p) for p in traffic.take_live_sample(champion.version)]
+        prompts = [p for p in prompts if p]
+        if not prompts:
+            return None
+        obs = self._observe(champion, prompts)
         traffic.publish_live(champion.version, _published(obs))
         action = decide_live(obs, ctx.policy)
         if action is None or ctx.audit.has_key(self._key(champion, "taken")):
-            return None  # one retraining per champion on live drift (the figures go on)
+            return None
         return self._act(action, champion)
 
     def _key(self, champion: ModelVersion, outcome: str) -> str:
@@ -66,37 +84,49 @@ class LiveWatch:
         data = [p.encode("utf-8", "replace") for p in prompts]
         trained_on = ctx.catalog.get(champion.dataset_version)
         js = js_divergence(byte_histogram(data), trained_on.byte_hist) if trained_on else None
-        evaluation = champion.evaluation or {}
-        eval_bpb = evaluation.get("candidate_recent_bpb", champion.valid_bpb)
+        reference = self._reference(trained_on, [len(d) for d in data])
         return LiveObservation(
             version=champion.version,
             prompts=len(prompts),
             js_divergence=js,
-            live_bpb=self._score(champion, b"\n".join(data)),
-            eval_bpb=float(eval_bpb) if eval_bpb is not None else None,
+            live_bpb=self._score(champion, b"\n".join(data), "live"),
+            eval_bpb=self._score(champion, reference, "reference") if reference else None,
             capture=ctx.policy.data.capture.enabled,
+            sample_bytes=sum(len(d) for d in data),
         )
 
-    def _score(self, champion: ModelVersion, text: bytes) -> float | None:
-        """The champion's bits/byte on the sample, booked as evaluation work."""
+    def _reference(self, trained_on: object, lengths: list[int]) -> bytes:
+        """The champion's own held-out text, cut into pieces as long as the prompts."""
+        hashes = getattr(trained_on, "file_hashes", ())
+        text = b"".join(Path(p).read_bytes() for p in self.ctx.holdouts(hashes))
+        pieces, at = [], 0
+        for n in lengths:
+            if at + n > len(text):
+                at = 0
+            pieces.append(text[at : at + n])
+            at += n
+        return b"\n".join(pieces) if text else b""
+
+    def _score(self, champion: ModelVersion, text: bytes, what: str) -> float | None:
+        """The champion's bits/byte on text held in memory, booked as evaluation work."""
         ctx = self.ctx
-        folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        with tempfile.NamedTemporaryFile(suffix=".txt", dir=folder, delete=False) as f:
-            f.write(text)
+        if not os.path.isdir(MEMORY):
+            return None  # never onto a disk
         try:
             artefact = ctx.registry.verified_path(champion)
-            with ctx.measuring:
-                meter = HostCpuEnergyMeter(ctx.policy.energy.watts_per_core)
-                window = meter.begin()
-                scored = ctx.evaluate(artefact, [f.name])
-                reading = meter.end(window)
+            with tempfile.NamedTemporaryFile(prefix=PREFIX, suffix=".txt", dir=MEMORY) as f:
+                f.write(text)
+                f.flush()
+                with ctx.measuring:
+                    meter = HostCpuEnergyMeter(ctx.policy.energy.watts_per_core)
+                    window = meter.begin()
+                    scored = ctx.evaluate(artefact, [f.name])
+                    reading = meter.end(window)
         except Exception as exc:  # a broken champion is the evaluator's business
-            ctx.reporter.info(f"[data] live sample could not be scored: {exc}")
+            ctx.reporter.info(f"[data] live {what} could not be scored: {exc}")
             return None
-        finally:
-            Path(f.name).unlink(missing_ok=True)
         ctx.ledger.record(
-            key=f"{ctx.name}:live:v{champion.version}:{time.time():.0f}",
+            key=f"{ctx.name}:live-{what}:v{champion.version}:{time.time():.3f}",
             policy_name=ctx.name,
             kind="eval",
             tokens=scored.tokens,
@@ -109,10 +139,11 @@ class LiveWatch:
     def _act(self, action: Action, champion: ModelVersion) -> Action:
         """Audit it; with capture on, gather what was kept and ask for a cycle."""
         ctx = self.ctx
-        traffic = find_traffic(ctx.source)
         if action.outcome == "taken":
+            traffic = ctx.kept_traffic if ctx.policy.data.capture.enabled else None
             gathered = traffic.gather(force=True) if traffic is not None else None
-            if gathered is None:
+            untrained = self._untrained_traffic(champion)
+            if gathered is None and not untrained:
                 action = Action(
                     "data",
                     "live_drift",
@@ -122,7 +153,7 @@ class LiveWatch:
                     ),
                     action.figures,
                 )
-            else:
+            elif gathered is not None:
                 action = action.with_figures(gathered=gathered.name)
         ctx.audit.append(
             agent=action.agent,
@@ -137,6 +168,31 @@ class LiveWatch:
         if action.outcome == "taken":
             self.ask_cycle(LIVE_TRIGGER)
         return action
+
+    def _untrained_traffic(self, champion: ModelVersion) -> bool:
+        """Kept traffic already ingested that the champion was not trained on."""
+        ctx = self.ctx
+        trained = ctx.catalog.get(champion.dataset_version)
+        seen = set(trained.file_hashes) if trained else set()
+        files = ctx.catalog.with_status(ctx.name, "ingested")
+        return any(f.label == LABEL and f.sha256 not in seen for f in files)
+
+
+def _scrub(ctx: LineContext, prompt: str) -> str:
+    patterns = tuple(ctx.policy.data.capture.redact)
+    return CaptureSpec(redact=patterns).scrub(prompt) if patterns else prompt
+
+
+def _sweep_memory() -> None:
+    """Samples left in memory by a daemon killed while scoring (older than an hour)."""
+    if not os.path.isdir(MEMORY):
+        return
+    for path in Path(MEMORY).glob(f"{PREFIX}*"):
+        try:
+            if time.time() - path.stat().st_mtime > 3600:
+                path.unlink()
+        except OSError:
+            pass
 
 
 def _published(obs: LiveObservation) -> dict[str, float]:

@@ -172,10 +172,12 @@ class Roles:
             self._build_lines()
 
     def follower_tick(self, view: FactoryView) -> None:
-        """A follower's tick: serve what the registry says, nothing else."""
+        """A follower's tick: serve what the registry says, and keep of its clients' traffic
+        what the line's policy file says now (a follower does not adopt policies)."""
         for line in list(self.services.lines.values()):
             if serving_differs(line, view):
                 line.sync_serving()
+            line.follow_capture()
 
     def publish(self) -> None:
         """This member's role on `/healthz` and `/metrics`, its URL on its member row."""

@@ -1,15 +1,20 @@
 """Kept traffic older than the line's `capture.retention_days` is deleted, and audited.
 
-Wherever the text went: the kept prompts, the batch files gathered from them, and the
-training and held-out splits ingested from those files (here and in the shared artefact
-store); such files are marked expired, read by nothing again, and the next dataset version
-leaves them out. The cutoff moves in whole hours (a 24th of a shorter retention), so
-every step is keyed by it: the audit
-event is written first (once per line and cutoff), then the deletions, each of which is
-safe to repeat, and a daemon killed midway finishes the same expiry when it comes back.
+Wherever the text went on this member: the kept prompts, the batch files gathered from
+them, and the training and held-out splits ingested from those files (here and in the
+shared artefact store); such files are marked expired first, read by nothing again, and
+the next dataset version leaves them out. The cutoff moves in whole hours (a 24th of a
+shorter retention), so every step is keyed by it: the audit event is written first (once
+per line and cutoff), then the deletions, each of which is safe to repeat, and a daemon
+killed midway finishes the same expiry when it comes back. It runs whatever the policy says
+about capture now (an earlier policy may have kept text). Each check also sweeps this
+member's leftovers: batch files no kept row names, interrupted writes, and local copies of
+splits expired while another member led.
 
 Checked from the line's watch tick, at most once a minute and only while the line is idle
 (no cycle is reading the files it deletes): text is gone within an hour of expiring.
+Not reached: copies a Ray node cached for its trials, and other members' state directories
+until they lead (their own sweep).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from adapters.traffic_source import LABEL, Expired, find_traffic
+from adapters.traffic_source import LABEL, Expired, TrafficSource
 from agents.actions import Action
 from controller.context import LineContext
 
@@ -36,10 +41,16 @@ class TrafficRetention:
         if now - self._checked_at < CHECK_EVERY_S:
             return None
         self._checked_at = now
-        traffic = find_traffic(self.ctx.source)
+        traffic: TrafficSource | None = self.ctx.kept_traffic
         if traffic is None:
             return None
-        days = self.ctx.policy.data.capture.retention_days
+        action = self._expire(traffic, now)
+        traffic.sweep()
+        self._sweep_expired_splits()
+        return action
+
+    def _expire(self, traffic: TrafficSource, now: float) -> Action | None:
+        days = traffic.spec.retention_days
         step = min(3600.0, days * 86400 / 24)  # an hour, or less for a short retention
         edge = (now - days * 86400) // step * step
         cutoff = datetime.fromtimestamp(edge, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -54,8 +65,10 @@ class TrafficRetention:
         return action
 
     def _forget(self, sha256: str, status: str, blob_path: str, cutoff: str) -> None:
-        """An ingested batch's splits (or its quarantined copy), here and in the share."""
+        """An ingested batch's splits (or its quarantined copy), here and in the share;
+        marked expired first, so no reader is ever sent to a deleted file."""
         ctx = self.ctx
+        ctx.catalog.mark_expired(ctx.name, sha256, f"captured text expired (before {cutoff})")
         paths = list(ctx.ingestor.blob_paths(sha256)) if status != "quarantined" else []
         if status == "quarantined" and blob_path:
             paths.append(Path(blob_path))
@@ -64,7 +77,13 @@ class TrafficRetention:
                 ctx.files.remove(path)
             else:
                 Path(path).unlink(missing_ok=True)
-        ctx.catalog.mark_expired(ctx.name, sha256, f"captured text expired (before {cutoff})")
+
+    def _sweep_expired_splits(self) -> None:
+        """Local copies of splits that expired while another member led."""
+        ctx = self.ctx
+        for row in ctx.catalog.with_status(ctx.name, "expired"):
+            for path in ctx.ingestor.blob_paths(row.sha256):
+                Path(path).unlink(missing_ok=True)
 
     def _audit(self, due: Expired, cutoff: str, days: float, ingested: int) -> Action:
         action = Action(

@@ -80,6 +80,11 @@ class CapturePolicy(_Strict):
     )
     batch_bytes: int = Field(default=20_000, gt=0)
     min_prompt_bytes: int = Field(default=16, ge=1, description="Shorter prompts are not kept.")
+    opt_in: bool = Field(
+        default=False,
+        description='Keep only requests that say "store": true (OpenAI\'s default); '
+        'otherwise every request but those that say "store": false.',
+    )
 
     @model_validator(mode="after")
     def _patterns(self) -> CapturePolicy:
@@ -278,7 +283,12 @@ class LivePolicy(_Strict):
 
     enabled: bool = True
     every_s: float = Field(default=300.0, gt=0, description="How often the sample is judged.")
-    min_prompts: int = Field(default=32, ge=1, description="Served prompts a judgement needs.")
+    min_prompts: int = Field(
+        default=64, ge=1, le=256, description="Served prompts a judgement needs (sample: 256)."
+    )
+    min_bytes: int = Field(
+        default=8000, ge=1, description="Bytes of served prompts a judgement needs."
+    )
     js_divergence: float = Field(default=0.02, ge=0, le=1)
     loss_increase_pct: float = Field(
         default=10.0, ge=0, description="Live bits/byte over the champion's evaluation, %."

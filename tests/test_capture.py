@@ -18,7 +18,7 @@ from adapters.store.captures import CaptureLog
 from adapters.store.datasets import DataCatalog
 from adapters.store.db import Store
 from adapters.traffic_capture import CaptureSpec, TrafficCapture
-from adapters.traffic_source import TrafficSource, find_traffic
+from adapters.traffic_source import TrafficSource
 from controller.ingest import Ingestor
 from controller.traffic_retention import TrafficRetention
 from policies.loader import PolicyError, load_policy
@@ -84,8 +84,15 @@ def test_the_daily_allowance_and_the_sample_rate_bound_what_is_kept(store: Store
     ]  # 23 bytes each
     capture.flush()
     assert sum(kept) == 4 and log.bytes_on("m", time.strftime("%Y-%m-%d", time.gmtime())) <= 100
-    restarted = TrafficCapture(log, seed=1)  # a restart starts from what the store holds
-    assert not restarted.offer(spec, "m", 1, "c99", "yet another prompt of ours")
+    restarted = TrafficCapture(log, seed=1)  # a restart counts what the store holds
+    restarted.offer(spec, "m", 1, "c99", "yet another prompt of ours")
+    restarted.flush()
+    assert restarted.dropped == 1 and log.count("m") == 4
+    optin = CaptureSpec(opt_in=True)  # only what a client asked to be stored
+    assert not restarted.offer(optin, "o", 1, "o1", "a prompt that said nothing", None)
+    assert restarted.offer(optin, "o", 1, "o2", "a prompt that said store: true", True)
+    huge = "x" * 70_000
+    assert not restarted.offer(CaptureSpec(), "o", 1, "o3", huge)  # would spoil a batch
     half = CaptureSpec(sample_rate=0.5)
     n = sum(restarted.offer(half, "n", 1, f"d{i}", f"sampled prompt {i:05d}") for i in range(400))
     assert 150 < n < 250, n
@@ -109,6 +116,7 @@ def test_kept_prompts_become_batch_files_that_expire(store: Store, tmp_path: Pat
         pass
     names = sorted(p.name for p in (tmp_path / "traffic").iterdir())
     assert len(names) == 2 and log.pending_bytes("m") < 500  # a remainder waits for more
+    assert not log.claim([log.rows_of("m", names[0])[0].id], "traffic-x.txt")  # taken
     (tmp_path / "traffic" / names[0]).unlink()  # another member's host wrote it, then died
     source.gather()
     assert (tmp_path / "traffic" / names[0]).read_text() == first  # written again, the same
@@ -136,14 +144,15 @@ def test_kept_prompts_become_batch_files_that_expire(store: Store, tmp_path: Pat
         catalog=catalog,
         ingestor=ingestor,
         files=None,
+        kept_traffic=TrafficSource("m", log, tmp_path / "traffic", CapturePolicy()),  # now off
     )
-    assert find_traffic(ctx.source) is source
+    (tmp_path / "traffic" / "traffic-000000900-000000901.txt").write_text("no row names it")
     assert TrafficRetention(ctx).check() is None  # type: ignore[arg-type]  # nothing is old
     later = time.time() + 31 * 86400
     action = TrafficRetention(ctx).check(now=later)  # type: ignore[arg-type]
     assert action is not None and action.figures["rows"] == 25
     assert action.figures["ingested_files"] == 2
-    assert log.count("m") == 0 and not list((tmp_path / "traffic").glob("traffic-*"))
+    assert log.count("m") == 0 and not list((tmp_path / "traffic").glob("traffic-*"))  # swept
     assert not any(p.exists() for p in splits) and catalog.usable("m", report.new_hashes) == []
     assert TrafficRetention(ctx).check(now=later) is None  # type: ignore[arg-type]  # done once
     events = [e for e in audit.events(agent="data") if e.action == "expire_traffic"]
@@ -167,3 +176,23 @@ def test_capture_settings_are_checked_with_their_lines(tmp_path: Path) -> None:
     only = DataPolicy(source={"kind": "traffic"}, capture=CapturePolicy(enabled=True))
     with pytest.raises(ValueError):
         make_source(only)  # nothing captures here
+
+
+def test_a_slow_or_failing_store_never_slows_an_answer() -> None:
+    class Down:
+        def add(self, rows: list) -> int:
+            time.sleep(1.0)
+            raise ConnectionError("down")
+
+        def bytes_on(self, line: str, day: str) -> int:
+            time.sleep(1.0)
+            raise ConnectionError("down")
+
+    capture = TrafficCapture(Down())  # type: ignore[arg-type]
+    started = time.monotonic()
+    for i in range(3):
+        assert capture.offer(CaptureSpec(), "m", 1, f"c{i}", f"a prompt long enough {i}")
+    assert time.monotonic() - started < 0.2  # queued: nothing asked of the store here
+    capture.flush(timeout_s=10)
+    assert capture.dropped == 3 and capture.kept == 0
+    capture.close()

@@ -22,6 +22,7 @@ def _obs(**kw: object) -> LiveObservation:
         "live_bpb": 2.0,
         "eval_bpb": 2.0,
         "capture": True,
+        "sample_bytes": 10_000,
     }
     base.update(kw)
     return LiveObservation(**base)  # type: ignore[arg-type]
@@ -30,6 +31,7 @@ def _obs(**kw: object) -> LiveObservation:
 def test_traffic_like_the_training_data_is_no_drift_and_a_small_sample_says_nothing() -> None:
     assert decide_live(_obs(), POLICY) is None
     assert decide_live(_obs(prompts=5, js_divergence=0.9), POLICY) is None
+    assert decide_live(_obs(sample_bytes=500, js_divergence=0.9), POLICY) is None  # too little
 
 
 def test_drifted_prompts_or_a_worse_score_is_live_drift_with_the_figures() -> None:
@@ -37,7 +39,7 @@ def test_drifted_prompts_or_a_worse_score_is_live_drift_with_the_figures() -> No
     assert action is not None and action.outcome == "taken" and "JS=0.0500" in action.reason
     action = decide_live(_obs(live_bpb=2.4), POLICY)
     assert action is not None and action.figures["live_loss_increase_pct"] == 20.0
-    assert "20.0% over its evaluation" in action.reason
+    assert "20.0% over its 2.000 on its own held-out text" in action.reason
 
 
 def test_without_capture_live_drift_says_what_would_help() -> None:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, delete, select
+from sqlmodel import col, delete, select, update
 
 from adapters.store.db import Store
 from adapters.store.tables import CaptureRow
@@ -70,32 +70,47 @@ class CaptureLog:
             ).one()
         return int(total)
 
-    def pending(self, line: str) -> list[CaptureRow]:
-        """Kept prompts not yet gathered into a data file, oldest first."""
+    def pending(self, line: str, since: str = "") -> list[CaptureRow]:
+        """Kept prompts captured since an ISO time not yet gathered into a data file,
+        oldest first."""
         with self.store.session() as s:
             return list(
                 s.exec(
                     select(CaptureRow)
-                    .where(CaptureRow.line == line, col(CaptureRow.batch).is_(None))
+                    .where(
+                        CaptureRow.line == line,
+                        col(CaptureRow.batch).is_(None),
+                        CaptureRow.captured_at >= since,
+                    )
                     .order_by(col(CaptureRow.id))
                 ).all()
             )
 
-    def pending_bytes(self, line: str) -> int:
+    def pending_bytes(self, line: str, since: str = "") -> int:
         with self.store.session() as s:
             total = s.exec(
                 select(func.coalesce(func.sum(CaptureRow.size), 0)).where(
-                    CaptureRow.line == line, col(CaptureRow.batch).is_(None)
+                    CaptureRow.line == line,
+                    col(CaptureRow.batch).is_(None),
+                    CaptureRow.captured_at >= since,
                 )
             ).one()
         return int(total)
 
-    def mark_batched(self, ids: list[int], batch: str) -> None:
+    def claim(self, ids: list[int], batch: str) -> bool:
+        """Name the batch these rows go into, all of them or none: False (nothing changed)
+        when some were claimed by someone else meanwhile."""
         with self.store.session() as s:
-            for row in s.exec(select(CaptureRow).where(col(CaptureRow.id).in_(ids))).all():
-                row.batch = batch
-                s.add(row)
+            result = s.exec(
+                update(CaptureRow)  # type: ignore[call-overload]
+                .where(col(CaptureRow.id).in_(ids), col(CaptureRow.batch).is_(None))
+                .values(batch=batch)
+            )
+            if result.rowcount != len(ids):
+                s.rollback()
+                return False
             s.commit()
+        return True
 
     def expiring(self, line: str, before: str) -> tuple[int, int, list[str]]:
         """What expiring the line's text captured before an ISO time would delete: (rows,

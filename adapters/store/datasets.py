@@ -117,6 +117,16 @@ class DataCatalog:
             ).all()
         return [r for r in rows if Path(r.source_path).name in names]
 
+    def with_status(self, policy_name: str, status: str) -> list[DataFileRow]:
+        with self.store.session() as s:
+            return list(
+                s.exec(
+                    select(DataFileRow).where(
+                        DataFileRow.policy_name == policy_name, DataFileRow.status == status
+                    )
+                ).all()
+            )
+
     def mark_expired(self, policy_name: str, sha256: str, reason: str) -> None:
         """Its text is deleted: never read again, left out of the next dataset version."""
         with self.store.session() as s:

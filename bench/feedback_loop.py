@@ -38,7 +38,7 @@ data:
   settle_s: 0
   eval_max_bytes: 16000
   capture: {enabled: true, batch_bytes: 400000}
-budgets: {tokens_per_trial: 60000}
+budgets: {tokens_per_trial: 300000}
 tuning:
   trials_per_cycle: 2
   seed: 0

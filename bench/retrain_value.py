@@ -3,9 +3,10 @@
     python -m bench.retrain_value [--min-gain-pct 1.5] [--out FILE]
 
 Ten eras of real text (the standard library: Python sources near the first era's, and far
-ones: documentation prose, character-map tables), each arriving as new files in a directory
-the line watches; after each, the real daemon runs one cycle (`aifactory run --once`) and
-the champion is scored on that era's held-out tail. Run twice in the same benchmark, each
+ones: documentation prose, character-map tables), each arriving as a new file in a
+directory the line watches; the real daemon (one per arm, running throughout) notices it
+and runs a cycle, and once that cycle is over the champion is scored on that era's
+held-out tail. Run twice in the same benchmark, each
 from an empty state: (a) the drift thresholds alone (every era crosses them: retrain each
 time), (b) the learned rule (`triggers.value`, three retrainings of history first). The
 threshold is given as the least gain worth one typical retraining's energy: the bench turns
@@ -20,7 +21,11 @@ and per era what each arm did, with the rule's predictions beside the actual gai
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -42,7 +47,7 @@ data:
   source: {{kind: directory, path: {folder}, glob: "*.txt"}}
   settle_s: 0
   eval_max_bytes: 12000
-budgets: {{tokens_per_trial: 60000}}
+budgets: {{tokens_per_trial: 400000}}
 tuning:
   trials_per_cycle: 2
   seed: 0
@@ -93,18 +98,8 @@ def split(text: str) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "controller.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-
-
 class Arm:
-    """One run of all eras from an empty state, with or without the value rule."""
+    """All eras, from an empty state, through one daemon that runs throughout."""
 
     def __init__(self, work: Path, name: str, value: str) -> None:
         self.state, self.folder = work / name / "state", work / name / "data"
@@ -112,37 +107,80 @@ class Arm:
         self.policy = work / name / "policy.yaml"
         self.policy.write_text(POLICY.format(folder=self.folder, value=value))
         self.url = f"sqlite:///{self.state / 'aifactory.db'}"
+        self.log = work / name / "daemon.log"
         self.eras: list[dict[str, Any]] = []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "controller.cli", "run", "--no-serve", "--tick-s", "0.5"]
+        cmd += ["--policy", str(self.policy), "--state-dir", str(self.state)]
+        env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env
+            )
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(120)
 
     def set_value(self, value: str) -> None:
+        """A policy edit: the running daemon adopts it at its next tick (audited)."""
         self.policy.write_text(POLICY.format(folder=self.folder, value=value))
+        time.sleep(2.0)
+
+    def _settled_with(self, sha: str) -> bool:
+        """The file was ingested by a cycle, and no cycle is running or waiting."""
+        from adapters.store.cycles import CycleBook
+        from adapters.store.datasets import DataCatalog
+        from adapters.store.db import Store
+
+        if not (self.state / "aifactory.db").exists():
+            return False
+        store = Store(self.url)
+        try:
+            known = sha in DataCatalog(store).known_hashes("rv")
+            return known and CycleBook(store).unfinished("rv") is None
+        finally:
+            store.dispose()
 
     def era(self, k: int, name: str, kind: str, holdout: Path) -> dict[str, Any]:
         train, _ = split(era_text(name))
         (self.folder / f"era{k:02d}.txt").write_text(train)
+        sha = hashlib.sha256(train.encode("utf-8")).hexdigest()
         started = time.monotonic()
-        run = _cli(
-            "run",
-            "--once",
-            "--no-serve",
-            "--policy",
-            str(self.policy),
-            "--state-dir",
-            str(self.state),
-        )
-        if run.returncode != 0:
-            raise RuntimeError(f"era {k} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
+        time.sleep(1.0)  # the watch's next tick
+        while not self._settled_with(sha):
+            alive = self.proc is not None and self.proc.poll() is None
+            if not alive or time.monotonic() - started > 900:
+                raise RuntimeError(f"era {k}: no cycle ended\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.5)
         row = {
             "era": k,
             "name": name,
             "kind": kind,
             "seconds": round(time.monotonic() - started, 1),
         }
-        row |= self._what_happened(k, holdout)
+        row |= self._what_happened(self._cycle_of(sha), holdout)
         self.eras.append(row)
         return row
 
-    def _what_happened(self, k: int, holdout: Path) -> dict[str, Any]:
+    def _cycle_of(self, sha: str) -> str:
+        """The cycle that took the era's file into a dataset."""
+        from adapters.store.datasets import DataCatalog
+        from adapters.store.db import Store
+
+        store = Store(self.url)
+        try:
+            catalog = DataCatalog(store)
+            row = catalog.file("rv", sha)
+            dataset = catalog.get(row.dataset_version or "") if row else None
+            return dataset.cycle_id if dataset and dataset.cycle_id else ""
+        finally:
+            store.dispose()
+
+    def _what_happened(self, cid: str, holdout: Path) -> dict[str, Any]:
         from adapters.store.audit import AuditLog
         from adapters.store.db import Store
         from adapters.store.registry import CHAMPION, ModelRegistry
@@ -150,7 +188,7 @@ class Arm:
 
         store = Store(self.url)
         try:
-            events = AuditLog(store).events(cycle_id=f"rv-c{k + 1:04d}")
+            events = AuditLog(store).events(cycle_id=cid)
             registry = ModelRegistry(store, self.state / "models")
             champion = registry.get("rv", registry.alias("rv", CHAMPION) or 0)
             bpb = ByteLMWorkload().evaluate(registry.verified_path(champion), [str(holdout)]).bpb
@@ -160,6 +198,7 @@ class Arm:
         value, outcome = by.get(("data", "retrain_value")), by.get(("data", "retrain_outcome"))
         drift = by.get(("data", "retrain"))
         return {
+            "cycle": cid,
             "js_divergence": drift.figures.get("js_divergence") if drift else None,
             "loss_increase_pct": drift.figures.get("loss_increase_pct") if drift else None,
             "retrained": any(e.agent == "trainer" for e in events),
@@ -173,19 +212,21 @@ class Arm:
             "actual_gain_pct_per_kwh": outcome.figures.get("gain_pct_per_kwh") if outcome else None,
         }
 
-    def energy(self) -> tuple[float, str]:
+    def energy(self) -> tuple[float, str, dict[str, float]]:
+        """Every ledger row's joules, the method, and joules per kind (train, eval, ...)."""
         from adapters.store.db import Store
         from adapters.store.ledger import Ledger
 
         store = Store(self.url)
         try:
-            totals = Ledger(store).totals("rv")
+            rows = Ledger(store).rows("rv")
         finally:
             store.dispose()
-        method = (
-            "measured" if totals.measured_joules and not totals.estimated_joules else "estimated"
-        )
-        return totals.joules, method
+        by_kind: dict[str, float] = {}
+        for r in rows:
+            by_kind[r.kind] = round(by_kind.get(r.kind, 0.0) + r.joules, 1)
+        measured = all(r.method == "measured" for r in rows if r.joules)
+        return sum(r.joules for r in rows), "measured" if measured else "estimated", by_kind
 
 
 def _value(threshold: float | None) -> str:
@@ -201,6 +242,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="aifactory-rv-"))
+    arms: tuple[Arm, ...] = ()
     try:
         holdouts = []
         for k, (name, _) in enumerate(ERAS):
@@ -209,6 +251,9 @@ def main() -> None:
             holdouts.append(path)
         every = Arm(work, "every", _value(None))
         learned = Arm(work, "learned", _value(None))
+        arms = (every, learned)
+        for arm in arms:
+            arm.start()
         threshold = None
         for k, (name, kind) in enumerate(ERAS):
             a = every.era(k, name, kind, holdouts[k])
@@ -218,7 +263,7 @@ def main() -> None:
                 from adapters.store.ledger import Ledger
 
                 store = Store(learned.url)
-                kwh = Ledger(store).totals("rv", cycle_id=f"rv-c{k + 1:04d}").joules / 3.6e6
+                kwh = Ledger(store).totals("rv", cycle_id=b["cycle"]).joules / 3.6e6
                 store.dispose()
                 threshold = args.min_gain_pct / kwh
                 learned.set_value(_value(threshold))
@@ -228,13 +273,19 @@ def main() -> None:
                 f"bpb={b['champion_bpb']}",
                 file=sys.stderr,
             )
+        for arm in arms:
+            arm.stop()
         emit(_result(every, learned, threshold, args.min_gain_pct), args.out)
     finally:
+        for arm in arms:
+            with contextlib.suppress(Exception):
+                if arm.proc is not None and arm.proc.poll() is None:
+                    arm.proc.kill()
         shutil.rmtree(work, ignore_errors=True)
 
 
 def _result(every: Arm, learned: Arm, threshold: float | None, min_gain: float) -> dict[str, Any]:
-    (ja, method), (jb, _) = every.energy(), learned.energy()
+    (ja, method, kinds_a), (jb, _, kinds_b) = every.energy(), learned.energy()
     # the base era trains the first model in both arms alike: judged from era 1 on
     bpb_a = statistics.mean(e["champion_bpb"] for e in every.eras[1:])
     bpb_b = statistics.mean(e["champion_bpb"] for e in learned.eras[1:])
@@ -247,11 +298,13 @@ def _result(every: Arm, learned: Arm, threshold: float | None, min_gain: float) 
         "min_gain_pct_per_typical_retraining": min_gain,
         "every_crossing": {
             "joules": round(ja, 1),
+            "joules_by_kind": kinds_a,
             "retrainings": sum(e["retrained"] for e in every.eras),
             "mean_champion_bpb": round(bpb_a, 4),
         },
         "learned_rule": {
             "joules": round(jb, 1),
+            "joules_by_kind": kinds_b,
             "retrainings": sum(e["retrained"] for e in learned.eras),
             "mean_champion_bpb": round(bpb_b, 4),
         },

@@ -9,7 +9,8 @@ prompts queue for a writer thread that stores them in batches through a
 :class:`CaptureSink`, so a slow or failing store never slows an answer; a full queue drops
 (counted), it never blocks. The allowance is counted here and, on the writer thread, against
 what the store says the line kept that day on this member and before it (a restart does not
-reset it); members count their own.
+reset it). The store's count covers every member's rows for the line: the allowance is the
+line's, though each member lets requests queue against its own count first.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class TrafficCapture:
         self._queue: queue.Queue[Captured | None] = queue.Queue(_QUEUE_MAX)
         self._used: dict[tuple[str, str], int] = {}  # (line, day) -> bytes queued here
         self._stored: dict[tuple[str, str], int] = {}  # (line, day) -> bytes in the store
+        self._pending_count: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._write, name="aifactory-capture", daemon=True)
         self._thread.start()
@@ -139,16 +141,17 @@ class TrafficCapture:
     def _within_allowance(self, rows: list[Captured]) -> list[Captured]:
         """On the writer thread: the rows that fit what the store says was kept today
         (asked once per line and day; an unreachable store keeps nothing)."""
-        kept = []
+        kept, counted = [], dict(self._stored)
         for row in rows:
             key = (row.line, row.day)
-            if key not in self._stored:
-                self._stored[key] = self.sink.bytes_on(row.line, row.day)
+            if key not in counted:
+                counted[key] = self.sink.bytes_on(row.line, row.day)
             size = len(row.text.encode("utf-8"))
-            if row.day_cap and self._stored[key] + size > row.day_cap:
+            if row.day_cap and counted[key] + size > row.day_cap:
                 continue
-            self._stored[key] += size
+            counted[key] += size
             kept.append(row)
+        self._pending_count = counted  # taken once the rows are stored
         return kept
 
     def flush(self, timeout_s: float = 10.0) -> None:
@@ -182,6 +185,7 @@ class TrafficCapture:
             try:
                 fitting = self._within_allowance(rows)
                 new = self.sink.add(fitting) if fitting else 0
+                self._stored = self._pending_count
                 with self._lock:
                     self.kept += new
                     self.dropped += len(rows) - len(fitting)

@@ -80,6 +80,8 @@ class TrafficSource:
                 size += row.size
                 if size >= self.spec.batch_bytes:
                     break
+            if not rows:  # claimed or expired elsewhere meanwhile
+                return None
             path = self.folder / f"traffic-{rows[0].id:09d}-{rows[-1].id:09d}.txt"
             ids = [r.id for r in rows if r.id is not None]
             if not self.log.claim(ids, path.name):  # another member claimed some first

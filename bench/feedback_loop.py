@@ -5,8 +5,8 @@
 The real daemon serves a small line trained on one era of files (the standard library's
 `json` sources), with capture and the live watch on and a canary for every candidate.
 Clients send prompts like its training data, then, at the shift, prose from the
-documentation. Measured in one run: seconds from the shift to the live-drift event, to the
-start of the retraining and to the promotion of a model trained on the captured traffic,
+documentation. Measured in one run: seconds from the shift to the live-drift event and to
+the promotion of a model trained on the captured traffic,
 and the champion's bits/byte on prose no client sent, before and after (goal: at least 5%
 better). Energy of the retraining is on the ledger (estimated on a CPU host, labelled).
 """

@@ -67,8 +67,11 @@ class LiveWatch:
         traffic.keep_live_only(champion.version)  # retired versions' samples go
         prompts = [_scrub(ctx, p) for p in traffic.take_live_sample(champion.version)]
         prompts = [p for p in prompts if p]
-        if not prompts:
-            return None
+        if (
+            sum(len(p.encode("utf-8", "replace")) for p in prompts)
+            < ctx.policy.triggers.live.min_bytes
+        ):
+            return None  # too little to judge: nothing scored, nothing booked
         obs = self._observe(champion, prompts)
         traffic.publish_live(champion.version, _published(obs))
         action = decide_live(obs, ctx.policy)
@@ -96,9 +99,19 @@ class LiveWatch:
         )
 
     def _reference(self, trained_on: object, lengths: list[int]) -> bytes:
-        """The champion's own held-out text, cut into pieces as long as the prompts."""
+        """The champion's own held-out text (as much as the pieces need), cut into pieces
+        as long as the prompts; empty when it cannot be read."""
         hashes = getattr(trained_on, "file_hashes", ())
-        text = b"".join(Path(p).read_bytes() for p in self.ctx.holdouts(hashes))
+        wanted, parts = sum(lengths), []
+        try:
+            for path in self.ctx.holdouts(hashes):
+                parts.append(Path(path).read_bytes()[: wanted - sum(map(len, parts))])
+                if sum(map(len, parts)) >= wanted:
+                    break
+        except Exception as exc:
+            self.ctx.reporter.info(f"[data] live reference unreadable: {exc}")
+            return b""
+        text = b"".join(parts)
         pieces, at = [], 0
         for n in lengths:
             if at + n > len(text):

@@ -25,8 +25,8 @@ def history(ctx: LineContext) -> list[PastRetrain]:
     out = []
     for e in events:
         f = e.figures
-        if e.line not in (None, ctx.name) or f.get("kwh") is None:
-            continue
+        if e.line not in (None, ctx.name) or not f.get("kwh"):
+            continue  # another line's, or energy not metered
         out.append(
             PastRetrain(
                 float(f.get("js_divergence") or 0.0),
@@ -63,6 +63,8 @@ def record_outcome(ctx: LineContext, cid: str, state: dict[str, Any]) -> None:
     key = f"{cid}:data:{OUTCOME}"
     if ctx.audit.has_key(key):
         return
+    if ctx.ledger.totals(ctx.name, cycle_id=cid, kind="train").joules <= 0:
+        return  # the energy node held it back (window, budget): no retraining happened
     events = ctx.audit.events(cycle_id=cid)
     bless = next((e for e in events if e.agent == "evaluator" and e.action == "bless"), None)
     promoted = any(

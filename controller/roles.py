@@ -175,9 +175,12 @@ class Roles:
         """A follower's tick: serve what the registry says, and keep of its clients' traffic
         what the line's policy file says now (a follower does not adopt policies)."""
         for line in list(self.services.lines.values()):
-            if serving_differs(line, view):
-                line.sync_serving()
-            line.follow_capture()
+            try:  # one line's trouble never skips the others
+                if serving_differs(line, view):
+                    line.sync_serving()
+                line.follow_capture()
+            except Exception as exc:
+                line.say(f"[daemon] follower tick of line {line.name}: {type(exc).__name__}: {exc}")
 
     def publish(self) -> None:
         """This member's role on `/healthz` and `/metrics`, its URL on its member row."""

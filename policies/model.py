@@ -309,6 +309,15 @@ class RetrainValuePolicy(_Strict):
     )
     confidence: float = Field(default=0.8, gt=0.5, lt=1)
 
+    @model_validator(mode="after")
+    def _never_for_good(self) -> RetrainValuePolicy:
+        if self.min_gain_pct_per_kwh is not None and self.max_staleness_h is None:
+            raise ValueError(
+                "a threshold needs max_staleness_h: a deferred line records no new history, "
+                "so without it the rule could keep the same champion for ever"
+            )
+        return self
+
 
 class TriggerPolicy(_Strict):
     schedule: SchedulePolicy = Field(default_factory=SchedulePolicy)

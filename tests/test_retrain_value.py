@@ -159,3 +159,16 @@ def test_each_retraining_records_its_gain_beside_the_prediction_and_feeds_the_ne
         last.figures["predicted_gain_pct_per_kwh"] == deferred.figures["predicted_gain_pct_per_kwh"]
     )
     assert "predicted" in last.reason and "actual 0.0%/kWh" in last.reason
+
+
+def test_a_threshold_needs_a_staleness_limit_and_an_untrained_cycle_is_no_history(
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="max_staleness_h"):
+        Policy(name="m", triggers={"value": {"min_gain_pct_per_kwh": 1.0, "max_staleness_h": None}})
+    ctx = _ctx(tmp_path, _policy())
+    state = {"retrain": True, "drift": {"had_champion": True, "js_divergence": 0.01}, "value": {}}
+    record_outcome(ctx, "m-c0001", state)  # type: ignore[arg-type]  # held back: nothing trained
+    assert not [e for e in ctx.audit.events(agent="data") if e.action == "retrain_outcome"]

@@ -58,7 +58,9 @@ class DataNode:
         decision = decide_data(obs, ctx.policy)
         actions, retrain = list(decision.actions), decision.retrain
         value: dict[str, Any] = {}
-        if retrain and champion is not None:  # is it worth its energy? (the line's history)
+        # is it worth its energy? (the line's history; live drift asks once per champion,
+        # and a deferral would leave its captured traffic untrained: not judged)
+        if retrain and champion is not None and not obs.live_drift:
             verdict = judge_value(ctx, obs, champion.created_at)
             actions.append(verdict)
             retrain, value = verdict.outcome == "taken", dict(verdict.figures)

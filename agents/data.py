@@ -40,8 +40,33 @@ class DataDecision:
 
 
 def decide_data(obs: DataObservation, policy: Policy) -> DataDecision:
+    figures = _figures(obs, policy)
+    if obs.dataset_version is None:
+        return _decision(False, "no usable data ingested yet", figures)
+    if not obs.has_champion:
+        return _decision(True, "no champion yet: train an initial model", figures)
+    if obs.new_files == 0:
+        return _decision(False, "no new data since last cycle", figures)
+    reasons = _drift_reasons(obs, policy)
+    if reasons:
+        return _decision(True, "; ".join(reasons), figures)
+    if obs.live_drift:
+        return _decision(
+            True,
+            "live drift on the champion's served prompts (see its live_drift event), "
+            "and new data to learn from",
+            figures,
+        )
+    if policy.triggers.retrain_on_new_data:
+        return _decision(True, "new data and retrain_on_new_data is set", figures)
+    return _decision(
+        False, "new data ingested, but neither drift signal crossed its threshold", figures
+    )
+
+
+def _figures(obs: DataObservation, policy: Policy) -> dict[str, object]:
     drift = policy.triggers.drift
-    figures = {
+    return {
         "new_files": obs.new_files,
         "new_bytes": obs.new_bytes,
         "quarantined": obs.quarantined,
@@ -53,25 +78,11 @@ def decide_data(obs: DataObservation, policy: Policy) -> DataDecision:
         "loss_increase_pct": _r(obs.loss_increase_pct),
         "loss_threshold_pct": drift.loss_increase_pct,
     }
-    if obs.dataset_version is None:
-        return DataDecision(
-            False,
-            (Action("data", "retrain", "deferred", "no usable data ingested yet", figures),),
-        )
-    if not obs.has_champion:
-        return DataDecision(
-            True,
-            (
-                Action(
-                    "data", "retrain", "taken", "no champion yet: train an initial model", figures
-                ),
-            ),
-        )
-    if obs.new_files == 0:
-        return DataDecision(
-            False, (Action("data", "retrain", "deferred", "no new data since last cycle", figures),)
-        )
-    reasons = []
+
+
+def _drift_reasons(obs: DataObservation, policy: Policy) -> list[str]:
+    """Each drift signal over its threshold, said with its figures."""
+    drift, reasons = policy.triggers.drift, []
     if obs.js_divergence is not None and obs.js_divergence >= drift.js_divergence:
         reasons.append(
             f"byte-distribution drift JS={obs.js_divergence:.4f} >= {drift.js_divergence:.4f}"
@@ -83,45 +94,12 @@ def decide_data(obs: DataObservation, policy: Policy) -> DataDecision:
             f"({obs.champion_new_bpb:.3f} vs {obs.champion_ref_bpb:.3f} bits/byte) "
             f">= {drift.loss_increase_pct:.1f}%"
         )
-    if reasons:
-        return DataDecision(
-            True, (Action("data", "retrain", "taken", "; ".join(reasons), figures),)
-        )
-    if obs.live_drift:
-        return DataDecision(
-            True,
-            (
-                Action(
-                    "data",
-                    "retrain",
-                    "taken",
-                    "live drift on the champion's served prompts (see its live_drift event), "
-                    "and new data to learn from",
-                    figures,
-                ),
-            ),
-        )
-    if policy.triggers.retrain_on_new_data:
-        return DataDecision(
-            True,
-            (
-                Action(
-                    "data", "retrain", "taken", "new data and retrain_on_new_data is set", figures
-                ),
-            ),
-        )
-    return DataDecision(
-        False,
-        (
-            Action(
-                "data",
-                "retrain",
-                "deferred",
-                "new data ingested, but neither drift signal crossed its threshold",
-                figures,
-            ),
-        ),
-    )
+    return reasons
+
+
+def _decision(retrain: bool, reason: str, figures: dict[str, object]) -> DataDecision:
+    outcome = "taken" if retrain else "deferred"
+    return DataDecision(retrain, (Action("data", "retrain", outcome, reason, figures),))
 
 
 def _r(x: float | None) -> float | None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from agents.actions import Action
 from agents.stats import bootstrap_mean_bounds
-from policies.model import MetricGate, Policy
+from policies.model import GatePolicy, MetricGate, Policy
 
 
 @dataclass(frozen=True)
@@ -181,45 +181,7 @@ def _judge_scores(
         figures["champion_problem"] = champion_problem
         champion = None
     if champion is not None:
-        gain = 100.0 * (champion.recent_bpb - candidate.recent_bpb) / champion.recent_bpb
-        regression = (
-            100.0 * (candidate.reference_bpb - champion.reference_bpb) / champion.reference_bpb
-        )
-        figures |= {
-            "champion_recent_bpb": round(champion.recent_bpb, 6),
-            "champion_reference_bpb": round(champion.reference_bpb, 6),
-            "improvement_pct": round(gain, 4),
-            "reference_regression_pct": round(regression, 4),
-        }
-        if gain < g.min_improvement_pct:
-            failures.append(
-                f"improvement on recent data {gain:.2f}% < required {g.min_improvement_pct:.2f}%"
-            )
-        elif g.bootstrap.enabled:
-            boot = paired_bootstrap(
-                champion.recent_chunks,
-                candidate.recent_chunks,
-                confidence=g.bootstrap.confidence,
-                resamples=g.bootstrap.resamples,
-                seed=g.bootstrap.seed,
-            )
-            if boot is None:
-                figures["bootstrap"] = "skipped: evaluation chunks do not pair up"
-            else:
-                lower, _mean = boot
-                figures["improvement_lower_bound_pct"] = round(lower, 4)
-                figures["bootstrap_confidence"] = g.bootstrap.confidence
-                if lower < g.min_improvement_pct:
-                    failures.append(
-                        f"the {g.bootstrap.confidence:.0%} lower bound of the improvement "
-                        f"({lower:.2f}%, paired bootstrap over {len(candidate.recent_chunks)} "
-                        f"chunk groups) < required {g.min_improvement_pct:.2f}%"
-                    )
-        if regression > g.max_reference_regression_pct:
-            failures.append(
-                f"reference data regresses {regression:.2f}% > allowed "
-                f"{g.max_reference_regression_pct:.2f}%"
-            )
+        failures += _against_champion(candidate, champion, g, figures)
     metric_failures, metric_figures = check_metric_gates(candidate, champion, dict(g.metrics))
     failures += metric_failures
     figures |= metric_figures
@@ -230,6 +192,64 @@ def _judge_scores(
                 figures.setdefault(f"{who}_{name}", round(value, 6))
     if failures:
         return _refuse("; ".join(failures), figures)
+    reason = _blessed(candidate, champion, champion_problem, g, figures)
+    return Verdict(True, Action("evaluator", "bless", "taken", reason, figures))
+
+
+def _against_champion(
+    candidate: Scores, champion: Scores, g: GatePolicy, figures: dict[str, object]
+) -> list[str]:
+    """The gates that compare with the champion: improvement on recent data (mean and
+    paired bootstrap) and regression on reference data. Adds their figures."""
+    failures: list[str] = []
+    gain = 100.0 * (champion.recent_bpb - candidate.recent_bpb) / champion.recent_bpb
+    regression = 100.0 * (candidate.reference_bpb - champion.reference_bpb) / champion.reference_bpb
+    figures |= {
+        "champion_recent_bpb": round(champion.recent_bpb, 6),
+        "champion_reference_bpb": round(champion.reference_bpb, 6),
+        "improvement_pct": round(gain, 4),
+        "reference_regression_pct": round(regression, 4),
+    }
+    if gain < g.min_improvement_pct:
+        failures.append(
+            f"improvement on recent data {gain:.2f}% < required {g.min_improvement_pct:.2f}%"
+        )
+    elif g.bootstrap.enabled:
+        boot = paired_bootstrap(
+            champion.recent_chunks,
+            candidate.recent_chunks,
+            confidence=g.bootstrap.confidence,
+            resamples=g.bootstrap.resamples,
+            seed=g.bootstrap.seed,
+        )
+        if boot is None:
+            figures["bootstrap"] = "skipped: evaluation chunks do not pair up"
+        else:
+            lower, _mean = boot
+            figures["improvement_lower_bound_pct"] = round(lower, 4)
+            figures["bootstrap_confidence"] = g.bootstrap.confidence
+            if lower < g.min_improvement_pct:
+                failures.append(
+                    f"the {g.bootstrap.confidence:.0%} lower bound of the improvement "
+                    f"({lower:.2f}%, paired bootstrap over {len(candidate.recent_chunks)} "
+                    f"chunk groups) < required {g.min_improvement_pct:.2f}%"
+                )
+    if regression > g.max_reference_regression_pct:
+        failures.append(
+            f"reference data regresses {regression:.2f}% > allowed "
+            f"{g.max_reference_regression_pct:.2f}%"
+        )
+    return failures
+
+
+def _blessed(
+    candidate: Scores,
+    champion: Scores | None,
+    champion_problem: str | None,
+    g: GatePolicy,
+    figures: dict[str, object],
+) -> str:
+    """Why a candidate that passed every gate is blessed, in one sentence."""
     if champion_problem is not None:
         reason = (
             f"champion could not be scored ({champion_problem}); judged on the ceiling alone: "
@@ -249,7 +269,7 @@ def _judge_scores(
             )
             + f"), reference change {figures['reference_regression_pct']:+.2f}%"
         )
-    return Verdict(True, Action("evaluator", "bless", "taken", reason, figures))
+    return reason
 
 
 def _refuse(reason: str, figures: dict[str, object]) -> Verdict:

@@ -83,6 +83,7 @@ class ValueObservation:
     history: int
     champion_age_h: float
     champion_new_bpb: float | None
+    energy_method: str = "estimated"  # how the history's energy was obtained
 
 
 def decide_value(obs: ValueObservation, policy: Policy) -> Action:
@@ -94,6 +95,7 @@ def decide_value(obs: ValueObservation, policy: Policy) -> Action:
         "min_history": rule.min_history,
         "threshold_gain_pct_per_kwh": rule.min_gain_pct_per_kwh,
         "champion_age_h": round(obs.champion_age_h, 2),
+        "energy_method": obs.energy_method,
     }
     if p is not None:
         figures |= {
@@ -110,7 +112,7 @@ def decide_value(obs: ValueObservation, policy: Policy) -> Action:
             figures,
         )
     said = (
-        f"predicted gain {p.gain_pct:.2f}% for {1000 * p.kwh:.2f} Wh: "
+        f"predicted gain {p.gain_pct:.2f}% for {1000 * p.kwh:.2f} Wh ({obs.energy_method}): "
         f"{p.gain_pct_per_kwh:.1f}%/kWh ({p.low:.1f}..{p.high:.1f})"
     )
     floor = policy.triggers.quality_floor_bpb

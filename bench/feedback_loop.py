@@ -74,13 +74,82 @@ def _wait(cond: Any, timeout: float, what: str, log: Path) -> Any:
     raise RuntimeError(f"timed out waiting for {what}\n{log.read_text()[-3000:]}")
 
 
-def _event_time(store: Any, action: str, agent: str = "data") -> float | None:
+def _event_time(store: Any, action: str, after: float) -> float | None:
+    """When the first such data-agent action was taken after a time (unix seconds)."""
     from adapters.store.audit import AuditLog
 
-    events = [e for e in AuditLog(store).events(agent=agent) if e.action == action]
-    if not events:
-        return None
-    return datetime.strptime(events[0].ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+    for e in AuditLog(store).events(agent="data"):
+        ts = datetime.strptime(e.ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+        if e.action == action and e.outcome == "taken" and ts >= after:
+            return ts
+    return None
+
+
+def _start(work: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """The daemon on the bench's policy: (process, state directory, log)."""
+    state, log = work / "state", work / "daemon.log"
+    (work / "policy.yaml").write_text(POLICY)
+    cmd = [sys.executable, "-m", "controller.cli", "run", "--policy", str(work / "policy.yaml")]
+    cmd += ["--state-dir", str(state), "--port", "0", "--tick-s", "0.3"]
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+    return proc, state, log
+
+
+def _bpb(registry: Any, version: int, text: Path) -> float:
+    from adapters.workload.bytelm import ByteLMWorkload
+
+    model = registry.get("fl", version)
+    return ByteLMWorkload().evaluate(registry.verified_path(model), [str(text)]).bpb
+
+
+def _run(args: argparse.Namespace, work: Path, store: Any, state: Path, log: Path) -> dict:
+    """Steady traffic, the shift, and what followed it."""
+    from adapters.store.cycles import CycleBook
+    from adapters.store.ledger import Ledger
+    from adapters.store.registry import ModelRegistry
+
+    held_out = work / "unsent.txt"
+    held_out.write_text("".join(_prose(300_000, 100)))
+    registry = ModelRegistry(store, state / "models")
+    served = _wait(
+        lambda: (s := CycleBook(store).daemon_state("fl")) and s.served_version == 1 and s,
+        300,
+        "first champion",
+        log,
+    )
+    topic = {"prompts": stdlib_prompts(["json"])}
+    client = TrafficClient(served.serving_url, "fl", lambda: topic["prompts"], args.rate, 4)
+    client.start()
+    time.sleep(15)  # steady traffic like the training data: no drift
+    before = _bpb(registry, 1, held_out)
+    shift = time.time()
+    topic["prompts"] = _prose(20_000, 600)
+    _wait(lambda: registry.alias("fl", "champion") == 2, 600, "a promoted v2", log)
+    promoted = time.time()
+    counts = client.stop()
+    after = _bpb(registry, 2, held_out)
+    drift_at = _event_time(store, "live_drift", shift)
+    v2 = registry.get("fl", 2)
+    spent = Ledger(store).totals("fl", cycle_id=v2.cycle_id)
+    measured = spent.measured_joules and not spent.estimated_joules
+    return {
+        "benchmark": "feedback_loop",
+        "command": "python -m bench.feedback_loop",
+        "rate_per_s": args.rate,
+        "seconds_shift_to_live_drift": round(drift_at - shift, 1) if drift_at else None,
+        "seconds_shift_to_promotion": round(promoted - shift, 1),
+        "champion_bpb_on_new_traffic_before": round(before, 4),
+        "champion_bpb_on_new_traffic_after": round(after, 4),
+        "improvement_pct": round(100 * (1 - after / before), 2),
+        "goal": "improvement_pct >= 5",
+        "goal_met": after <= 0.95 * before,
+        "retraining_joules": round(spent.joules, 1),
+        "energy_method": "measured" if measured else "estimated",
+        "requests": {"sent": counts.sent, "answered": counts.answered, "failed": counts.failed},
+        "v2_trigger_cycle": v2.cycle_id,
+    }
 
 
 def main() -> None:
@@ -89,81 +158,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     from adapters.store.db import Store
-    from adapters.store.registry import ModelRegistry
-    from adapters.workload.bytelm import ByteLMWorkload
 
     work = Path(tempfile.mkdtemp(prefix="aifactory-fl-"))
-    state, log = work / "state", work / "daemon.log"
-    (work / "policy.yaml").write_text(POLICY)
-    held_out = work / "unsent.txt"
-    held_out.write_text("".join(_prose(300_000, 100)))
-    topic = {"prompts": stdlib_prompts(["json"])}
-    url = f"sqlite:///{state / 'aifactory.db'}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "controller.cli",
-        "run",
-        "--policy",
-        str(work / "policy.yaml"),
-        "--state-dir",
-        str(state),
-        "--port",
-        "0",
-        "--tick-s",
-        "0.3",
-    ]
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+    proc, state, log = _start(work)
     try:
+        url = f"sqlite:///{state / 'aifactory.db'}"
         store = _wait(lambda: (state / "aifactory.db").exists() and Store(url), 60, "db", log)
-        registry = ModelRegistry(store, state / "models")
-        from adapters.store.cycles import CycleBook
-
-        served = _wait(
-            lambda: (s := CycleBook(store).daemon_state("fl")) and s.served_version == 1 and s,
-            300,
-            "first champion",
-            log,
-        )
-        client = TrafficClient(served.serving_url, "fl", lambda: topic["prompts"], args.rate, 4)
-        client.start()
-        time.sleep(15)  # steady traffic like the training data: no drift
-        before = (
-            ByteLMWorkload()
-            .evaluate(registry.verified_path(registry.get("fl", 1)), [str(held_out)])
-            .bpb
-        )
-        shift = time.time()
-        topic["prompts"] = _prose(20_000, 600)
-        _wait(lambda: registry.alias("fl", "champion") == 2, 600, "a promoted v2", log)
-        promoted = time.time()
-        counts = client.stop()
-        v2 = registry.get("fl", 2)
-        after = ByteLMWorkload().evaluate(registry.verified_path(v2), [str(held_out)]).bpb
-        drift_at = _event_time(store, "live_drift")
-        from adapters.store.ledger import Ledger
-
-        spent = Ledger(store).totals("fl", cycle_id=v2.cycle_id)
-        result = {
-            "benchmark": "feedback_loop",
-            "command": "python -m bench.feedback_loop",
-            "rate_per_s": args.rate,
-            "seconds_shift_to_live_drift": round(drift_at - shift, 1) if drift_at else None,
-            "seconds_shift_to_promotion": round(promoted - shift, 1),
-            "champion_bpb_on_new_traffic_before": round(before, 4),
-            "champion_bpb_on_new_traffic_after": round(after, 4),
-            "improvement_pct": round(100 * (1 - after / before), 2),
-            "goal": "improvement_pct >= 5",
-            "goal_met": after <= 0.95 * before,
-            "retraining_joules": round(spent.joules, 1),
-            "energy_method": "measured"
-            if spent.measured_joules and not spent.estimated_joules
-            else "estimated",
-            "requests": {"sent": counts.sent, "answered": counts.answered, "failed": counts.failed},
-            "v2_trigger_cycle": v2.cycle_id,
-        }
+        result = _run(args, work, store, state, log)
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
         store.dispose()

@@ -59,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
+    _add_run(sub)
+    _add_policy(sub)
+    _add_reads(sub)
+    _add_writes(sub)
+    return parser
+
+
+def _add_run(sub: Any) -> None:
+    """`aifactory run`: the daemon and its flags."""
     run = sub.add_parser("run", help="start the daemon")
     _common(run, line=False)
     run.add_argument(
@@ -77,12 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="where every member reads artefacts: db, none or file:///dir (AIFACTORY_ARTEFACTS)",
     )
 
+
+def _add_policy(sub: Any) -> None:
     pol = sub.add_parser("policy", help="check a policy or print its schema")
     pol_sub = pol.add_subparsers(dest="policy_command", required=True)
     check = pol_sub.add_parser("check", help="validate a policy file")
     check.add_argument("file", type=Path)
     pol_sub.add_parser("schema", help="print the policy JSON Schema")
 
+
+def _add_reads(sub: Any) -> None:
+    """Commands that read the store: audit, status, models, report."""
     audit = sub.add_parser("audit", help="list audit events, or `audit verify`")
     _common(audit)
     audit.add_argument("verb", nargs="?", choices=["verify"], help="verify the hash chain")
@@ -113,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true")
     report.add_argument("--csv", type=Path, help="write CSV to this file ('-' for stdout)")
 
+
+def _add_writes(sub: Any) -> None:
+    """Operator actions, feedback and demo traffic."""
     rollback = sub.add_parser("rollback", help="restore the previous champion (or --to V)")
     _common(rollback)
     rollback.add_argument("--to", type=int)
@@ -140,7 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("id", type=int)
         p.add_argument("--reason", default="", required=verb == "reject")
         p.add_argument("--by", default=None, help="who decides (default: current user)")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -54,8 +54,8 @@ class LiveWatch:
             return False
         if time.monotonic() - self._checked_at < live.every_s:
             return False
-        version = ctx.champion_version()
-        return version is not None and ctx.traffic.live_count(version) >= live.min_prompts
+        served = ctx.traffic.current  # what serving holds: no query on the tick
+        return served is not None and ctx.traffic.live_count(served.version) >= live.min_prompts
 
     def check(self) -> Action | None:
         """Judge the champion's live sample (on the line's thread); the audited action."""

@@ -20,13 +20,22 @@ from controller.context import LineContext
 OUTCOME = "retrain_outcome"
 
 
-def history(ctx: LineContext) -> list[PastRetrain]:
-    events = [e for e in ctx.audit.events(agent="data") if e.action == OUTCOME]
+def _outcomes(ctx: LineContext) -> list[Any]:
+    """This line's outcome events with metered energy (another line's, or none: left out)."""
+    return [
+        e
+        for e in ctx.audit.events(agent="data")
+        if e.action == OUTCOME and e.line in (None, ctx.name) and e.figures.get("kwh")
+    ]
+
+
+def history(ctx: LineContext) -> tuple[list[PastRetrain], str]:
+    """Past retrainings, and how their energy was obtained (measured only if all were)."""
+    events = _outcomes(ctx)
+    methods = {e.figures.get("energy_method", "estimated") for e in events}
     out = []
     for e in events:
         f = e.figures
-        if e.line not in (None, ctx.name) or not f.get("kwh"):
-            continue  # another line's, or energy not metered
         out.append(
             PastRetrain(
                 float(f.get("js_divergence") or 0.0),
@@ -35,12 +44,12 @@ def history(ctx: LineContext) -> list[PastRetrain]:
                 float(f["kwh"]),
             )
         )
-    return out
+    return out, "measured" if methods == {"measured"} else "estimated"
 
 
 def judge_value(ctx: LineContext, obs: DataObservation, champion_created_at: str) -> Action:
     """Whether a retraining the drift thresholds ask for pays, from the line's history."""
-    past = history(ctx)
+    past, method = history(ctx)
     rule = ctx.policy.triggers.value
     prediction = predict_value(
         past,
@@ -50,9 +59,8 @@ def judge_value(ctx: LineContext, obs: DataObservation, champion_created_at: str
     )
     created = datetime.strptime(champion_created_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     age_h = (datetime.now(UTC) - created).total_seconds() / 3600
-    return decide_value(
-        ValueObservation(prediction, len(past), age_h, obs.champion_new_bpb), ctx.policy
-    )
+    observed = ValueObservation(prediction, len(past), age_h, obs.champion_new_bpb, method)
+    return decide_value(observed, ctx.policy)
 
 
 def record_outcome(ctx: LineContext, cid: str, state: dict[str, Any]) -> None:
@@ -79,6 +87,7 @@ def record_outcome(ctx: LineContext, cid: str, state: dict[str, Any]) -> None:
         "gain_pct": round(max(0.0, gain), 4),
         "kwh": round(kwh, 8),
         "gain_pct_per_kwh": round(max(0.0, gain) / kwh, 3) if kwh > 0 else None,
+        "energy_method": "estimated" if "estimated" in _methods(ctx, cid) else "measured",
         "predicted_gain_pct": predicted.get("predicted_gain_pct"),
         "predicted_gain_pct_per_kwh": predicted.get("predicted_gain_pct_per_kwh"),
         "predicted_bounds": predicted.get("predicted_bounds"),

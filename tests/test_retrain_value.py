@@ -84,6 +84,31 @@ def _ctx(tmp_path, policy: Policy) -> SimpleNamespace:  # type: ignore[no-untype
     )
 
 
+def _trained(ctx: SimpleNamespace, cid: str, gain: float, promoted: bool) -> None:
+    """A cycle that trained (one estimated Wh), was blessed with this gain, maybe promoted."""
+    ctx.audit.append(
+        agent="evaluator",
+        action="bless",
+        outcome="taken",
+        reason="",
+        figures={"improvement_pct": gain},
+        cycle_id=cid,
+    )
+    if promoted:
+        ctx.audit.append(
+            agent="deployer", action="promote", outcome="taken", reason="", cycle_id=cid
+        )
+    ctx.ledger.record(
+        key=f"{cid}:t",
+        policy_name="m",
+        cycle_id=cid,
+        kind="train",
+        tokens=1,
+        joules=3600.0,
+        method="estimated",
+    )
+
+
 def test_each_retraining_records_its_gain_beside_the_prediction_and_feeds_the_next(
     tmp_path,
 ) -> None:  # type: ignore[no-untyped-def]
@@ -93,26 +118,7 @@ def test_each_retraining_records_its_gain_beside_the_prediction_and_feeds_the_ne
     assert first.outcome == "taken" and "too little history (0 of 4" in first.reason
     for i, inc in enumerate((0.5, 1.0, 4.0, 8.0)):  # four retrainings, each recorded
         cid = f"m-c{i:04d}"
-        ctx.audit.append(
-            agent="evaluator",
-            action="bless",
-            outcome="taken",
-            reason="",
-            figures={"improvement_pct": 0.5 * inc},
-            cycle_id=cid,
-        )
-        ctx.audit.append(
-            agent="deployer", action="promote", outcome="taken", reason="", cycle_id=cid
-        )
-        ctx.ledger.record(
-            key=f"{cid}:t",
-            policy_name="m",
-            cycle_id=cid,
-            kind="train",
-            tokens=1,
-            joules=3600.0,
-            method="estimated",
-        )
+        _trained(ctx, cid, 0.5 * inc, promoted=True)
         state = {
             "retrain": True,
             "drift": {"had_champion": True, "js_divergence": 0.01, "loss_increase_pct": inc},
@@ -125,25 +131,10 @@ def test_each_retraining_records_its_gain_beside_the_prediction_and_feeds_the_ne
     assert outcomes[-1].figures["kwh"] == 0.001 and "(estimated)" in outcomes[-1].reason
     deferred = judge_value(ctx, obs, utcnow_iso())  # type: ignore[arg-type]
     assert deferred.outcome == "deferred" and deferred.figures["history"] == 4
+    assert deferred.figures["energy_method"] == "estimated" and "Wh (estimated)" in deferred.reason
     # a later retraining shows its prediction beside what it bought
     cid = "m-c0009"
-    ctx.audit.append(
-        agent="evaluator",
-        action="bless",
-        outcome="taken",
-        reason="",
-        figures={"improvement_pct": 1.0},
-        cycle_id=cid,
-    )
-    ctx.ledger.record(
-        key=f"{cid}:t",
-        policy_name="m",
-        cycle_id=cid,
-        kind="train",
-        tokens=1,
-        joules=3600.0,
-        method="estimated",
-    )
+    _trained(ctx, cid, 1.0, promoted=False)
     record_outcome(
         ctx,
         cid,

@@ -58,7 +58,16 @@ def measure(n: int, window_s: float, tick_s: float) -> dict[str, Any]:
         factory = _factory(work, n)
         state = work / "state"
         cmd = [sys.executable, "-m", "controller.cli", "run", "--factory", str(factory)]
-        cmd += ["--state-dir", str(state), "--port", "0", "--tick-s", str(tick_s)]
+        cmd += [
+            "--state-dir",
+            str(state),
+            "--port",
+            "0",
+            "--console-port",
+            "0",
+            "--tick-s",
+            str(tick_s),
+        ]
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 300

@@ -112,6 +112,7 @@ def run_once(state: Path, policy: str, threads: int) -> str:
         "run",
         "--once",
         "--no-serve",
+        "--no-console",
         "--policy",
         str(path),
         "--state-dir",

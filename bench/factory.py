@@ -74,7 +74,17 @@ def factory_yaml(kwh: float | None) -> str:
 
 def run(args: list[str], state: Path) -> float:
     """One daemon run to its end; returns its wall time."""
-    cmd = [sys.executable, "-m", "controller.cli", "run", *args, "--cycles", "1", "--no-serve"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "controller.cli",
+        "run",
+        *args,
+        "--cycles",
+        "1",
+        "--no-serve",
+        "--no-console",
+    ]
     cmd += ["--threads", "1", "--tick-s", "0.5", "--state-dir", str(state)]
     started = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)

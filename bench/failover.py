@@ -117,7 +117,17 @@ def _start(work: Path, name: str, url: str, env: dict[str, str]) -> subprocess.P
     state = work / f"state-{name}"
     args = ["--policy", str(work / "policy.yaml"), "--state-dir", str(state), "--db", url]
     return subprocess.Popen(
-        [sys.executable, "-m", "controller.cli", "run", *args, "--port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "controller.cli",
+            "run",
+            *args,
+            "--port",
+            "0",
+            "--console-port",
+            "0",
+        ],
         cwd=ROOT,
         stdout=open(work / f"{name}.log", "wb"),
         stderr=subprocess.STDOUT,

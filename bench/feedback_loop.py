@@ -90,7 +90,7 @@ def _start(work: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:
     state, log = work / "state", work / "daemon.log"
     (work / "policy.yaml").write_text(POLICY)
     cmd = [sys.executable, "-m", "controller.cli", "run", "--policy", str(work / "policy.yaml")]
-    cmd += ["--state-dir", str(state), "--port", "0", "--tick-s", "0.3"]
+    cmd += ["--state-dir", str(state), "--port", "0", "--console-port", "0", "--tick-s", "0.3"]
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -112,7 +112,16 @@ class Arm:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "controller.cli", "run", "--no-serve", "--tick-s", "0.5"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "controller.cli",
+            "run",
+            "--no-serve",
+            "--no-console",
+            "--tick-s",
+            "0.5",
+        ]
         cmd += ["--policy", str(self.policy), "--state-dir", str(self.state)]
         env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
         with open(self.log, "wb") as out:

@@ -129,7 +129,18 @@ def scenario(args: argparse.Namespace) -> tuple[list[Sample], dict[str, float], 
     )
     db = f"sqlite:///{state / 'aifactory.db'}"
     common = ["--policy", str(policy), "--db", db]
-    run = ["run", *common, "--state-dir", str(state), "--port", "0", "--tick-s", "0.3"]
+    run = [
+        "run",
+        *common,
+        "--state-dir",
+        str(state),
+        "--port",
+        "0",
+        "--console-port",
+        "0",
+        "--tick-s",
+        "0.3",
+    ]
     log = open(tmp / "daemon.log", "wb")  # noqa: SIM115  (closed at the end)
     proc = subprocess.Popen(
         [sys.executable, "-m", "controller.cli", *run],

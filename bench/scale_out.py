@@ -76,7 +76,17 @@ def run_arm(work: Path, policy: str, ray_nodes: list[Any]) -> dict[str, Any]:
     (work / "policy.yaml").write_text(policy)
     state = work / "state"
     cmd = [sys.executable, "-m", "controller.cli", "run", "--policy", str(work / "policy.yaml")]
-    cmd += ["--once", "--no-serve", "--threads", "1", "--tick-s", "1", "--state-dir", str(state)]
+    cmd += [
+        "--once",
+        "--no-serve",
+        "--no-console",
+        "--threads",
+        "1",
+        "--tick-s",
+        "1",
+        "--state-dir",
+        str(state),
+    ]
     node_pids = [n.pid for n in ray_nodes]
     cpu0, nodes0 = _cpu_children_s(), _cpu_of(node_pids)
     started = time.perf_counter()

@@ -8,7 +8,6 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,17 @@ def _settings(args: argparse.Namespace) -> Settings:
             overrides[name] = value
     if getattr(args, "no_serve", False):
         overrides["serve"] = False
+    console = {
+        key: value
+        for key, value in (
+            ("port", getattr(args, "console_port", None)),
+            ("host", getattr(args, "console_host", None)),
+            ("enabled", False if getattr(args, "no_console", False) else None),
+        )
+        if value is not None
+    }
+    if console:
+        overrides["console"] = console
     if getattr(args, "policy", None) is not None and getattr(args, "factory", None) is None:
         overrides["factory"] = None  # an explicit --policy wins over AIFACTORY_FACTORY
     return Settings(**overrides)
@@ -79,6 +89,11 @@ def _add_run(sub: Any) -> None:
     run.add_argument("--port", type=int, help="serving port (AIFACTORY_PORT)")
     run.add_argument("--host", help="serving address")
     run.add_argument("--no-serve", action="store_true", help="do not start the HTTP server")
+    run.add_argument(
+        "--console-port", type=int, help="operator console port (AIFACTORY_CONSOLE__PORT)"
+    )
+    run.add_argument("--console-host", help="operator console address")
+    run.add_argument("--no-console", action="store_true", help="do not serve the console")
     run.add_argument("--tick-s", dest="tick_s", type=float, help="watch tick interval")
     run.add_argument("--threads", type=int, help="torch threads per trial")
     run.add_argument(
@@ -102,6 +117,7 @@ def _add_reads(sub: Any) -> None:
     audit.add_argument("verb", nargs="?", choices=["verify"], help="verify the hash chain")
     audit.add_argument("--agent")
     audit.add_argument("--cycle")
+    audit.add_argument("--action", help="only events of this action, e.g. approve")
     audit.add_argument("--since", help="ISO time, e.g. 2026-11-26T10:00")
     audit.add_argument("--limit", type=_positive_int, help="only the latest N events")
     audit.add_argument("--json", action="store_true")
@@ -150,6 +166,12 @@ def _add_writes(sub: Any) -> None:
     feedback.add_argument("--json", action="store_true", help="export as JSON")
 
     add_traffic_parser(sub, _common)
+
+    for verb, what in (("pause", "start no new cycle on"), ("resume", "lift the pause of")):
+        p = sub.add_parser(verb, help=f"{what} a line (serving goes on)")
+        _common(p)
+        p.add_argument("--reason", required=True, help="goes into the audit log")
+        p.add_argument("--by", default=None, help="who decides (default: current user)")
 
     for verb in ("approve", "reject"):
         p = sub.add_parser(verb, help=f"{verb} a promotion waiting for a person")
@@ -227,48 +249,62 @@ def _factory_check(path: Path, console: Console) -> int:
 
 def _offline(args: argparse.Namespace, settings: Settings, console: Console) -> int:
     """Commands that read or edit the store directly, with or without a running daemon."""
-    from adapters.store.audit import AuditLog
-    from adapters.store.cycles import CycleBook
     from adapters.store.db import Store
-    from adapters.store.registry import ModelRegistry
+    from controller.operator_actions import OperatorActions
+    from controller.queries import Queries
 
+    if args.command == "pause" and settings.db_url is None:  # a line paused before its start
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.resolved_db_url)
     store.create_all()
-    audit = AuditLog(store)
-    book = CycleBook(store)
-    registry = ModelRegistry(store, settings.state_dir / "models")
+    q = Queries(
+        store,
+        settings.state_dir / "models",
+        stale_s=settings.runtime.status_stale_s,
+        member_stale_s=settings.lease.ttl_s,  # members beat every renewal
+        policy_path=args.policy,
+    )
+    actions = OperatorActions(q.registry, q.audit)
     try:
-        if args.command == "audit":
-            return _audit(args, audit, console)
-        if args.command == "feedback":  # every line unless one is named
-            from controller.feedback_view import read_feedback, show_feedback
-
-            return show_feedback(read_feedback(store, args.line, args.limit), console, args.json)
-        if args.command == "report" and args.by == "line":
-            return _chargeback(args, store, book, console)
-        if args.command in ("approve", "reject"):  # an approval id names its line
-            return _decide(args, book, audit, console)
-        if args.command == "status" and not args.line and len(book.policy_names()) > 1:
-            return _status_all(args, store, book, registry, console)
-        name = _policy_name(settings, book, args.line, explicit=args.policy is not None)
-        if args.command == "traffic":
-            from controller.traffic_cli import run_traffic
-
-            state = book.daemon_state(name)
-            return run_traffic(args, name, args.url or (state and state.serving_url), console)
-        if args.command == "status":
-            return _status(args, name, store, book, registry, console)
-        if args.command == "models":
-            return _models(args, name, registry, console)
-        if args.command == "report":
-            return _report(args, name, store, registry, console)
-        if args.command == "rollback":
-            return _rollback(args, name, registry, audit, console)
-        if args.command == "rollout":
-            return _rollout(args, name, store, audit, console)
+        return _dispatch(args, settings, q, actions, console)
     finally:
         store.dispose()
-    return 1
+
+
+def _dispatch(
+    args: argparse.Namespace, settings: Settings, q: Any, actions: Any, console: Console
+) -> int:
+    if args.command == "audit":
+        return _audit(args, q, console)
+    if args.command == "feedback":  # every line unless one is named
+        from controller.feedback_view import read_feedback, show_feedback
+
+        return show_feedback(read_feedback(q.store, args.line, args.limit), console, args.json)
+    if args.command == "report" and args.by == "line":
+        return _chargeback(args, q, console)
+    if args.command in ("approve", "reject"):  # an approval id names its line
+        return _decide(args, actions, console)
+    if args.command == "status" and not args.line and len(q.lines()) > 1:
+        return _status_all(args, q, console)
+    name = _policy_name(settings, q.book, args.line, explicit=args.policy is not None)
+    if args.command == "traffic":
+        from controller.traffic_cli import run_traffic
+
+        state = q.book.daemon_state(name)
+        return run_traffic(args, name, args.url or (state and state.serving_url), console)
+    handlers = {
+        "status": lambda: _status(args, name, q, console),
+        "models": lambda: _models(args, name, q, console),
+        "report": lambda: _report(args, name, q, console),
+        "rollback": lambda: _act(
+            console, lambda: actions.rollback(name, args.to, _who(args), args.reason)
+        ),
+        "rollout": lambda: _rollout(args, name, q, actions, console),
+        "pause": lambda: _pause(args, name, actions, console),
+        "resume": lambda: _pause(args, name, actions, console),
+    }
+    handler = handlers.get(args.command)
+    return handler() if handler is not None else 1
 
 
 def _policy_name(
@@ -301,41 +337,29 @@ def _policy_name(
     )
 
 
-def _daemon_alive(pid: int, heartbeat_at: str, stale_s: float = 120.0) -> bool:
-    """Alive: a pid that exists here and a recent heartbeat (the daemon may run elsewhere)."""
-    if not pid or not heartbeat_at:
-        return False
-    try:
-        beat = datetime.strptime(heartbeat_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    except ValueError:
-        return False
-    if (datetime.now(UTC) - beat).total_seconds() > stale_s:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _audit(args: argparse.Namespace, audit: Any, console: Console) -> int:
+def _audit(args: argparse.Namespace, q: Any, console: Console) -> int:
     if args.verb == "verify":
-        report = audit.verify()
-        if report.ok:
+        report = q.verify()
+        if report["ok"]:
             console.print(
-                f"audit chain OK: {report.events} events verified", highlight=False, markup=False
+                f"audit chain OK: {report['events']} events verified",
+                highlight=False,
+                markup=False,
             )
             return 0
         console.print(
-            f"audit chain BROKEN at event {report.first_bad_seq}: {report.problem}",
+            f"audit chain BROKEN at event {report['first_bad_seq']}: {report['problem']}",
             highlight=False,
             markup=False,
         )
         return 1
-    events = audit.events(
-        agent=args.agent, cycle_id=args.cycle, since=args.since, limit=args.limit, line=args.line
+    events = q.audit_events(
+        agent=args.agent,
+        cycle_id=args.cycle,
+        since=args.since,
+        limit=args.limit,
+        line=args.line,
+        action=args.action,
     )
     if args.json:
         for e in events:
@@ -360,13 +384,11 @@ def _audit(args: argparse.Namespace, audit: Any, console: Console) -> int:
     return 0
 
 
-def _status(
-    args: argparse.Namespace, name: str, store: Any, book: Any, registry: Any, console: Console
-) -> int:
+def _status(args: argparse.Namespace, name: str, q: Any, console: Console) -> int:
     from controller.members_view import print_members, read_members
 
-    out = _status_data(args, name, store, book, registry)
-    members = read_members(store, args.member_stale_s)
+    out = q.line_status(name)
+    members = read_members(q.store, q.member_stale_s)
     if args.json:
         print(json.dumps(out | ({"members": members} if members else {}), indent=2, default=str))
         return 0
@@ -374,75 +396,6 @@ def _status(
     if members:
         print_members(members, console)
     return 0
-
-
-def _status_data(
-    args: argparse.Namespace, name: str, store: Any, book: Any, registry: Any
-) -> dict[str, Any]:
-    """One line's status: champion, last cycle, budgets of the policy version it runs."""
-    from adapters.store.ledger import Ledger, today_utc
-    from policies.model import Policy
-
-    ledger = Ledger(store)
-    champion_v = registry.alias(name, "champion")
-    champ = registry.get(name, champion_v) if champion_v else None
-    last = next(iter(book.recent(name, 1)), None)
-    state = book.daemon_state(name)
-    day = ledger.totals(name, day=today_utc())
-    policy: Policy | None = book.policy(state.policy_version) if state else None
-    if policy is None:  # no daemon has run this line yet: the file is all there is
-        try:
-            policy = load_policy(args.policy) if args.policy else None
-        except PolicyError:
-            policy = None
-    budgets = policy.budgets if policy else None
-    out = {
-        "policy": name,
-        "champion": None
-        if champ is None
-        else {
-            "version": champ.version,
-            "valid_bpb": champ.valid_bpb,
-            "recent_bpb": champ.evaluation.get("candidate_recent_bpb"),
-            "created_at": champ.created_at,
-        },
-        "previous": registry.alias(name, "previous"),
-        "last_cycle": None
-        if last is None
-        else {
-            "id": last.id,
-            "status": last.status,
-            "trigger": last.trigger,
-            "started_at": last.started_at,
-            "finished_at": last.finished_at,
-        },
-        "today": {
-            "tokens": day.tokens,
-            "joules": round(day.joules, 1),
-            "energy_method": day.method,
-            "training_tokens_budget": budgets.training_tokens_per_day if budgets else None,
-            "energy_kwh_budget": budgets.energy_kwh_per_day if budgets else None,
-        },
-        "daemon": None
-        if state is None
-        else {
-            "running": _daemon_alive(state.pid, state.heartbeat_at, args.stale_s),
-            "pid": state.pid,
-            "heartbeat_at": state.heartbeat_at,
-            "next_cycle_at": state.next_cycle_at,
-            "serving_url": state.serving_url,
-            "served_version": state.served_version,
-            "energy": state.energy_source,
-            "telemetry": json.loads(state.telemetry or "{}"),
-            "cluster": json.loads(state.cluster or "{}"),
-        },
-        "pending_approvals": [
-            {"id": a.id, "cycle": a.cycle_id, "version": a.version}
-            for a in book.approvals(name, "pending")
-        ],
-        "rollout": _active_rollout(store, name),
-    }
-    return out
 
 
 def _print_status(out: dict[str, Any], console: Console) -> None:
@@ -539,36 +492,26 @@ def _cluster_lines(view: dict[str, Any]) -> list[str]:
     return out
 
 
-def _status_all(
-    args: argparse.Namespace, store: Any, book: Any, registry: Any, console: Console
-) -> int:
+def _status_all(args: argparse.Namespace, q: Any, console: Console) -> int:
     """A factory: every line's status, one after another (JSON: a list under "lines")."""
-    names = book.policy_names()
-    from controller.members_view import print_members, read_members
+    from controller.members_view import print_members
 
-    outs = [_status_data(args, name, store, book, registry) for name in names]
-    members = read_members(store, args.member_stale_s)
+    view = q.factory()
     if args.json:
-        print(json.dumps({"lines": outs, "members": members}, indent=2, default=str))
+        print(
+            json.dumps({"lines": view["lines"], "members": view["members"]}, indent=2, default=str)
+        )
         return 0
-    for out in outs:
+    for out in view["lines"]:
         _print_status(out, console)
-    if members:
-        print_members(members, console)
+    if view["members"]:
+        print_members(view["members"], console)
     return 0
 
 
-def _chargeback(args: argparse.Namespace, store: Any, book: Any, console: Console) -> int:
+def _chargeback(args: argparse.Namespace, q: Any, console: Console) -> int:
     """Tokens and joules per line and per owner, summing to the factory's totals."""
-    from adapters.store.ledger import Ledger
-    from controller.report import build_chargeback
-
-    owners = {}
-    for name in book.policy_names():
-        state = book.daemon_state(name)
-        if state is not None and state.owner:
-            owners[name] = state.owner
-    charge = build_chargeback(Ledger(store).all_rows(), owners)
+    charge = q.chargeback()
     if args.csv is not None:
         text = charge.to_csv()
         if str(args.csv) == "-":
@@ -598,40 +541,24 @@ def _chargeback(args: argparse.Namespace, store: Any, book: Any, console: Consol
     return 0
 
 
-def _models(args: argparse.Namespace, name: str, registry: Any, console: Console) -> int:
-    aliases = registry.aliases(name)
-    by_version: dict[int, list[str]] = {}
-    for alias, v in aliases.items():
-        by_version.setdefault(v, []).append(alias)
+def _models(args: argparse.Namespace, name: str, q: Any, console: Console) -> int:
     if args.verb == "show":
         if args.version is None:
             console.print("usage: aifactory models show VERSION")
             return 2
-        m = registry.get(name, args.version)
-        if m is None:
+        model = q.model(name, args.version)
+        if model is None:
             console.print(f"no model version {args.version}")
             return 1
-        history = [
-            {
-                "alias": h.alias,
-                "from": h.from_version,
-                "to": h.to_version,
-                "at": h.at,
-                "by": h.by,
-                "reason": h.reason,
-            }
-            for h in registry.alias_history(name)
-            if m.version in (h.from_version, h.to_version)
-        ]
-        data = dict(m.__dict__) | {
-            "aliases": by_version.get(m.version, []),
-            "alias_history": history,
-        }
-        print(json.dumps(data, indent=2, default=str))
+        print(json.dumps(model, indent=2, default=str))
         return 0
-    versions = registry.versions(name)
+    versions = q.models(name)
     if args.json:
-        print(json.dumps([m.__dict__ for m in versions], default=str))
+        print(
+            json.dumps(
+                [{k: v for k, v in m.items() if k != "aliases"} for m in versions], default=str
+            )
+        )
         return 0
     table = Table(title=f"model versions: {name}")
     for col in (
@@ -648,31 +575,28 @@ def _models(args: argparse.Namespace, name: str, registry: Any, console: Console
         table.add_column(col)
     for m in versions:
         cells = (
-            f"v{m.version}",
-            ",".join(by_version.get(m.version, [])),
-            m.status,
-            m.cycle_id,
-            m.dataset_version[:10],
-            f"{m.valid_bpb:.4f}" if m.valid_bpb else "-",
-            f"{m.tokens:,}",
-            f"{m.joules:,.0f} ({m.energy_method})",
-            m.created_at[:19],
+            f"v{m['version']}",
+            ",".join(m["aliases"]),
+            m["status"],
+            m["cycle_id"],
+            m["dataset_version"][:10],
+            f"{m['valid_bpb']:.4f}" if m["valid_bpb"] else "-",
+            f"{m['tokens']:,}",
+            f"{m['joules']:,.0f} ({m['energy_method']})",
+            m["created_at"][:19],
         )
         table.add_row(*(Text(c) for c in cells))
     console.print(table)
     return 0
 
 
-def _report(
-    args: argparse.Namespace, name: str, store: Any, registry: Any, console: Console
-) -> int:
-    from adapters.store.ledger import Ledger
-    from controller.report import build_report, to_csv
+def _report(args: argparse.Namespace, name: str, q: Any, console: Console) -> int:
+    from controller.report import ReportRow, to_csv
 
-    cycle_models = {m.cycle_id: m.version for m in registry.versions(name)}
-    rows = build_report(Ledger(store).rows(name), args.by, cycle_models)
+    rows = q.report(name, args.by)
     if args.csv is not None:
-        text = to_csv(rows)
+        keep = {f for f in ReportRow.__dataclass_fields__}
+        text = to_csv([ReportRow(**{k: v for k, v in r.items() if k in keep}) for r in rows])
         if str(args.csv) == "-":
             sys.stdout.write(text)
         else:
@@ -680,155 +604,88 @@ def _report(
             console.print(f"wrote {len(rows)} rows to {args.csv}", highlight=False, markup=False)
         return 0
     if args.json:
-        print(json.dumps([r.as_dict() for r in rows], indent=2))
+        print(json.dumps(rows, indent=2))
         return 0
     table = Table(title=f"ledger by {args.by}: {name}")
     for col in ("", "trained", "evaluated", "served", "joules", "tokens/J (training)"):
         table.add_column(col, justify="right" if col else "left")
     for r in rows:
-        tpj = r.train_tokens_per_joule
+        tpj, label = r["train_tokens_per_joule"], r["energy"]
         table.add_row(
-            Text(r.key),
-            f"{r.train_tokens:,}",
-            f"{r.eval_tokens:,}",
-            f"{r.serve_tokens:,}",
-            f"{r.joules:,.0f} ({r.energy_label})" if r.joules else "-",
-            f"{tpj:,.0f} ({r.energy_label})" if tpj else "-",
+            Text(r["key"]),
+            f"{r['train_tokens']:,}",
+            f"{r['eval_tokens']:,}",
+            f"{r['serve_tokens']:,}",
+            f"{r['joules']:,.0f} ({label})" if r["joules"] else "-",
+            f"{tpj:,.0f} ({label})" if tpj else "-",
         )
     console.print(table)
     return 0
 
 
-def _rollback(
-    args: argparse.Namespace, name: str, registry: Any, audit: Any, console: Console
-) -> int:
-    who = getpass.getuser()
-    current = registry.alias(name, "champion")
+def _who(args: argparse.Namespace) -> str:
+    return getattr(args, "by", None) or getpass.getuser()
+
+
+def _act(console: Console, action: Any) -> int:
+    """Run an operator action and say what happened (or why the store refused it)."""
+    from controller.operator_actions import ActionRefused
+
     try:
-        if args.to is not None and args.to == current:
-            raise LookupError(f"v{current} is already the champion")
-        before, after = registry.rollback(name, to=args.to, by=who, reason=args.reason)
-    except (LookupError, KeyError) as exc:
-        why = exc.args[0] if exc.args else str(exc)
-        audit.append(
-            agent="operator",
-            action="rollback",
-            outcome="refused",
-            reason=f"{who}: {why}",
-            figures={"to": args.to, "champion": current},
-        )
-        console.print(f"rollback refused: {why}", highlight=False, markup=False)
+        done = action()
+    except ActionRefused as exc:
+        console.print(exc.message, highlight=False, markup=False)
         return 1
-    audit.append(
-        agent="operator",
-        action="rollback",
-        outcome="taken",
-        reason=f"{who}: champion v{before} -> v{after}: {args.reason}",
-        figures={"from": before, "to": after, "by": who},
-    )
-    console.print(
-        f"champion is now v{after} (was v{before}); a running daemon switches "
-        "serving within one tick",
-        highlight=False,
-        markup=False,
-    )
+    console.print(done.message, highlight=False, markup=False)
     return 0
 
 
-def _active_rollout(store: Any, name: str) -> dict[str, Any] | None:
-    from adapters.store.rollouts import RolloutBook
-
-    row = RolloutBook(store).active(name)
-    if row is None:
-        return None
-    steps = json.loads(row.steps)
-    return {
-        "cycle": row.cycle_id,
-        "challenger": row.challenger_version,
-        "weight_pct": row.weight_pct,
-        "step": f"{row.step + 1}/{len(steps)}",
-        "status": row.status,
-        "reason": row.reason,
-    }
-
-
-def _decide(args: argparse.Namespace, book: Any, audit: Any, console: Console) -> int:
-    who = args.by or getpass.getuser()
+def _decide(args: argparse.Namespace, actions: Any, console: Console) -> int:
     approved = args.command == "approve"
-    try:
-        row = book.decide_approval(args.id, approved, who, args.reason)
-    except (KeyError, ValueError) as exc:
-        console.print(exc.args[0] if exc.args else str(exc), highlight=False, markup=False)
-        return 1
-    audit.append(
-        agent="operator",
-        action=args.command,
-        outcome="taken",
-        reason=f"{who} {'approved' if approved else 'rejected'} v{row.version}: {args.reason}",
-        figures={"approval_id": row.id, "version": row.version},
-        cycle_id=row.cycle_id,
+    return _act(
+        console, lambda: actions.decide_approval(args.id, approved, _who(args), args.reason)
     )
-    console.print(
-        f"approval {row.id} {row.status}; the daemon resumes {row.cycle_id} within one tick",
-        highlight=False,
-        markup=False,
-    )
-    return 0
 
 
-def _rollout(args: argparse.Namespace, name: str, store: Any, audit: Any, console: Console) -> int:
-    from adapters.store.rollouts import RolloutBook
+def _pause(args: argparse.Namespace, name: str, actions: Any, console: Console) -> int:
+    act = actions.pause if args.command == "pause" else actions.resume
+    return _act(console, lambda: act(name, _who(args), args.reason))
 
-    book = RolloutBook(store)
-    if args.action == "show":
-        rows = book.recent(name, 10)
-        if args.json:
-            print(json.dumps([r.model_dump() for r in rows], indent=2, default=str))
-            return 0
-        if not rows:
-            console.print(f"{name}: no rollouts yet", highlight=False, markup=False)
-            return 0
-        table = Table(title=f"{name}: canary rollouts")
-        for col_name in ("cycle", "challenger", "champion", "steps", "step", "weight", "status"):
-            table.add_column(col_name)
-        table.add_column("reason", overflow="fold")
-        for r in rows:
-            steps = json.loads(r.steps)
-            table.add_row(
-                r.cycle_id,
-                f"v{r.challenger_version}",
-                f"v{r.champion_version}" if r.champion_version else "-",
-                ", ".join(f"{w:g}%" for w in steps),
-                f"{r.step + 1}/{len(steps)}",
-                f"{r.weight_pct:g}%",
-                r.status + (f" ({r.decision} asked)" if r.decision else ""),
-                Text(r.reason),
+
+def _rollout(args: argparse.Namespace, name: str, q: Any, actions: Any, console: Console) -> int:
+    if args.action != "show":
+        if not args.reason:
+            console.print(
+                "give --reason: it goes into the audit log", highlight=False, markup=False
             )
-        console.print(table)
+            return 2
+        return _act(
+            console, lambda: actions.decide_rollout(name, args.action, _who(args), args.reason)
+        )
+    rows = q.rollouts.recent(name, 10)
+    if args.json:
+        print(json.dumps([r.model_dump() for r in rows], indent=2, default=str))
         return 0
-    who = args.by or getpass.getuser()
-    if not args.reason:
-        console.print("give --reason: it goes into the audit log", highlight=False, markup=False)
-        return 2
-    try:
-        row = book.decide(name, args.action, who, args.reason)
-    except (LookupError, ValueError) as exc:
-        console.print(exc.args[0] if exc.args else str(exc), highlight=False, markup=False)
-        return 1
-    audit.append(
-        agent="operator",
-        action=f"rollout_{args.action}",
-        outcome="taken",
-        reason=f"{who}: {args.action} the rollout of v{row.challenger_version}: {args.reason}",
-        figures={"version": row.challenger_version, "step": row.step, "by": who},
-        cycle_id=row.cycle_id,
-    )
-    console.print(
-        f"rollout of v{row.challenger_version}: {args.action} recorded; the daemon acts on it "
-        "within one tick",
-        highlight=False,
-        markup=False,
-    )
+    if not rows:
+        console.print(f"{name}: no rollouts yet", highlight=False, markup=False)
+        return 0
+    table = Table(title=f"{name}: canary rollouts")
+    for col_name in ("cycle", "challenger", "champion", "steps", "step", "weight", "status"):
+        table.add_column(col_name)
+    table.add_column("reason", overflow="fold")
+    for r in rows:
+        steps = json.loads(r.steps)
+        table.add_row(
+            r.cycle_id,
+            f"v{r.challenger_version}",
+            f"v{r.champion_version}" if r.champion_version else "-",
+            ", ".join(f"{w:g}%" for w in steps),
+            f"{r.step + 1}/{len(steps)}",
+            f"{r.weight_pct:g}%",
+            r.status + (f" ({r.decision} asked)" if r.decision else ""),
+            Text(r.reason),
+        )
+    console.print(table)
     return 0
 
 

@@ -21,6 +21,7 @@ from adapters.cluster import reconfigure
 from adapters.data_sources import make_source
 from adapters.llm import make_advisor
 from adapters.store.db import utcnow_iso
+from adapters.store.line_pauses import LinePauses
 from adapters.workload.loader import load_workload
 from controller.cycle_runner import CycleRun, CycleRunner
 from controller.demo_traffic import DemoTraffic
@@ -70,6 +71,7 @@ class ProductionLine:
         self.graph: Any = None
         self.cycles: CycleRunner | None = None
         self.done = 0  # cycles completed or failed
+        self.skipped: str | None = None  # the trigger of a cycle a pause held back
         self.retention = TrafficRetention(self.ctx)
         self.live = LiveWatch(self.ctx, lambda why: self.requests.put(("cycle", why)))
         self.demo = DemoTraffic(self.ctx, self._serving_url)
@@ -143,7 +145,8 @@ class ProductionLine:
         if s.cycles is not None and self.requests.empty() and not self.awaiting():
             if self.done >= s.cycles:
                 return False
-            self.requests.put(("cycle", "cycles"))
+            if LinePauses(self.ctx.book.store).get(self.name) is None:
+                self.requests.put(("cycle", "cycles"))
         try:  # stop, drain and a staged policy wake the line with a request of their own
             kind, arg = self.requests.get(timeout=_IDLE_WAKE_S)
         except queue.Empty:
@@ -200,7 +203,7 @@ class ProductionLine:
                 return
             if kind == "resume":
                 run = self.cycles.run("resume", resume_id=arg) if self.cycles else None
-            elif self.awaiting():
+            elif self.awaiting() or self._paused(arg):
                 return
             else:
                 run = self.cycles.run(arg) if self.cycles else None
@@ -209,6 +212,24 @@ class ProductionLine:
         if run is not None and run.status in ("completed", "failed"):
             self.done += 1
         self._drain_duplicates()
+
+    def _paused(self, trigger: str) -> bool:
+        """An operator paused the line: the cycle it would start is skipped, and audited."""
+        row = LinePauses(self.ctx.book.store).get(self.name)
+        if row is None:
+            return False
+        self.skipped = trigger  # asked again once the line is resumed
+        reason = f"line paused by {row.paused_by} ({row.reason}): no {trigger} cycle started"
+        self.say(f"[daemon] {self.name}: {reason}")
+        self.ctx.audit.append(
+            agent="controller",
+            action="cycle_skipped",
+            outcome="deferred",
+            reason=reason,
+            figures={"trigger": trigger, "paused_by": row.paused_by, "paused_at": row.paused_at},
+            policy_version=self.ctx.policy.version,
+        )
+        return True
 
     def _settled(self) -> bool:
         """Nothing of this line is running or waiting (a draining line may then go)."""
@@ -278,7 +299,11 @@ class ProductionLine:
         answered = self.answered(waiting) if waiting else []
         if answered:  # a draining line too: its paused cycle must end for it to go
             self.requests.put(("resume", answered[0]))
-        elif not waiting and not self.draining.is_set():
+        elif not waiting and not self.draining.is_set() and self.name not in view.paused:
+            if self.skipped is not None:  # resumed: the cycle the pause held back starts now
+                self.requests.put(("cycle", f"{self.skipped}, after a pause"))
+                self.skipped = None
+                return
             ctx = self.ctx
             completed = view.completed.get(self.name, 0)
             if ctx.ingestor.pending(ctx.source, completed, view.known.get(self.name, set())):

@@ -48,6 +48,7 @@ def heartbeat(line: ShownLine, stopped: bool = False) -> dict[str, Any]:
         "next_cycle_at": nxt.astimezone(UTC).isoformat() if nxt else None,
         "serving_url": "" if stopped or s.serving is None else s.serving.server.url,
         "served_version": served.version if served is not None else None,
+        "console_url": "" if stopped else s.console_url,
         "policy_version": line.ctx.policy.version,
         "policy_path": str(line.path),
         "owner": line.spec.owner,

@@ -9,6 +9,7 @@ from typing import Any
 
 from adapters.store.cycles import CycleBook
 from adapters.store.datasets import DataCatalog
+from adapters.store.line_pauses import LinePauses
 from adapters.store.registry import ModelRegistry
 from adapters.store.rollouts import RolloutBook
 
@@ -20,6 +21,7 @@ class FactoryView:
     completed: dict[str, int] = field(default_factory=dict)  # line -> completed cycles
     awaiting: dict[str, set[str]] = field(default_factory=dict)  # cycles waiting for a person
     known: dict[str, set[str]] = field(default_factory=dict)  # line -> data file hashes
+    paused: dict[str, str] = field(default_factory=dict)  # line -> who paused it
 
 
 def read_view(
@@ -32,4 +34,5 @@ def read_view(
         completed=completed,
         awaiting=awaiting,
         known=catalog.known_hashes_by_line(),
+        paused={name: row.paused_by for name, row in LinePauses(book.store).all().items()},
     )

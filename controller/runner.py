@@ -47,6 +47,7 @@ from adapters.store.state_lock import StateLock, StateLockedError
 from adapters.telemetry import HostTelemetry
 from adapters.traffic_capture import TrafficCapture
 from controller.budget import FactoryBudget
+from controller.console.server import RunningConsole, open_console
 from controller.factory_watch import FactoryWatch
 from controller.gpu import FactoryGpus
 from controller.line import ProductionLine
@@ -71,6 +72,7 @@ class FactoryRunner:
         self._signal_name: str | None = None
         self.services: FactoryServices | None = None
         self.server: ServingServer | None = None
+        self.console_server: RunningConsole | None = None
         self.factory: Factory | None = None
         self._last_beat = 0.0
         # ends the process if a clean shutdown takes longer than the deadline
@@ -234,6 +236,11 @@ class FactoryRunner:
         self._audit_start(services, energy_note)
         if not self._start_serving(services):
             return 3
+        self.console_server = open_console(s, self.server, self._say)
+        if s.console.enabled and self.console_server is None:
+            _guarded(self._say, "serving", lambda: self.server and self.server.stop())
+            return 3
+        services.console_url = self.console_server.url if self.console_server else ""
         self.telemetry = HostTelemetry(first.energy.watts_per_core)
         self.watch = FactoryWatch(self, self.factory)
         self.roles = self._roles(services)
@@ -429,6 +436,9 @@ class FactoryRunner:
             steps.append(("serving", lambda: _report(self._say, "serving", server.stop())))
             if server.capture is not None:  # what was kept so far is written, not lost
                 steps.append(("capture", server.capture.close))
+        if self.console_server is not None:
+            console = self.console_server
+            steps.append(("console", lambda: _report(self._say, "console", console.stop())))
         # a waiting trial worker holds memory (and a CUDA context)
         steps += [(f"cluster {ln.name}", ln.ctx.cluster.close) for ln in lines]
         steps.append(("GPU settings", lambda: services.gpus.restore("on exit", None)))

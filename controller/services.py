@@ -46,6 +46,7 @@ class FactoryServices:
     serving: Any = None  # ServingSync, when the factory serves
     budget: Any = None  # FactoryBudget, when the factory has shared limits
     energy_note: str = ""  # how energy is measured here (for `aifactory status`)
+    console_url: str = ""  # the operator console, when this daemon serves one
     many_lines: bool = False
     cycles: int | None = None  # --cycles/--once: each line stops after this many
     lines: dict[str, Any] = field(default_factory=dict)  # name -> ProductionLine

@@ -77,6 +77,43 @@ class LeaseSettings(BaseModel):
         return self
 
 
+class ServingSettings(BaseModel):
+    """Guards of the OpenAI-compatible endpoint. Set with AIFACTORY_SERVING__<NAME>."""
+
+    api_keys_env: str | None = Field(
+        default=None,
+        description="Name of an environment variable holding the API keys clients must "
+        "send (`Authorization: Bearer KEY`), separated by commas; unset: no key asked "
+        "(like vLLM's --api-key). /healthz and /metrics stay open.",
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        description="Largest request body accepted; a larger one gets 413.",
+    )
+    max_prompt_bytes: int = Field(
+        default=65_536,
+        ge=1,
+        description="Largest prompt (UTF-8 bytes, chat messages rendered) accepted; a "
+        "larger one gets 400 instead of being cut.",
+    )
+
+
+class ConsoleSettings(BaseModel):
+    """The operator console (JSON API and dashboard). Set with AIFACTORY_CONSOLE__<NAME>
+    or the `--console-*` flags."""
+
+    enabled: bool = Field(default=True, description="Serve the console.")
+    host: str = Field(default="127.0.0.1", description="Console address.")
+    port: int = Field(default=8001, ge=0, le=65535, description="Console port (0: any free).")
+    tokens_env: str = Field(
+        default="AIFACTORY_CONSOLE_TOKENS",
+        description="Environment variable with the operators' tokens, `name:token` "
+        "separated by commas; unset or empty: the tokens file in the state directory "
+        "(written at first start, mode 0600).",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AIFACTORY_", env_nested_delimiter="__", extra="ignore"
@@ -109,6 +146,8 @@ class Settings(BaseSettings):
 
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     lease: LeaseSettings = Field(default_factory=LeaseSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
 
     @property
     def shared(self) -> bool:

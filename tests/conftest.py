@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 
 #: The one AIFACTORY_* variable the tests keep: where their PostgreSQL server is.
-KEPT_AIFACTORY_VARIABLES = frozenset({"AIFACTORY_TEST_PG", "AIFACTORY_TEST_RAY"})
+KEPT_AIFACTORY_VARIABLES = frozenset(
+    {"AIFACTORY_TEST_PG", "AIFACTORY_TEST_RAY", "AIFACTORY_CONSOLE__PORT"}
+)
 
 # Isolation from the operator's shell: an exported AIFACTORY_DB_URL or AIFACTORY_STATE_DIR
 # must never reach the code under test, or the daemons and CLIs the tests start (they
@@ -28,6 +30,9 @@ for _name in [n for n in os.environ if n.startswith("AIFACTORY_")]:
     if _name not in KEPT_AIFACTORY_VARIABLES:
         del os.environ[_name]
 
+# every daemon a test starts serves its console on a free port: several run at once, and an
+# operator's own daemon may hold 8001
+os.environ["AIFACTORY_CONSOLE__PORT"] = "0"
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from adapters.serving import ServingServer  # noqa: E402  (after the environment is clean)

@@ -381,7 +381,8 @@ def test_rollback_to_unknown_version_is_refused(env: Env) -> None:
     assert rc == 1 and "rollback refused" in out and "no model version 99" in out
     assert env.registry.aliases(POLICY) == {"champion": 2, "previous": 1}
     e = env.audit.events(agent="operator")[-1]
-    assert (e.action, e.outcome, e.figures) == ("rollback", "refused", {"to": 99, "champion": 2})
+    assert (e.action, e.outcome) == ("rollback", "refused")
+    assert e.figures == {"to": 99, "champion": 2, "by": "ops"}
 
 
 # approvals ------------------------------------------------------------------------------
@@ -414,7 +415,8 @@ def test_approve_then_approve_again(env: Env) -> None:
     assert len(events) == 1
     e = events[0]
     assert (e.action, e.outcome, e.cycle_id) == ("approve", "taken", "tiny-c0001")
-    assert e.figures == {"approval_id": a1, "version": 1}
+    assert e.figures == {"approval_id": a1, "version": 1, "by": "alice"}
+    assert e.line == POLICY
     assert "alice approved v1: ok" in e.reason
 
     rc, out = env.cli("approve", str(a1), "--by", "bob")
@@ -434,7 +436,7 @@ def test_reject_with_reason(env: Env) -> None:
     assert rows[a1].status == "pending"
     e = env.audit.events(agent="operator")[-1]
     assert (e.action, e.outcome, e.cycle_id) == ("reject", "taken", "tiny-c0002")
-    assert e.figures == {"approval_id": a2, "version": 2}
+    assert e.figures == {"approval_id": a2, "version": 2, "by": "ops"}
     assert "ops rejected v2: no" in e.reason
 
     rc, out = env.cli("approve", str(a2), "--by", "alice")

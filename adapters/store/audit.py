@@ -182,23 +182,30 @@ class AuditLog:
         since: str | None = None,
         limit: int | None = None,
         line: str | None = None,
+        action: str | None = None,
     ) -> list[AuditEvent]:
+        """Matching events, oldest first; with ``limit``, only the newest that many."""
         stmt = select(AuditEventRow)
-        if line:
-            stmt = stmt.where(AuditEventRow.line == line)
-        if agent:
-            stmt = stmt.where(AuditEventRow.agent == agent)
-        if cycle_id:
-            stmt = stmt.where(AuditEventRow.cycle_id == cycle_id)
+        for column, value in (
+            (AuditEventRow.line, line),
+            (AuditEventRow.agent, agent),
+            (AuditEventRow.cycle_id, cycle_id),
+            (AuditEventRow.action, action),
+        ):
+            if value:
+                stmt = stmt.where(column == value)
         if since:
             stmt = stmt.where(AuditEventRow.ts >= since)
-        stmt = stmt.order_by(col(AuditEventRow.seq))
-        with self.store.session() as s:
-            rows = list(s.exec(stmt))
         if limit is not None:
             if limit < 0:
                 raise ValueError("limit must not be negative")
-            rows = rows[-limit:] if limit else []
+            stmt = stmt.order_by(col(AuditEventRow.seq).desc()).limit(limit)
+        else:
+            stmt = stmt.order_by(col(AuditEventRow.seq))
+        with self.store.session() as s:
+            rows = list(s.exec(stmt))
+        if limit is not None:
+            rows.reverse()
         return [AuditEvent.from_row(r) for r in rows]
 
     def for_line(self, line: str) -> LineAudit:

@@ -190,6 +190,7 @@ class DaemonStateRow(SQLModel, table=True):
     telemetry: str = Field(default="{}", sa_column=Column(Text, nullable=True))
     owner: str | None = Field(default=None, max_length=64)  # the line's team (chargeback)
     cluster: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # JSON
+    console_url: str | None = None  # the operator console of the daemon that runs the line
 
 
 class ApprovalRow(SQLModel, table=True):
@@ -364,3 +365,14 @@ class CaptureRow(SQLModel, table=True):
     day: str = Field(max_length=10)
     captured_at: str = Field(index=True)
     batch: str | None = Field(default=None, max_length=128)
+
+
+class LinePauseRow(SQLModel, table=True):
+    """A line an operator paused: it starts no new cycle until resumed (the row is deleted).
+    Cycles already running finish; serving goes on."""
+
+    __tablename__ = "af_line_pause"
+    policy_name: str = Field(primary_key=True, max_length=64)
+    paused_by: str = Field(default="", max_length=128)
+    reason: str = ""
+    paused_at: str = ""

@@ -1,0 +1,78 @@
+"""Who may use the console: a bearer token names the operator; a request without one is
+refused with 401 and the refusal is written to the audit log (a flood of them is summed,
+not copied: at most one event per client every few seconds, with the count it stands for).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from controller.console.tokens import ConsoleTokens
+
+_REFUSAL_GAP_S = 5.0
+
+
+class ConsoleError(Exception):
+    """An answer other than 2xx: its status, a stable code, and words for a person."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class Gate:
+    """Checks tokens and records refusals. ``reads_open``: GETs need no token (the console
+    listens on loopback only); writes always need one."""
+
+    def __init__(
+        self,
+        tokens: ConsoleTokens,
+        reads_open: bool,
+        audit: Callable[..., Any],
+        say: Callable[[str], None],
+    ) -> None:
+        self.tokens, self.reads_open = tokens, reads_open
+        self._audit, self._say = audit, say
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}  # client -> when its last refusal was written
+        self._held: dict[str, int] = {}  # client -> refusals since then, not yet written
+
+    def operator(self, authorization: str | None, method: str, path: str, client: str) -> str:
+        """The name behind the token; else 401, recorded."""
+        name = self.tokens.who(authorization)
+        if name is not None:
+            return name
+        why = "no bearer token" if not authorization else "a token that is not known"
+        self._refused(method, path, client, why)
+        raise ConsoleError(
+            401,
+            "unauthorized",
+            f"{method} {path} needs an operator's token (Authorization: Bearer TOKEN); "
+            f"the request had {why}",
+        )
+
+    def _refused(self, method: str, path: str, client: str, why: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            held = self._held.get(client, 0) + 1
+            if now - self._last.get(client, -1e9) < _REFUSAL_GAP_S:
+                self._held[client] = held
+                return
+            self._last[client], self._held[client] = now, 0
+        reason = f"{method} {path} from {client} refused: {why}"
+        if held > 1:
+            reason += f" ({held} refusals from this client since the last event)"
+        self._say(f"[console] {reason}")
+        try:  # a refusal is answered whatever the store says
+            self._audit(
+                agent="console",
+                action="unauthorized",
+                outcome="refused",
+                reason=reason,
+                figures={"method": method, "path": path[:200], "client": client, "count": held},
+            )
+        except Exception as exc:
+            self._say(f"[console] could not audit a refusal: {type(exc).__name__}: {exc}")

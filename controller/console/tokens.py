@@ -1,0 +1,108 @@
+"""Operators' bearer tokens for the console: each carries a name that goes into the audit
+event of every action it takes ("approved by ops-alice").
+
+Tokens come from an environment variable (``name:token`` pairs separated by commas) or,
+when it is unset, from ``console-tokens`` in the state directory: written at first start
+with one token named ``operator``, readable by its owner only (0600). A token file others
+can read is refused, as ssh refuses a private key others can read. Bearer tokens in a
+header, never cookies: a browser never sends them on its own, so there is no CSRF.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import re
+import secrets
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+TOKENS_FILE = "console-tokens"
+_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+_MIN_TOKEN_CHARS = 16
+
+
+class TokenError(ValueError):
+    """The tokens cannot be used; the message says where and why, never a token."""
+
+
+@dataclass(frozen=True)
+class ConsoleTokens:
+    """Who each token belongs to; ``source`` says where they came from (for the log)."""
+
+    names: tuple[tuple[str, str], ...]  # (name, token)
+    source: str
+
+    def who(self, authorization: str | None) -> str | None:
+        """The name behind an ``Authorization: Bearer TOKEN`` header, else None. Every
+        token is compared, in constant time, so timing tells nothing of which one is near."""
+        if not authorization:
+            return None
+        scheme, _, given = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return None
+        given_b = given.strip().encode()
+        found = None
+        for name, token in self.names:
+            if hmac.compare_digest(given_b, token.encode()):
+                found = name
+        return found
+
+
+def parse_tokens(text: str, where: str) -> tuple[tuple[str, str], ...]:
+    """``name:token`` entries separated by commas or new lines; ``#`` starts a comment."""
+    pairs: list[tuple[str, str]] = []
+    entries = [e for line in text.splitlines() for e in line.split("#", 1)[0].split(",")]
+    for n, entry in enumerate(e.strip() for e in entries):
+        if not entry:
+            continue
+        name, sep, token = entry.partition(":")
+        name, token = name.strip(), token.strip()
+        if not sep or not _NAME.match(name):
+            raise TokenError(
+                f"{where}: entry {n + 1} must be NAME:TOKEN with a name of letters, digits "
+                "and _.@- (at most 64)"
+            )
+        if len(token) < _MIN_TOKEN_CHARS:
+            raise TokenError(
+                f"{where}: the token of {name!r} is shorter than {_MIN_TOKEN_CHARS} characters"
+            )
+        if any(name == other for other, _ in pairs):
+            raise TokenError(f"{where}: the name {name!r} appears twice")
+        pairs.append((name, token))
+    if not pairs:
+        raise TokenError(f"{where}: no token in it")
+    return tuple(pairs)
+
+
+def load_tokens(env_name: str, env_value: str | None, state_dir: Path) -> ConsoleTokens:
+    """From the variable when it is set and not empty, else the state directory's file
+    (created on first use)."""
+    if env_value and env_value.strip():
+        return ConsoleTokens(parse_tokens(env_value, env_name), f"${env_name}")
+    path = state_dir / TOKENS_FILE
+    if not path.exists():
+        _write_first_token(path)
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise TokenError(
+            f"{path} can be read by others (mode {stat.S_IMODE(mode):o}); run `chmod 600 {path}`"
+        )
+    return ConsoleTokens(parse_tokens(path.read_text(), str(path)), str(path))
+
+
+def _write_first_token(path: Path) -> None:
+    """One token named ``operator``, created with mode 0600 (never wider, not even briefly)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = (
+        "# aifactory console tokens: one NAME:TOKEN per line. The name goes into the\n"
+        "# audit log of every action taken with the token. Keep this file mode 0600.\n"
+        f"operator:{secrets.token_urlsafe(32)}\n"
+    )
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another member of the state directory was first
+        return
+    with os.fdopen(fd, "w") as fh:
+        fh.write(body)

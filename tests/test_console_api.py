@@ -1,0 +1,290 @@
+"""The console's JSON API over a filled store, in-process (every endpoint, the refusals,
+the actions and their audit events), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from console_fill import Filled, fill_factory
+from fastapi.testclient import TestClient
+
+from adapters.store.audit import AuditLog
+from adapters.store.cycles import CycleBook
+from adapters.store.db import Store
+from adapters.store.rollouts import RolloutBook
+from controller.console.app import ConsoleDeps, build_console_app
+from controller.console.guard import Gate
+from controller.console.server import plotly_js
+from controller.console.tokens import ConsoleTokens, TokenError, load_tokens, parse_tokens
+from controller.operator_actions import OperatorActions
+from controller.queries import Queries
+
+ALICE = "alice-token-0123456789abcdef"
+BOB = "bob-token-0123456789abcdefgh"
+TOKENS = ConsoleTokens((("ops-alice", ALICE), ("ops-bob", BOB)), "test")
+
+
+@dataclass
+class Console:
+    client: TestClient
+    store: Store
+    filled: Filled
+    said: list[str]
+
+    def post(self, path: str, token: str | None = ALICE, **body: object) -> object:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return self.client.post(f"/api/v1{path}", json=body or {"reason": "test"}, headers=headers)
+
+    def get(self, path: str, token: str | None = None) -> object:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return self.client.get(f"/api/v1{path}", headers=headers)
+
+    def events(self, **filters: object) -> list:
+        return AuditLog(self.store).events(**filters)
+
+
+def _console(db_url: str, tmp_path: Path, reads_open: bool) -> Iterator[Console]:
+    store = Store(db_url)
+    store.create_all()
+    filled = fill_factory(store, tmp_path)
+    queries = Queries(store, filled.models_dir)
+    said: list[str] = []
+    gate = Gate(TOKENS, reads_open, queries.audit.append, said.append)
+    deps = ConsoleDeps(
+        queries, OperatorActions(queries.registry, queries.audit), gate, None, plotly_js()
+    )
+    with TestClient(build_console_app(deps), base_url="http://127.0.0.1:8001") as client:
+        yield Console(client, store, filled, said)
+    store.dispose()
+
+
+@pytest.fixture
+def console(db_url: str, tmp_path: Path) -> Iterator[Console]:
+    yield from _console(db_url, tmp_path, reads_open=True)
+
+
+@pytest.fixture
+def closed_console(tmp_path: Path) -> Iterator[Console]:
+    """Bound to a non-loopback address: reads need a token too (SQLite is enough)."""
+    yield from _console(f"sqlite:///{tmp_path / 'c.db'}", tmp_path, reads_open=False)
+
+
+# reads ----------------------------------------------------------------------------------
+
+
+def test_factory_shows_every_line_with_champion_budgets_and_approvals(console: Console) -> None:
+    body = console.get("/factory").json()
+    lines = {ln["policy"]: ln for ln in body["lines"]}
+    assert set(lines) == {"tiny", "other"}
+    tiny = lines["tiny"]
+    assert tiny["champion"]["version"] == 2 and tiny["previous"] == 1
+    assert tiny["pending_approvals"] == [
+        {"id": console.filled.approval_id, "cycle": console.filled.cycles["tiny"][2], "version": 3}
+    ]
+    assert tiny["today"]["tokens"] == 400_000 * 6 and tiny["today"]["energy_method"] == "estimated"
+    assert tiny["paused"] is None
+    assert console.get("/lines/other").json()["champion"] is None
+
+
+def test_models_cycles_trials_report_rollouts(console: Console) -> None:
+    models = console.get("/lines/tiny/models").json()["models"]
+    assert [m["version"] for m in models] == [1, 2, 3]
+    assert models[1]["aliases"] == ["champion"] and models[0]["aliases"] == ["previous"]
+    assert models[2]["tokens_per_joule"] == pytest.approx(400_000 * 3 / 450.0, rel=1e-3)
+    one = console.get("/lines/tiny/models/2").json()
+    assert {(h["alias"], h["to"]) for h in one["alias_history"]} >= {("champion", 2)}
+
+    cycles = console.get("/lines/tiny/cycles?limit=2").json()["cycles"]
+    assert [c["id"] for c in cycles] == console.filled.cycles["tiny"][:0:-1]
+    assert cycles[0]["energy_label"] == "estimated" and cycles[0]["tokens_per_joule"] > 0
+
+    trials = console.get(f"/cycles/{cycles[0]['id']}/trials").json()["trials"]
+    assert len(trials) == 3 and sum(t["on_front"] for t in trials) == 2
+    assert all(t["valid_bpb"] and t["energy_cost"] for t in trials)
+
+    rows = console.get("/lines/tiny/report?by=model").json()["rows"]
+    assert {r["key"] for r in rows} == {"v1", "v2", "v3"}
+
+    rollout = console.get("/lines/tiny/rollouts").json()["rollouts"][0]
+    assert rollout["status"] == "promoted" and rollout["challenger_version"] == 2
+    weights = [h["weight_pct"] for h in rollout["history"] if h["action"] == "canary_weight"]
+    assert weights == [5.0, 25.0, 50.0]
+    assert console.get("/lines/tiny/live").json() == {"versions": []}  # no serving here
+    assert {ln["key"] for ln in console.get("/report/lines").json()["lines"]} == {"tiny", "other"}
+
+
+def test_audit_filters_and_chain_status(console: Console) -> None:
+    events = console.get("/audit?line=tiny&action=canary_weight").json()["events"]
+    assert len(events) == 3 and {e["agent"] for e in events} == {"deployer"}
+    latest = console.get("/audit?limit=1").json()["events"]
+    assert len(latest) == 1 and latest[0]["action"] == "judge"
+    assert console.get("/audit/verify").json() == {
+        "ok": True,
+        "events": len(console.events()),
+        "first_bad_seq": None,
+        "problem": None,
+    }
+    pending = console.get("/approvals?status=pending").json()["approvals"]
+    assert [a["id"] for a in pending] == [console.filled.approval_id]
+
+
+def test_bad_requests_get_json_errors(console: Console) -> None:
+    cases = [
+        ("/lines/nope", 404, "not_found"),
+        ("/lines/tiny/models/99", 404, "not_found"),
+        ("/cycles/nope/trials", 404, "not_found"),
+        ("/audit?limit=0", 400, "invalid_request"),
+        ("/lines/tiny/report?by=year", 400, "invalid_request"),
+        ("/approvals?status=maybe", 400, "invalid_request"),
+        ("/no/such/thing", 404, "not_found"),
+    ]
+    for path, status, code in cases:
+        res = console.get(path)
+        assert (res.status_code, res.json()["error"]["code"]) == (status, code), path
+    res = console.client.delete("/api/v1/factory")
+    assert res.status_code == 405 and res.json()["error"]["code"] == "method_not_allowed"
+    res = console.client.post(
+        "/api/v1/approvals/1/approve",
+        content=b"{not json",
+        headers={"Authorization": f"Bearer {ALICE}", "Content-Type": "application/json"},
+    )
+    assert res.status_code == 400 and res.json()["error"]["code"] == "invalid_request"
+
+
+def test_a_rebound_host_name_cannot_read_the_open_console(console: Console) -> None:
+    res = console.client.get("/api/v1/factory", headers={"Host": "evil.example:8001"})
+    assert res.status_code == 403 and res.json()["error"]["code"] == "forbidden_host"
+    assert (
+        console.client.get("/api/v1/factory", headers={"Host": "localhost:8001"}).status_code == 200
+    )
+
+
+# who may act --------------------------------------------------------------------------
+
+
+def test_every_write_without_a_token_is_refused_and_audited(console: Console) -> None:
+    aid = console.filled.approval_id
+    writes = [
+        f"/approvals/{aid}/approve",
+        f"/approvals/{aid}/reject",
+        "/lines/tiny/rollback",
+        "/lines/tiny/rollout/continue",
+        "/lines/tiny/rollout/abort",
+        "/lines/tiny/pause",
+        "/lines/tiny/resume",
+    ]
+    for token in (None, "wrong-token-0123456789"):
+        for path in writes:
+            res = console.post(path, token=token)
+            assert res.status_code == 401, path
+            assert res.headers["WWW-Authenticate"] == "Bearer"
+            assert res.json()["error"]["code"] == "unauthorized"
+    assert console.get("/whoami").status_code == 401
+    refused = console.events(agent="console")
+    # the first refusal is an event at once; the flood after it is summed, not copied
+    assert refused and refused[0].action == "unauthorized" and refused[0].outcome == "refused"
+    assert "POST /api/v1/approvals" in refused[0].reason and "no bearer token" in refused[0].reason
+    assert any("refused" in line for line in console.said)
+    # nothing was acted on
+    assert CycleBook(console.store).approvals("tiny", "pending")[0].id == aid
+    assert console.get("/lines/tiny").json()["champion"]["version"] == 2
+
+
+def test_reads_need_a_token_off_loopback(closed_console: Console) -> None:
+    assert closed_console.get("/factory").status_code == 401
+    assert closed_console.get("/factory", token=BOB).status_code == 200
+    assert closed_console.get("/whoami", token=BOB).json() == {"name": "ops-bob"}
+
+
+def test_approve_names_the_operator_in_the_audit_log(console: Console) -> None:
+    aid = console.filled.approval_id
+    res = console.post(f"/approvals/{aid}/approve", reason="looks right")
+    assert res.status_code == 200 and res.json()["approval"]["status"] == "approved"
+    row = CycleBook(console.store).approvals("tiny")[-1]
+    assert (row.status, row.decided_by, row.reason) == ("approved", "ops-alice", "looks right")
+    event = console.events(agent="operator")[-1]
+    assert event.action == "approve" and event.line == "tiny"
+    assert (
+        event.reason == "ops-alice approved v3: looks right" and event.figures["by"] == "ops-alice"
+    )
+    again = console.post(f"/approvals/{aid}/reject", token=BOB)
+    assert again.status_code == 409 and "already approved" in again.json()["error"]["message"]
+    assert console.post("/approvals/999/approve").status_code == 404
+
+
+def test_rollback_rollout_and_pause(console: Console) -> None:
+    res = console.post("/lines/tiny/rollback", reason="bad answers")
+    assert res.status_code == 200 and res.json()["champion"] == 1
+    refused = console.post("/lines/tiny/rollback", to=1, reason="again")
+    assert (
+        refused.status_code == 409 and "already the champion" in refused.json()["error"]["message"]
+    )
+    assert [e.outcome for e in console.events(action="rollback")] == ["taken", "refused"]
+
+    assert console.post("/lines/tiny/rollout/abort").status_code == 404  # nothing in progress
+    RolloutBook(console.store).start(
+        "tiny", "tiny-c9", champion=1, challenger=3, steps=[10.0], loss_sample_rate=0.0
+    )
+    assert console.post("/lines/tiny/rollout/continue").status_code == 409  # running, not paused
+    assert console.post("/lines/tiny/rollout/abort", token=BOB).status_code == 200
+    assert console.events(action="rollout_abort")[-1].figures["by"] == "ops-bob"
+
+    assert console.post("/lines/tiny/pause", reason="maintenance").status_code == 200
+    assert console.get("/lines/tiny").json()["paused"]["by"] == "ops-alice"
+    assert console.post("/lines/tiny/pause").status_code == 409
+    assert console.post("/lines/tiny/resume", token=BOB).status_code == 200
+    assert console.get("/lines/tiny").json()["paused"] is None
+    assert console.post("/lines/tiny/resume").status_code == 409
+    assert console.post("/lines/nope/pause").status_code == 404
+
+
+# what the page is made of ---------------------------------------------------------------
+
+
+def test_openapi_spec_and_static_files(console: Console) -> None:
+    spec = console.client.get("/openapi.json").json()
+    assert "/api/v1/approvals/{approval_id}/{verb}" in spec["paths"]
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    page = console.client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    plotly = console.client.get("/static/plotly.min.js")
+    assert plotly.status_code == 200 and len(plotly.content) > 1_000_000
+    for name in ("..%2Fapp.py", "app.py", "nope.js"):
+        assert console.client.get(f"/static/{name}").status_code == 404
+
+
+def test_tokens_file_is_made_private_and_others_refused(tmp_path: Path) -> None:
+    tokens = load_tokens("AIFACTORY_CONSOLE_TOKENS", None, tmp_path)
+    path = tmp_path / "console-tokens"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    ((name, token),) = tokens.names
+    assert name == "operator" and len(token) >= 32
+    assert tokens.who(f"Bearer {token}") == "operator" and tokens.who("Bearer x" * 3) is None
+    assert load_tokens("X", "", tmp_path).names == tokens.names  # same file, same token
+    os.chmod(path, 0o644)
+    with pytest.raises(TokenError, match="chmod 600"):
+        load_tokens("X", None, tmp_path)
+    from_env = load_tokens("X", f"ops-alice:{ALICE}, ops-bob:{BOB}", tmp_path)
+    assert from_env.who(f"Bearer {BOB}") == "ops-bob" and from_env.source == "$X"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("alice", "entry 1 must be NAME:TOKEN"),
+        ("al ice:0123456789abcdefgh", "entry 1 must be NAME:TOKEN"),
+        ("alice:short", "shorter than 16"),
+        (f"a:{ALICE},a:{BOB}", "appears twice"),
+        (" , ", "no token"),
+    ],
+)
+def test_malformed_tokens_say_where_and_never_echo_a_token(text: str, problem: str) -> None:
+    with pytest.raises(TokenError, match=problem) as err:
+        parse_tokens(text, "$X")
+    assert ALICE not in str(err.value) and BOB not in str(err.value)

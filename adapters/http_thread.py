@@ -21,20 +21,25 @@ class HttpThreadError(RuntimeError):
     """The server could not bind or start; the message names the address and why."""
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port``, or an error an operator can act on."""
+def bind_socket(
+    host: str, port: int, backlog: int = 512, error: type[Exception] = HttpThreadError
+) -> socket.socket:
+    """A listening TCP socket on ``host:port``, or ``error`` naming the address and why."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     # a restarted daemon rebinds while old connections sit in TIME_WAIT; an active listener
     # on the port still makes bind fail on Linux
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # answers are small and written in pieces: without this, Nagle's algorithm and the
+    # client's delayed ACK add ~40 ms to every response (Linux copies it to accepted sockets)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
-        sock.listen(512)
+        sock.listen(backlog)
     except OSError as exc:
         sock.close()
         why = "port already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or exc
-        raise HttpThreadError(f"cannot listen on {host}:{port}: {why}") from exc
+        raise error(f"cannot listen on {host}:{port}: {why}") from exc
     return sock
 
 
@@ -54,60 +59,104 @@ def is_loopback(host: str) -> bool:
 
 
 class HttpThread:
-    """Start and stop one uvicorn server on a daemon thread; ``stop`` never raises."""
+    """Start and stop one uvicorn server on a daemon thread. ``stop`` never raises: the
+    daemon calls it on its shutdown path, whose later steps must still run. A server whose
+    stop failed starts again."""
 
-    def __init__(self, app: Any, host: str, port: int, name: str) -> None:
+    def __init__(
+        self,
+        app: Any,
+        host: str,
+        port: int,
+        name: str,
+        backlog: int = 512,
+        error: type[Exception] = HttpThreadError,
+    ) -> None:
         self.app, self.host, self.name = app, host, name
-        self._requested_port = port
-        self.port = port
+        self._requested_port, self._bound_port = port, None
+        self._backlog, self._error = backlog, error
+        self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
+
+    @property
+    def port(self) -> int:
+        """The real listening port once started (resolves 0), else the one asked for."""
+        return self._bound_port if self._bound_port is not None else self._requested_port
 
     @property
     def url(self) -> str:
         return loopback_url(self.host, self.port)
 
     def start(self) -> None:
-        sock = bind_socket(self.host, self._requested_port)
-        self.port = int(sock.getsockname()[1])
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
-        server = uvicorn.Server(config)
-        thread = threading.Thread(
-            target=server.run,
-            kwargs={"sockets": [sock]},
-            name=f"{self.name}:{self.port}",
-            daemon=True,
-        )
-        thread.start()
-        deadline = time.monotonic() + _STARTUP_TIMEOUT_S
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                server.should_exit = True
-                thread.join(timeout=1.0)
-                sock.close()
-                raise HttpThreadError(f"{self.name} failed to start on {self.host}:{self.port}")
-            time.sleep(0.01)
-        self._server, self._thread, self._sock = server, thread, sock
+        """Bind, run uvicorn on a thread, and return once it accepts connections."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            if self._sock is not None:  # the previous thread died on its own
+                self._sock.close()
+                self._server = self._thread = self._sock = None
+            sock = bind_socket(self.host, self._requested_port, self._backlog, self._error)
+            port = int(sock.getsockname()[1])
+            config = uvicorn.Config(
+                self.app,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                timeout_graceful_shutdown=5,
+            )
+            server = uvicorn.Server(config)
+            thread = threading.Thread(
+                target=server.run,
+                kwargs={"sockets": [sock]},
+                name=f"{self.name}:{port}",
+                daemon=True,
+            )
+            thread.start()
+            deadline = time.monotonic() + _STARTUP_TIMEOUT_S
+            while not server.started:
+                if not thread.is_alive() or time.monotonic() > deadline:
+                    server.should_exit = True
+                    thread.join(timeout=1.0)
+                    sock.close()
+                    raise self._error(f"{self.name} failed to start on {self.host}:{port}")
+                time.sleep(0.01)
+            self._sock, self._server, self._thread, self._bound_port = sock, server, thread, port
 
     def stop(self, timeout_s: float = 5.0) -> str | None:
-        """Let requests in flight finish for up to ``timeout_s``; None when it stopped
-        cleanly, else what went wrong in an operator's words."""
-        server, thread, sock = self._server, self._thread, self._sock
-        self._server = self._thread = self._sock = None
-        if server is None or thread is None:
+        """Stop accepting, let requests in flight finish for up to ``timeout_s``, free the
+        port. None when it stopped cleanly, else what went wrong in an operator's words."""
+        with self._lock:
+            server, thread, sock = self._server, self._thread, self._sock
+            self._server = self._thread = self._sock = None
+            if server is None or thread is None:
+                return None
+            problems = [p for p in [_shut_down(server, thread, timeout_s)] if p]
+            try:
+                if sock is not None:
+                    sock.close()
+            except Exception as exc:
+                problems.append(f"closing the socket failed: {type(exc).__name__}: {exc}")
+            try:
+                if thread.is_alive():
+                    problems.append(f"the thread did not stop within {timeout_s:.1f}s")
+            except Exception as exc:
+                problems.append(f"cannot tell whether it stopped: {exc}")
+        if not problems:
             return None
-        try:
-            server.config.timeout_graceful_shutdown = max(1, int(timeout_s))
-            server.should_exit = True
-            thread.join(timeout=timeout_s + 1.0)
-            if thread.is_alive():
-                server.force_exit = True
-                thread.join(timeout=2.0)
-            if sock is not None:
-                sock.close()
-        except Exception as exc:
-            return f"{self.name} stopped uncleanly: {type(exc).__name__}: {exc}"
+        return f"{self.name} on {self.host}:{self.port} stopped uncleanly: " + "; ".join(problems)
+
+
+def _shut_down(server: uvicorn.Server, thread: threading.Thread, timeout_s: float) -> str:
+    """Ask uvicorn to exit, then force it; returns what failed ("" when nothing did)."""
+    try:
+        server.config.timeout_graceful_shutdown = max(1, int(timeout_s))
+        server.should_exit = True
+        thread.join(timeout=timeout_s + 1.0)
         if thread.is_alive():
-            return f"{self.name} did not stop within {timeout_s:.1f}s"
-        return None
+            server.force_exit = True
+            thread.join(timeout=2.0)
+    except Exception as exc:
+        return f"shutdown failed: {type(exc).__name__}: {exc}"
+    return ""

@@ -37,6 +37,10 @@ series labelled by ``line`` and ``version``). Unknown request fields (``stop``, 
 accepted and ignored, as many OpenAI-compatible servers do; ``user`` keeps one user on one
 model during a canary.
 
+Guards (``adapters.serving_guard``): optional API keys on ``/v1/*`` (401), a request body limit
+(413) and a prompt limit in UTF-8 bytes (400 ``prompt_too_long``, never a silent cut). A
+refused request reaches no model and is not counted.
+
 Canary. :meth:`LineEndpoint.route` serves a challenger beside the line's champion: a request
 that names the line without a version goes to the challenger with the canary's probability (a
 stable draw per ``user`` and line when given). The line keeps a window of live figures per
@@ -73,20 +77,17 @@ is sent as a final ``data: {"error": {...}}`` event (which the official clients 
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import itertools
 import json
 import logging
 import random
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-import uvicorn
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -98,7 +99,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
 from adapters.completion_ids import CompletionIds
+from adapters.http_thread import HttpThread, HttpThreadError
 from adapters.serving_feedback import FeedbackDesk, FeedbackRefused, FeedbackRequest
+from adapters.serving_guard import GuardRefusal, RequestGuard, check_prompt
 from adapters.traffic_capture import CaptureSpec, TrafficCapture
 from adapters.workload.protocol import Completion, TextGenerator
 
@@ -117,7 +120,6 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-_STARTUP_TIMEOUT_S = 10.0
 _OWNER = "aifactory"
 #: Piece size, in characters, when a finished text is streamed by a generator without ``stream``.
 _STREAM_PIECE_CHARS = 16
@@ -132,7 +134,7 @@ _LINE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _ECHO_CHARS = 200
 
 
-class ServingError(RuntimeError):
+class ServingError(HttpThreadError):
     """Raised when the server cannot start or stop; the message says why in operator terms."""
 
 
@@ -655,19 +657,20 @@ class ServingServer:
         max_tokens_limit: int = 512,
         feedback: FeedbackDesk | None = None,
         capture: TrafficCapture | None = None,
+        *,
+        api_keys: Sequence[str] = (),
+        max_body_bytes: int = 1_048_576,
+        max_prompt_bytes: int = 65_536,
     ) -> None:
-        self._host = host
-        self._requested_port = port
-        self._bound_port: int | None = None
+        """``api_keys``, ``max_body_bytes`` and ``max_prompt_bytes`` are the guards of
+        ``adapters.serving_guard`` (no keys: open, as before)."""
+        if max_prompt_bytes < 1:
+            raise ValueError("max_prompt_bytes must be >= 1")
         self.max_tokens_limit = max_tokens_limit
         self._lines: dict[str, LineEndpoint] = {}
         self._lines_lock = threading.Lock()
         self._stats: dict[tuple[str, int], _VersionStats] = {}
         self._stats_lock = threading.Lock()
-        self._lifecycle_lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._sock: socket.socket | None = None
         # this daemon's place among members sharing a store (its role and term); None alone
         self.member: dict[str, Any] | None = None
         # signs completion ids and takes ratings of answers (kept only with a sink)
@@ -676,7 +679,12 @@ class ServingServer:
         self.capture = capture
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_ServingCollector(self))
-        self._app = self._build_app()
+        self.max_prompt_bytes = max_prompt_bytes  # UTF-8 bytes; longer prompts get 400
+        # the guard wraps the whole app: what it refuses reaches no route and no counter
+        self._app = RequestGuard(
+            self._build_app(), api_keys=api_keys, max_body_bytes=max_body_bytes
+        )
+        self.http = HttpThread(self._app, host, port, "serving", backlog=2048, error=ServingError)
 
     @property
     def max_tokens_limit(self) -> int:
@@ -762,130 +770,27 @@ class ServingServer:
     @property
     def port(self) -> int:
         """The real listening port once started (resolves port 0), else the configured one."""
-        return self._bound_port if self._bound_port is not None else self._requested_port
+        return self.http.port
 
     @property
     def url(self) -> str:
         """Base URL a local client should use; wildcard binds are reached via loopback."""
-        host = self._host
-        if host in ("", "0.0.0.0"):
-            host = "127.0.0.1"
-        elif host == "::":
-            host = "::1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return self.http.url
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Bind, start uvicorn in a daemon thread, and return once it accepts connections.
-
-        Binding the socket ourselves makes "port taken" a synchronous, catchable error and
-        gives us the real port when 0 was requested.
-        """
-        with self._lifecycle_lock:
-            if self._thread is not None and self._thread.is_alive():
-                return
-            if self._sock is not None:  # the previous serving thread died on its own
-                self._sock.close()
-                self._server = self._thread = self._sock = None
-            sock = self._bind()
-            bound_port = int(sock.getsockname()[1])
-            config = uvicorn.Config(
-                self._app,
-                log_level="warning",
-                access_log=False,
-                lifespan="off",
-                timeout_graceful_shutdown=5,
-            )
-            server = uvicorn.Server(config)
-            thread = threading.Thread(
-                target=server.run,
-                kwargs={"sockets": [sock]},
-                name=f"aifactory-serving:{bound_port}",
-                daemon=True,
-            )
-            thread.start()
-            deadline = time.monotonic() + _STARTUP_TIMEOUT_S
-            while not server.started:
-                if not thread.is_alive() or time.monotonic() > deadline:
-                    server.should_exit = True
-                    thread.join(timeout=1.0)
-                    sock.close()
-                    raise ServingError(
-                        f"serving thread failed to start on {self._host}:{bound_port}"
-                    )
-                time.sleep(0.01)
-            self._sock, self._server, self._thread = sock, server, thread
-            self._bound_port = bound_port
+        """Bind, start uvicorn on a thread, return once it accepts connections; a taken
+        port is a :class:`ServingError` naming the address."""
+        self.http.start()
 
     def stop(self, timeout_s: float = 5.0) -> str | None:
-        """Stop accepting, let in-flight requests finish for up to ``timeout_s``, free the port.
-
-        Never raises: the daemon calls it on its shutdown path, whose later steps must still
-        run. Returns ``None`` when serving stopped cleanly, else what went wrong in operator
-        terms (also logged); either way the server can be started again.
-        """
-        with self._lifecycle_lock:
-            server, thread, sock = self._server, self._thread, self._sock
-            self._server = self._thread = self._sock = None
-            if server is None or thread is None:
-                return None
-            problem = self._shut_down(server, thread, timeout_s)
-            problems = [problem] if problem else []
-            try:
-                if sock is not None:
-                    sock.close()
-            except Exception as exc:
-                problems.append(f"closing the socket failed: {type(exc).__name__}: {exc}")
-            try:
-                if thread.is_alive():
-                    problems.append(f"serving thread did not stop within {timeout_s:.1f}s")
-            except Exception as exc:
-                problems.append(f"cannot tell whether serving stopped: {exc}")
-        if not problems:
-            return None
-        message = f"serving on {self._host}:{self.port} stopped uncleanly: " + "; ".join(problems)
-        _log.warning("%s", message)
-        return message
-
-    @staticmethod
-    def _shut_down(server: uvicorn.Server, thread: threading.Thread, timeout_s: float) -> str:
-        """Ask uvicorn to exit, then force it; returns what failed ("" when nothing did)."""
-        try:
-            server.config.timeout_graceful_shutdown = max(1, int(timeout_s))
-            server.should_exit = True
-            thread.join(timeout=timeout_s + 1.0)
-            if thread.is_alive():
-                server.force_exit = True
-                thread.join(timeout=2.0)
-        except Exception as exc:
-            return f"shutdown failed: {type(exc).__name__}: {exc}"
-        return ""
-
-    def _bind(self) -> socket.socket:
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        # Lets a restarted server rebind while old connections sit in TIME_WAIT; an active
-        # listener on the port still makes bind fail on Linux.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # answers are small and written in pieces: without this, Nagle's algorithm and the
-        # client's delayed ACK add ~40 ms to every response (Linux copies it to accepted sockets)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            sock.bind((self._host, self._requested_port))
-            sock.listen(2048)
-        except OSError as exc:
-            sock.close()
-            if exc.errno == errno.EADDRINUSE:
-                raise ServingError(
-                    f"cannot serve on {self._host}:{self._requested_port}: port already in use"
-                ) from exc
-            raise ServingError(
-                f"cannot serve on {self._host}:{self._requested_port}: {exc.strerror or exc}"
-            ) from exc
-        return sock
+        """Let in-flight requests finish for up to ``timeout_s`` and free the port. Never
+        raises; returns None when serving stopped cleanly, else what went wrong (logged)."""
+        problem = self.http.stop(timeout_s)
+        if problem:
+            _log.warning("%s", problem)
+        return problem
 
     # ------------------------------------------------------------------ HTTP app
 
@@ -895,6 +800,10 @@ class ServingServer:
         @app.exception_handler(_ApiError)
         async def _api_error(_: Request, exc: _ApiError) -> JSONResponse:
             return _error_response(exc.status, exc.message, exc.err_type, exc.code)
+
+        @app.exception_handler(GuardRefusal)
+        async def _guard_refusal(_: Request, exc: GuardRefusal) -> JSONResponse:
+            return JSONResponse(status_code=exc.status, content=exc.body())
 
         @app.exception_handler(RequestValidationError)
         async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -1023,6 +932,7 @@ class ServingServer:
         """Answer one completion request on the model captured at its start."""
         _check_n(body.n)
         prompt = self._single_prompt(body.prompt)
+        check_prompt(prompt, self.max_prompt_bytes, "prompt")  # never cut, never counted
         # _job reads the line's routing exactly once: this is what makes swap() safe mid-request
         job = self._job(
             body.model,
@@ -1056,6 +966,7 @@ class ServingServer:
         """Answer one chat request on the model captured at its start."""
         _check_n(body.n)
         prompt = _render_chat(body.messages)
+        check_prompt(prompt, self.max_prompt_bytes, "messages")
         limit = body.max_completion_tokens or body.max_tokens  # None: the line's whole limit
         job = self._job(
             body.model,

@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -162,16 +162,19 @@ class FactoryRunner:
         clients = services.member_store
         if s.shared:
             clients = services.clients_store = Store(s.resolved_db_url, None, s.lease.ttl_s / 2)
-        self.server = ServingServer(
-            s.host,
-            s.port,
-            max_tokens_limit=max_tokens,
-            feedback=_feedback_desk(clients),
-            capture=TrafficCapture(CaptureLog(clients)),
-        )
         try:
+            self.server = ServingServer(
+                s.host,
+                s.port,
+                max_tokens_limit=max_tokens,
+                feedback=_feedback_desk(clients),
+                capture=TrafficCapture(CaptureLog(clients)),
+                api_keys=serving_api_keys(s.serving.api_keys_env, os.environ),
+                max_body_bytes=s.serving.max_body_bytes,
+                max_prompt_bytes=s.serving.max_prompt_bytes,
+            )
             self.server.start()
-        except ServingError as exc:
+        except (ServingError, ValueError) as exc:
             self._say(f"[serving] {exc}")
             return False
         assert services.member_ledger is not None and services.member_audit is not None
@@ -479,6 +482,20 @@ class FactoryRunner:
             self._say(f"[daemon] failed cycle(s): {', '.join(failed)} (see `aifactory audit`)")
             return 1
         return 0
+
+
+def serving_api_keys(env_name: str | None, environ: Mapping[str, str]) -> list[str]:
+    """The clients' API keys from the variable the settings name (comma-separated). A
+    variable named but empty is an error: starting open would be the silent failure."""
+    if env_name is None:
+        return []
+    keys = [k.strip() for k in environ.get(env_name, "").split(",") if k.strip()]
+    if not keys:
+        raise ValueError(
+            f"serving.api_keys_env names ${env_name}, which holds no API key; set it "
+            "(keys separated by commas) or unset serving.api_keys_env"
+        )
+    return keys
 
 
 def _report(say: Callable[[str], None], what: str, problem: str | None) -> None:

@@ -958,9 +958,9 @@ class _StuckThread:
 def test_stop_never_raises_and_reports_why() -> None:
     srv = ServingServer(port=0)
     srv.start()
-    real_sock, real_thread = srv._sock, srv._thread
+    real_sock, real_thread = srv.http._sock, srv.http._thread
     assert real_sock is not None and real_thread is not None
-    srv._sock, srv._thread = _BrokenSocket(), _StuckThread()  # type: ignore[assignment]
+    srv.http._sock, srv.http._thread = _BrokenSocket(), _StuckThread()  # type: ignore[assignment]
     try:
         problem = srv.stop(timeout_s=0.1)
         assert problem is not None
@@ -972,10 +972,10 @@ def test_stop_never_raises_and_reports_why() -> None:
     assert not real_thread.is_alive()
 
     srv.start()  # a failed stop leaves a server that starts again
-    real_server, real_thread, real_sock = srv._server, srv._thread, srv._sock
+    real_server, real_thread, real_sock = srv.http._server, srv.http._thread, srv.http._sock
     assert real_server is not None and real_thread is not None and real_sock is not None
-    srv._server = object()  # type: ignore[assignment]  # shutdown itself blows up
-    srv._sock = _BrokenSocket()  # type: ignore[assignment]
+    srv.http._server = object()  # type: ignore[assignment]  # shutdown itself blows up
+    srv.http._sock = _BrokenSocket()  # type: ignore[assignment]
     try:
         problem = srv.stop(timeout_s=0.1)
         assert problem is not None and "shutdown failed: AttributeError" in problem

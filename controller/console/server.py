@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.http_thread import HttpThread, is_loopback
+from adapters.serving_guard import RequestGuard
 from adapters.store.db import Store
 from controller.console.app import ConsoleDeps, build_console_app
 from controller.console.guard import Gate
@@ -18,6 +19,8 @@ from controller.console.tokens import ConsoleTokens, load_tokens
 from controller.operator_actions import OperatorActions
 from controller.queries import Queries
 from controller.settings import Settings
+
+_MAX_BODY_BYTES = 65_536
 
 
 @dataclass
@@ -63,7 +66,9 @@ def start_console(settings: Settings, serving: Any, say: Callable[[str], None]) 
         deps = ConsoleDeps(
             queries, OperatorActions(queries.registry, queries.audit), gate, serving, plotly_js()
         )
-        http = HttpThread(build_console_app(deps), cfg.host, cfg.port, "aifactory-console")
+        # an operator's request is a reason and an id: a large body is refused unread (413)
+        app = RequestGuard(build_console_app(deps), max_body_bytes=_MAX_BODY_BYTES)
+        http = HttpThread(app, cfg.host, cfg.port, "console")
         http.start()
     except Exception:
         store.dispose()

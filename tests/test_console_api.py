@@ -20,13 +20,12 @@ from adapters.store.rollouts import RolloutBook
 from controller.console.app import ConsoleDeps, build_console_app
 from controller.console.guard import Gate
 from controller.console.server import plotly_js
-from controller.console.tokens import ConsoleTokens, TokenError, load_tokens, parse_tokens
+from controller.console.tokens import TokenError, TokenSource, load_tokens, parse_tokens
 from controller.operator_actions import OperatorActions
 from controller.queries import Queries
 
 ALICE = "alice-token-0123456789abcdef"
 BOB = "bob-token-0123456789abcdefgh"
-TOKENS = ConsoleTokens((("ops-alice", ALICE), ("ops-bob", BOB)), "test")
 
 
 @dataclass
@@ -54,7 +53,8 @@ def _console(db_url: str, tmp_path: Path, reads_open: bool) -> Iterator[Console]
     filled = fill_factory(store, tmp_path)
     queries = Queries(store, filled.models_dir)
     said: list[str] = []
-    gate = Gate(TOKENS, reads_open, queries.audit.append, said.append)
+    tokens = TokenSource("X", f"ops-alice:{ALICE},ops-bob:{BOB}", tmp_path)
+    gate = Gate(tokens, reads_open, queries.audit.append, said.append)
     deps = ConsoleDeps(
         queries, OperatorActions(queries.registry, queries.audit), gate, None, plotly_js()
     )
@@ -288,3 +288,17 @@ def test_malformed_tokens_say_where_and_never_echo_a_token(text: str, problem: s
     with pytest.raises(TokenError, match=problem) as err:
         parse_tokens(text, "$X")
     assert ALICE not in str(err.value) and BOB not in str(err.value)
+
+
+def test_an_edited_tokens_file_takes_effect_and_a_bad_edit_keeps_the_last_good(
+    tmp_path: Path,
+) -> None:
+    source = TokenSource("X", None, tmp_path)
+    path = tmp_path / "console-tokens"
+    ((_, first),) = source.current().names
+    path.write_text(f"ops-alice:{ALICE}\n")  # the first token revoked, one added
+    assert source.current().who(f"Bearer {first}") is None
+    assert source.current().who(f"Bearer {ALICE}") == "ops-alice"
+    path.write_text("ops-alice:short\n")
+    assert source.current().who(f"Bearer {ALICE}") == "ops-alice"
+    assert source.problem is not None and "shorter than 16" in source.problem

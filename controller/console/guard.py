@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from controller.console.tokens import ConsoleTokens
+from controller.console.tokens import TokenSource
 
 _REFUSAL_GAP_S = 5.0
 
@@ -29,7 +29,7 @@ class Gate:
 
     def __init__(
         self,
-        tokens: ConsoleTokens,
+        tokens: TokenSource,
         reads_open: bool,
         audit: Callable[..., Any],
         say: Callable[[str], None],
@@ -42,7 +42,12 @@ class Gate:
 
     def operator(self, authorization: str | None, method: str, path: str, client: str) -> str:
         """The name behind the token; else 401, recorded."""
-        name = self.tokens.who(authorization)
+        problem = self.tokens.problem
+        name = self.tokens.current().who(authorization)
+        if self.tokens.problem and self.tokens.problem != problem:
+            self._say(
+                f"[console] tokens not reloaded, the last good ones stay: {self.tokens.problem}"
+            )
         if name is not None:
             return name
         why = "no bearer token" if not authorization else "a token that is not known"

@@ -15,7 +15,7 @@ from adapters.serving_guard import RequestGuard
 from adapters.store.db import Store
 from controller.console.app import ConsoleDeps, build_console_app
 from controller.console.guard import Gate
-from controller.console.tokens import ConsoleTokens, load_tokens
+from controller.console.tokens import TokenSource
 from controller.operator_actions import OperatorActions
 from controller.queries import Queries
 from controller.settings import Settings
@@ -27,7 +27,7 @@ _MAX_BODY_BYTES = 65_536
 class RunningConsole:
     http: HttpThread
     store: Store
-    tokens: ConsoleTokens
+    tokens: TokenSource
 
     @property
     def url(self) -> str:
@@ -52,7 +52,7 @@ def plotly_js() -> Path | None:
 def start_console(settings: Settings, serving: Any, say: Callable[[str], None]) -> RunningConsole:
     """Bind and serve; raises TokenError or HttpThreadError with the operator's words."""
     cfg = settings.console
-    tokens = load_tokens(cfg.tokens_env, os.environ.get(cfg.tokens_env), settings.state_dir)
+    tokens = TokenSource(cfg.tokens_env, os.environ.get(cfg.tokens_env), settings.state_dir)
     idle = settings.lease.ttl_s / 2 if settings.shared else None
     store = Store(settings.resolved_db_url, None, idle)
     try:
@@ -91,10 +91,10 @@ def open_console(
     except (TokenError, HttpThreadError) as exc:
         say(f"[console] {exc}")
         return None
-    names = ", ".join(name for name, _ in console.tokens.names)
+    names = ", ".join(name for name, _ in console.tokens.tokens.names)
     reads = "open on loopback" if is_loopback(settings.console.host) else "need a token"
     say(
         f"[console] {console.url} (reads {reads}; actions need a token of {names} "
-        f"from {console.tokens.source})"
+        f"from {console.tokens.tokens.source})"
     )
     return console

@@ -106,3 +106,38 @@ def _write_first_token(path: Path) -> None:
         return
     with os.fdopen(fd, "w") as fh:
         fh.write(body)
+
+
+class TokenSource:
+    """The tokens in force: a file is read again when it changes (a token added or revoked
+    takes effect without a restart); an edit that cannot be used keeps the last good
+    tokens and is said once."""
+
+    def __init__(self, env_name: str, env_value: str | None, state_dir: Path) -> None:
+        self._env = (env_name, env_value)
+        self._dir = state_dir
+        self.tokens = load_tokens(env_name, env_value, state_dir)
+        self._path = None if self.tokens.source.startswith("$") else Path(self.tokens.source)
+        self._stamp = self._read_stamp()
+        self.problem: str | None = None
+
+    def _read_stamp(self) -> tuple[float, int] | None:
+        if self._path is None:
+            return None
+        try:
+            st = self._path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime, st.st_size)
+
+    def current(self) -> ConsoleTokens:
+        stamp = self._read_stamp()
+        if stamp == self._stamp:
+            return self.tokens
+        self._stamp = stamp
+        try:
+            self.tokens = load_tokens(*self._env, self._dir)
+            self.problem = None
+        except (TokenError, OSError) as exc:
+            self.problem = str(exc)  # the last good tokens stay in force
+        return self.tokens

@@ -7,6 +7,7 @@ same code as the CLI. Every answer that is not 2xx is ``{"error": {"code", "mess
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from controller.console.live import live_view
 from controller.operator_actions import ActionDone, ActionRefused, OperatorActions
 from controller.queries import Queries, event_dict
 
+_log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 _STATIC_FILES = {"index.html", "console.js", "console.css"}
 _LINE = PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -117,6 +119,11 @@ def _error_handlers(app: FastAPI) -> None:
         response = _error(exc.status_code, code, str(exc.detail))
         response.headers.update(exc.headers or {})
         return response
+
+    @app.exception_handler(Exception)
+    async def _bug(_: Request, exc: Exception) -> JSONResponse:
+        _log.exception("console request failed")  # a bug: the fuzz tests look for these
+        return _error(500, "internal_error", f"the console failed: {type(exc).__name__}")
 
     @app.exception_handler(OperationalError)
     async def _store_down(_: Request, exc: OperationalError) -> JSONResponse:

@@ -7,6 +7,7 @@ address, and gives the real port when 0 was asked for (tests, several daemons on
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 import threading
 import time
@@ -55,7 +56,14 @@ def loopback_url(host: str, port: int) -> str:
 
 
 def is_loopback(host: str) -> bool:
-    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+    """``localhost`` or a loopback address, nothing else: a name such as
+    ``127.evil.example`` can resolve anywhere."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class HttpThread:

@@ -416,6 +416,14 @@ def _print_status(out: dict[str, Any], console: Console) -> None:
             highlight=False,
             markup=False,
         )
+    paused = out.get("paused")
+    if paused:
+        console.print(
+            f"  paused:      by {paused['by']} at {paused['at'][:19]}: {paused['reason']} "
+            "(no new cycles; `aifactory resume` lifts it)",
+            highlight=False,
+            markup=False,
+        )
     lc = out["last_cycle"]
     console.print(
         f"  last cycle:  {lc['id'] + ' ' + lc['status'] if lc else 'none'}",
@@ -459,6 +467,8 @@ def _print_status(out: dict[str, Any], console: Console) -> None:
             highlight=False,
             markup=False,
         )
+        if d.get("console_url"):
+            console.print(f"  console:     {d['console_url']}", highlight=False, markup=False)
         for text in _cluster_lines(d["cluster"]):
             console.print(text, highlight=False, markup=False)
     for a in out["pending_approvals"]:

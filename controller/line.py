@@ -145,7 +145,7 @@ class ProductionLine:
         if s.cycles is not None and self.requests.empty() and not self.awaiting():
             if self.done >= s.cycles:
                 return False
-            if LinePauses(self.ctx.book.store).get(self.name) is None:
+            if not self._paused("cycles"):  # held: said once, asked again when resumed
                 self.requests.put(("cycle", "cycles"))
         try:  # stop, drain and a staged policy wake the line with a request of their own
             kind, arg = self.requests.get(timeout=_IDLE_WAKE_S)
@@ -203,9 +203,10 @@ class ProductionLine:
                 return
             if kind == "resume":
                 run = self.cycles.run("resume", resume_id=arg) if self.cycles else None
-            elif self.awaiting() or self._paused(arg):
+            elif self.awaiting() or self._paused(arg) or self._enough():
                 return
             else:
+                self.skipped = None  # whatever a pause held back, this cycle does it
                 run = self.cycles.run(arg) if self.cycles else None
         finally:
             self.busy.clear()
@@ -214,12 +215,18 @@ class ProductionLine:
         self._drain_duplicates()
 
     def _paused(self, trigger: str) -> bool:
-        """An operator paused the line: the cycle it would start is skipped, and audited."""
+        """An operator paused the line: the cycle it would start is held back, audited
+        once per pause (the trigger is asked again once the line is resumed)."""
         row = LinePauses(self.ctx.book.store).get(self.name)
         if row is None:
             return False
-        self.skipped = trigger  # asked again once the line is resumed
-        reason = f"line paused by {row.paused_by} ({row.reason}): no {trigger} cycle started"
+        if self.skipped is not None:
+            return True
+        self.skipped = trigger
+        reason = (
+            f"line paused by {row.paused_by} ({row.reason}): the {trigger} cycle is held "
+            "back until the line is resumed"
+        )
         self.say(f"[daemon] {self.name}: {reason}")
         self.ctx.audit.append(
             agent="controller",
@@ -230,6 +237,11 @@ class ProductionLine:
             policy_version=self.ctx.policy.version,
         )
         return True
+
+    def _enough(self) -> bool:
+        """--cycles/--once reached: a cycle asked by the tick meanwhile is not one more."""
+        limit = self.services.cycles
+        return limit is not None and self.done >= limit
 
     def _settled(self) -> bool:
         """Nothing of this line is running or waiting (a draining line may then go)."""

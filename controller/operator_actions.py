@@ -16,6 +16,7 @@ from adapters.store.registry import ModelRegistry
 from adapters.store.rollouts import RolloutBook
 
 Refusal = Literal["not_found", "conflict", "invalid"]
+_MAX_BY = 128  # the store keeps who decided in columns this wide
 
 
 class ActionRefused(Exception):
@@ -69,6 +70,7 @@ class OperatorActions:
 
     def rollback(self, line: str, to: int | None, by: str, reason: str) -> ActionDone:
         """Restore the previous champion (or ``to``); a refusal is audited too."""
+        _check_by(by)
         current = self.registry.alias(line, "champion")
         try:
             if to is not None and to == current:
@@ -102,6 +104,7 @@ class OperatorActions:
 
     def decide_rollout(self, line: str, decision: str, by: str, reason: str) -> ActionDone:
         """A person's answer to a paused canary step (continue) or any rollout (abort)."""
+        _check_by(by)
         try:
             row = self.rollouts.decide(line, decision, by, reason)
         except LookupError as exc:
@@ -125,6 +128,7 @@ class OperatorActions:
 
     def pause(self, line: str, by: str, reason: str) -> ActionDone:
         """No new cycle starts on the line; one running goes on; serving goes on."""
+        _check_by(by)
         try:
             row = self.pauses.pause(line, by, reason)
         except ValueError as exc:
@@ -140,6 +144,7 @@ class OperatorActions:
         return ActionDone(f"line {line} paused: it starts no new cycle until resumed")
 
     def resume(self, line: str, by: str, reason: str) -> ActionDone:
+        _check_by(by)
         try:
             row = self.pauses.resume(line)
         except ValueError as exc:
@@ -153,3 +158,8 @@ class OperatorActions:
             line=line,
         )
         return ActionDone(f"line {line} resumed: its cycles start again on their triggers")
+
+
+def _check_by(by: str) -> None:
+    if not by or len(by) > _MAX_BY:
+        raise ActionRefused("invalid", f"who decides must be 1 to {_MAX_BY} characters")

@@ -247,14 +247,16 @@ class Queries:
         return out
 
     def rollouts_of(self, name: str, limit: int = 10) -> list[dict[str, Any]]:
-        """Recent rollouts, each with its story from the audit log: weights and verdicts."""
+        """Recent rollouts, each with its story from the audit log: weights and verdicts
+        (the events its cycle wrote, the serving side's weight changes included)."""
         rows = self.rollouts.recent(name, limit)
         if not rows:
             return []
         oldest = min(r.started_at for r in rows)
-        events = [
-            e for e in self.audit.events(line=name, since=oldest) if e.action in _ROLLOUT_ACTIONS
-        ]
+        events: list[AuditEvent] = []
+        for action in sorted(_ROLLOUT_ACTIONS):
+            events += self.audit.events(line=name, since=oldest, action=action)
+        events.sort(key=lambda e: e.seq)
         return [_rollout(row, events) for row in rows]
 
     # ledger and audit --------------------------------------------------------------------
@@ -323,25 +325,18 @@ def _finite(value: float | None) -> float | None:
 
 
 def _rollout(row: Any, events: list[AuditEvent]) -> dict[str, Any]:
-    """A rollout row with the audit events of its cycle and its challenger's weights."""
-    end = row.updated_at or "9999"
-    history = []
-    for e in events:
-        mine = e.cycle_id == row.cycle_id or (
-            e.action == "canary_weight"
-            and e.figures.get("version") == row.challenger_version
-            and row.started_at <= e.ts <= end + "~"
-        )
-        if mine:
-            history.append(
-                {
-                    "at": e.ts,
-                    "action": e.action,
-                    "outcome": e.outcome,
-                    "reason": e.reason,
-                    "weight_pct": e.figures.get("to_pct", e.figures.get("weight_pct")),
-                }
-            )
+    """A rollout row with the audit events of its cycle, oldest first."""
+    history = [
+        {
+            "at": e.ts,
+            "action": e.action,
+            "outcome": e.outcome,
+            "reason": e.reason,
+            "weight_pct": e.figures.get("to_pct", e.figures.get("weight_pct")),
+        }
+        for e in events
+        if e.cycle_id == row.cycle_id or _older_weight_event(row, e)
+    ]
     return {
         "cycle_id": row.cycle_id,
         "challenger_version": row.challenger_version,
@@ -356,3 +351,13 @@ def _rollout(row: Any, events: list[AuditEvent]) -> dict[str, Any]:
         "updated_at": row.updated_at,
         "history": history,
     }
+
+
+def _older_weight_event(row: Any, e: AuditEvent) -> bool:
+    """Weight changes written before they named their cycle: the challenger's, from the
+    rollout's start to its end (no end while it runs)."""
+    if e.cycle_id is not None or e.action != "canary_weight":
+        return False
+    if e.figures.get("version") != row.challenger_version or e.ts < row.started_at:
+        return False
+    return row.status in ("running", "paused") or e.ts <= (row.updated_at or e.ts)

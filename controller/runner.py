@@ -48,6 +48,7 @@ from adapters.telemetry import HostTelemetry
 from adapters.traffic_capture import TrafficCapture
 from controller.budget import FactoryBudget
 from controller.console.server import RunningConsole, open_console
+from controller.console.tokens import TokenError
 from controller.factory_watch import FactoryWatch
 from controller.gpu import FactoryGpus
 from controller.line import ProductionLine
@@ -238,11 +239,12 @@ class FactoryRunner:
         services.energy_note = energy_note
         self._audit_start(services, energy_note)
         if not self._start_serving(services):
-            return 3
-        self.console_server = open_console(s, self.server, self._say)
-        if s.console.enabled and self.console_server is None:
-            _guarded(self._say, "serving", lambda: self.server and self.server.stop())
-            return 3
+            return self._abandon(services, "serving could not start")
+        try:
+            self.console_server = open_console(s, self.server, self._say)
+        except TokenError as exc:
+            self._say(f"[console] {exc}")
+            return self._abandon(services, f"the console's tokens are unusable: {exc}")
         services.console_url = self.console_server.url if self.console_server else ""
         self.telemetry = HostTelemetry(first.energy.watts_per_core)
         self.watch = FactoryWatch(self, self.factory)
@@ -419,9 +421,11 @@ class FactoryRunner:
         with contextlib.suppress(RuntimeError):
             self._watchdog.start()  # already running unless the lines never started
         lines = list(services.lines.values())
-        steps: list[tuple[str, Callable[[], Any]]] = [
-            ("stop lines", lambda: [ln.stop() for ln in lines])
-        ]
+        steps: list[tuple[str, Callable[[], Any]]] = []
+        if self.console_server is not None:  # first: no operator is told "within a tick"
+            console = self.console_server
+            steps.append(("console", lambda: _report(self._say, "console", console.stop())))
+        steps.append(("stop lines", lambda: [ln.stop() for ln in lines]))
         if self.roles.leading:
             steps.append(
                 (
@@ -439,9 +443,6 @@ class FactoryRunner:
             steps.append(("serving", lambda: _report(self._say, "serving", server.stop())))
             if server.capture is not None:  # what was kept so far is written, not lost
                 steps.append(("capture", server.capture.close))
-        if self.console_server is not None:
-            console = self.console_server
-            steps.append(("console", lambda: _report(self._say, "console", console.stop())))
         # a waiting trial worker holds memory (and a CUDA context)
         steps += [(f"cluster {ln.name}", ln.ctx.cluster.close) for ln in lines]
         steps.append(("GPU settings", lambda: services.gpus.restore("on exit", None)))
@@ -470,6 +471,30 @@ class FactoryRunner:
         if self._lock is not None:
             self._lock.release()
         self._watchdog.cancel()
+
+    def _abandon(self, services: FactoryServices, why: str) -> int:
+        """A start that cannot go on: what was opened is closed and the stop audited (exit 3)."""
+        server = self.server
+        if server is not None:
+            _guarded(self._say, "serving", lambda: _report(self._say, "serving", server.stop()))
+        audit = services.member_audit or services.audit
+        _guarded(
+            self._say,
+            "audit",
+            lambda: audit.append(
+                agent="controller",
+                action="stop_daemon",
+                outcome="failed",
+                reason=f"daemon pid {os.getpid()} could not start: {why}",
+            ),
+        )
+        for store in {
+            id(x): x for x in (services.store, services.member_store, services.clients_store) if x
+        }.values():
+            _guarded(self._say, "store", store.dispose)
+        if self._lock is not None:
+            self._lock.release()
+        return 3
 
     def _exit_code(self, cycles: int | None) -> int:
         services = self.services

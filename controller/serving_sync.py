@@ -91,7 +91,7 @@ class ServingSync:
         if have is not None and have[0].version == version:
             if abs(have[1] - weight) > 1e-9:
                 endpoint.route(champion, have[0], weight, rollout.loss_sample_rate)
-                self._audit_weight(ctx, version, have[1], weight)
+                self._audit_weight(ctx, version, have[1], weight, rollout.cycle_id)
             return
         served = self._load(
             ctx,
@@ -103,7 +103,7 @@ class ServingSync:
         if served is None:
             return
         endpoint.route(champion, served, weight, rollout.loss_sample_rate)
-        self._audit_weight(ctx, version, 0.0, weight)
+        self._audit_weight(ctx, version, 0.0, weight, rollout.cycle_id)
 
     def _load(
         self, ctx: LineContext, model: ModelVersion | None, what: str, otherwise: str, key: str
@@ -131,13 +131,16 @@ class ServingSync:
             line=ctx.name,
         )
 
-    def _audit_weight(self, ctx: LineContext, version: int, before: float, after: float) -> None:
+    def _audit_weight(
+        self, ctx: LineContext, version: int, before: float, after: float, cycle_id: str
+    ) -> None:
         self.audit.append(
             agent="deployer",
             action="canary_weight",
             outcome="taken",
             reason=f"canary {ctx.name}:v{version}: {before:g}% -> {after:g}% of traffic",
             figures={"line": ctx.name, "version": version, "from_pct": before, "to_pct": after},
+            cycle_id=cycle_id,  # the rollout's own story: the console draws it by cycle
             policy_version=ctx.policy.version,
             line=ctx.name,
         )

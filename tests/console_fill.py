@@ -125,13 +125,16 @@ def _rollout(store: Store, audit: AuditLog, cycle_id: str) -> None:
         "tiny", cycle_id, champion=1, challenger=2, steps=[5.0, 25.0, 50.0], loss_sample_rate=0.1
     )
     before = 0.0
-    for weight in (5.0, 25.0, 50.0):
+    for step, weight in enumerate((5.0, 25.0, 50.0)):
+        # as the daemon does: the row's step first, the serving side's weight change after
+        book.update(cycle_id, step=step, weight_pct=weight)
         audit.append(
             agent="deployer",
             action="canary_weight",
             outcome="taken",
             reason=f"canary tiny:v2: {before:g}% -> {weight:g}% of traffic",
             figures={"line": "tiny", "version": 2, "from_pct": before, "to_pct": weight},
+            cycle_id=cycle_id,
             line="tiny",
         )
         audit.append(

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from console_fill import Filled, fill_factory
@@ -21,7 +24,7 @@ from controller.console.app import ConsoleDeps, build_console_app
 from controller.console.guard import Gate
 from controller.console.server import plotly_js
 from controller.console.tokens import TokenError, TokenSource, load_tokens, parse_tokens
-from controller.operator_actions import OperatorActions
+from controller.operator_actions import ActionRefused, OperatorActions
 from controller.queries import Queries
 
 ALICE = "alice-token-0123456789abcdef"
@@ -290,7 +293,7 @@ def test_malformed_tokens_say_where_and_never_echo_a_token(text: str, problem: s
     assert ALICE not in str(err.value) and BOB not in str(err.value)
 
 
-def test_an_edited_tokens_file_takes_effect_and_a_bad_edit_keeps_the_last_good(
+def test_an_edited_tokens_file_takes_effect_and_a_bad_edit_refuses_every_token(
     tmp_path: Path,
 ) -> None:
     source = TokenSource("X", None, tmp_path)
@@ -299,6 +302,69 @@ def test_an_edited_tokens_file_takes_effect_and_a_bad_edit_keeps_the_last_good(
     path.write_text(f"ops-alice:{ALICE}\n")  # the first token revoked, one added
     assert source.current().who(f"Bearer {first}") is None
     assert source.current().who(f"Bearer {ALICE}") == "ops-alice"
-    path.write_text("ops-alice:short\n")
-    assert source.current().who(f"Bearer {ALICE}") == "ops-alice"
+    path.write_text(f"ops-alice:{ALICE}\nops-bob:short\n")  # a typo: nothing goes
+    assert source.current().who(f"Bearer {ALICE}") is None
     assert source.problem is not None and "shorter than 16" in source.problem
+    path.unlink()  # gone: not made again behind the operator's back
+    assert source.current().names == () and not path.exists()
+    path.write_text(f"ops-bob:{BOB}\n")
+    os.chmod(path, 0o600)
+    assert source.current().who(f"Bearer {BOB}") == "ops-bob" and source.problem is None
+
+
+def test_hostile_values_get_4xx_not_5xx(console: Console) -> None:
+    for path in (
+        "/audit?line=ti%00ny",
+        "/audit?since=%00",
+        "/approvals?line=%00",
+        "/cycles/a%00b/trials",
+        "/lines/tiny/models/2147483648",
+        "/lines/tiny/cycles?limit=99999999999999999999",
+    ):
+        res = console.get(path)
+        assert res.status_code == 400, (path, res.status_code, res.text)
+        assert res.json()["error"]["code"] == "invalid_request"
+    for path, body in (
+        ("/approvals/2147483648/approve", {"reason": "x"}),
+        ("/lines/tiny/rollback", {"reason": "x", "to": 2**63}),
+        ("/lines/tiny/rollback", {"reason": "x", "to": 2**31}),
+        ("/lines/tiny/pause", {"reason": "nul \x00 here"}),
+        ("/lines/tiny/pause", {"reason": "   "}),
+        ("/lines/tiny/pause", {"reason": "x" * 2001}),
+    ):
+        res = console.post(path, **body)
+        assert res.status_code == 400, (path, body, res.text)
+    assert console.get("/lines/tiny").json()["paused"] is None
+
+
+def test_a_name_that_only_starts_like_loopback_is_refused(console: Console) -> None:
+    for host in ("127.evil.example:8001", "127.0.0.1.nip.io", "localhost.evil"):
+        res = console.client.get("/api/v1/factory", headers={"Host": host})
+        assert res.status_code == 403, host
+    assert console.client.get("/api/v1/factory", headers={"Host": "[::1]:8001"}).status_code == 200
+
+
+def test_two_operators_at_the_same_instant_pause_or_resume_once(console: Console) -> None:
+    actions = OperatorActions(
+        Queries(console.store, console.filled.models_dir).registry, AuditLog(console.store)
+    )
+
+    def both(act: Any) -> list[str]:
+        gate = threading.Barrier(2)
+
+        def one(who: str) -> str:
+            gate.wait()
+            try:
+                act("tiny", who, "at once")
+            except ActionRefused as exc:
+                return exc.kind
+            return "done"
+
+        with ThreadPoolExecutor(2) as pool:
+            return sorted(pool.map(one, ["ops-alice", "ops-bob"]))
+
+    assert both(actions.pause) == ["conflict", "done"]
+    assert both(actions.resume) == ["conflict", "done"]
+    assert [e.action for e in console.events(agent="operator")] == ["pause_line", "resume_line"]
+    with pytest.raises(ActionRefused, match="1 to 128"):
+        actions.pause("tiny", "x" * 129, "too long a name")

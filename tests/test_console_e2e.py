@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -92,4 +94,33 @@ def test_pause_resume_and_approve_through_a_daemons_console(tmp_path: Path) -> N
     assert len(trigger) == 1
     assert ModelRegistry(store, state / "models").alias("tiny", "champion") == 1
     assert audit.verify().ok
+    store.dispose()
+
+
+def test_once_on_a_paused_line_waits_and_says_so_and_a_taken_console_port_is_no_stop(
+    tmp_path: Path,
+) -> None:
+    """`--once` on a paused line holds its cycle (said and audited once) until resumed;
+    a console port already taken leaves the daemon running without a console."""
+    state = tmp_path / "state"
+    common = ["--policy", str(policy_file(tmp_path)), "--state-dir", str(state)]
+    assert main(["pause", *common, "--reason", "hold it", "--by", "ops-dan"]) == 0
+    log = tmp_path / "daemon.log"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = str(taken.getsockname()[1])
+        args = [*common, "--port", "0", "--console-port", port, "--tick-s", "0.3", "--once"]
+        with daemon(*args, log=log) as proc:
+            wait_for(lambda: "held back" in log.read_text() or None, 60, "the hold", log, proc)
+            assert "running without a console" in log.read_text()
+            time.sleep(2.0)  # several idle turns of the line: still said only once
+            assert proc.poll() is None
+            assert main(["resume", *common, "--reason", "go", "--by", "ops-dan"]) == 0
+            assert proc.wait(120) == 0
+    store = Store(f"sqlite:///{state / 'aifactory.db'}")
+    audit = AuditLog(store)
+    held = [e for e in audit.events(agent="controller") if e.action == "cycle_skipped"]
+    assert len(held) == 1 and "line paused by ops-dan (hold it)" in held[0].reason
+    assert ModelRegistry(store, state / "models").alias("tiny", "champion") == 1
     store.dispose()

@@ -3,7 +3,9 @@ state read by the watch tick, written by whoever acts for the operator."""
 
 from __future__ import annotations
 
-from sqlmodel import select
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
 
 from adapters.store.db import Store, utcnow_iso
 from adapters.store.tables import LinePauseRow
@@ -14,27 +16,33 @@ class LinePauses:
         self.store = store
 
     def pause(self, line: str, by: str, reason: str) -> LinePauseRow:
-        """Pause ``line``; a line already paused stays paused as it was (ValueError)."""
+        """Pause ``line``; a line already paused stays paused as it was (ValueError), also
+        when two operators ask at the same instant."""
+        row = LinePauseRow(policy_name=line, paused_by=by, reason=reason, paused_at=utcnow_iso())
         with self.store.session() as s:
-            row = s.get(LinePauseRow, line)
-            if row is not None:
-                raise ValueError(f"line {line} is already paused (by {row.paused_by})")
-            row = LinePauseRow(
-                policy_name=line, paused_by=by, reason=reason, paused_at=utcnow_iso()
-            )
             s.add(row)
-            s.commit()
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+                held = s.get(LinePauseRow, line)
+                who = held.paused_by if held is not None else "someone else"
+                raise ValueError(f"line {line} is already paused (by {who})") from None
             s.refresh(row)
             return row
 
     def resume(self, line: str) -> LinePauseRow:
-        """Lift the pause; returns what it was (ValueError when the line was not paused)."""
+        """Lift the pause; returns what it was (ValueError when the line was not paused).
+        Of two operators resuming at once, one lifts it and the other is told so."""
         with self.store.session() as s:
             row = s.get(LinePauseRow, line)
             if row is None:
                 raise ValueError(f"line {line} is not paused")
-            s.delete(row)
+            s.expunge(row)
+            gone = s.exec(delete(LinePauseRow).where(col(LinePauseRow.policy_name) == line))
             s.commit()
+            if gone.rowcount != 1:
+                raise ValueError(f"line {line} is not paused")
             return row
 
     def get(self, line: str) -> LinePauseRow | None:

@@ -8,18 +8,20 @@ same code as the CLI. Every answer that is not 2xx is ``{"error": {"code", "mess
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote_to_bytes
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
-from sqlalchemy.exc import OperationalError
+from pydantic import BaseModel, Field, field_validator
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.http_thread import is_loopback
@@ -32,6 +34,8 @@ _log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 _STATIC_FILES = {"index.html", "console.js", "console.css"}
 _LINE = PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_INT_MAX = 2**31 - 1  # the store's integer columns
 _REFUSAL_STATUS = {"not_found": 404, "conflict": 409, "invalid": 400}
 # the page loads only its own files: an injected script or a framing site gets nowhere
 _SECURITY_HEADERS = {
@@ -46,12 +50,22 @@ _SECURITY_HEADERS = {
 class Reason(BaseModel):
     """Why: it goes into the audit log beside the operator's name."""
 
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: str = Field(min_length=1, max_length=2000, pattern=r"\S")
+
+    @field_validator("reason")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", value):
+            raise ValueError("no control characters but tab and newlines")
+        return value.strip()
 
 
 class RollbackRequest(Reason):
     to: int | None = Field(
-        default=None, ge=1, description="Version to restore; default: the previous champion."
+        default=None,
+        ge=1,
+        le=_INT_MAX,
+        description="Version to restore; default: the previous champion.",
     )
 
 
@@ -76,6 +90,9 @@ def build_console_app(deps: ConsoleDeps) -> FastAPI:
 
     @app.middleware("http")
     async def _headers(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        raw = request.scope.get("raw_path", b"") + b"?" + request.scope.get("query_string", b"")
+        if _CONTROL.search(unquote_to_bytes(raw)):
+            return _error(400, "invalid_request", "control characters in the path or query")
         host = (request.url.hostname or "").strip("[]")
         if deps.gate.reads_open and not is_loopback(host):
             # open reads on loopback only for loopback names: a page whose name was
@@ -124,6 +141,10 @@ def _error_handlers(app: FastAPI) -> None:
     async def _bug(_: Request, exc: Exception) -> JSONResponse:
         _log.exception("console request failed")  # a bug: the fuzz tests look for these
         return _error(500, "internal_error", f"the console failed: {type(exc).__name__}")
+
+    @app.exception_handler(DataError)
+    async def _refused_by_store(_: Request, exc: DataError) -> JSONResponse:
+        return _error(400, "invalid_request", "the store refused a value of the request")
 
     @app.exception_handler(OperationalError)
     async def _store_down(_: Request, exc: OperationalError) -> JSONResponse:
@@ -190,7 +211,7 @@ def _read_routes(deps: ConsoleDeps) -> APIRouter:
 
     @r.get("/lines/{line}/models/{version}", summary="One version with its lineage")
     def model(
-        version: int = PathParam(ge=1, le=2**31), line: str = Depends(line_known)
+        version: int = PathParam(ge=1, le=_INT_MAX), line: str = Depends(line_known)
     ) -> dict[str, Any]:
         found = q.model(line, version)
         if found is None:
@@ -279,7 +300,7 @@ def _action_routes(deps: ConsoleDeps) -> APIRouter:
     def decide(
         body: Reason,
         verb: Literal["approve", "reject"],
-        approval_id: int = PathParam(ge=1, le=2**31),
+        approval_id: int = PathParam(ge=1, le=_INT_MAX),
         who: str = Depends(operator),
     ) -> dict[str, Any]:
         return _done(lambda: act.decide_approval(approval_id, verb == "approve", who, body.reason))

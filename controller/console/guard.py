@@ -5,6 +5,7 @@ not copied: at most one event per client every few seconds, with the count it st
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,9 @@ class ConsoleError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+
+
+_MAX_CLIENTS = 1024
 
 
 class Gate:
@@ -45,9 +49,7 @@ class Gate:
         problem = self.tokens.problem
         name = self.tokens.current().who(authorization)
         if self.tokens.problem and self.tokens.problem != problem:
-            self._say(
-                f"[console] tokens not reloaded, the last good ones stay: {self.tokens.problem}"
-            )
+            self._tokens_unusable(self.tokens.problem)
         if name is not None:
             return name
         why = "no bearer token" if not authorization else "a token that is not known"
@@ -59,9 +61,17 @@ class Gate:
             f"the request had {why}",
         )
 
+    def _tokens_unusable(self, problem: str) -> None:
+        reason = f"every token refused until the tokens are fixed: {problem}"
+        self._say(f"[console] {reason}")
+        with contextlib.suppress(Exception):  # said either way
+            self._audit(agent="console", action="tokens_unusable", outcome="failed", reason=reason)
+
     def _refused(self, method: str, path: str, client: str, why: str) -> None:
         now = time.monotonic()
+        path = path.encode("unicode_escape").decode("ascii")[:200]  # a NUL is text here
         with self._lock:
+            self._forget_quiet(now)
             held = self._held.get(client, 0) + 1
             if now - self._last.get(client, -1e9) < _REFUSAL_GAP_S:
                 self._held[client] = held
@@ -77,7 +87,16 @@ class Gate:
                 action="unauthorized",
                 outcome="refused",
                 reason=reason,
-                figures={"method": method, "path": path[:200], "client": client, "count": held},
+                figures={"method": method, "path": path, "client": client, "count": held},
             )
         except Exception as exc:
             self._say(f"[console] could not audit a refusal: {type(exc).__name__}: {exc}")
+
+    def _forget_quiet(self, now: float) -> None:
+        """Clients quiet for longer than the gap are forgotten (with the few refusals they
+        held since their last event), so a scan from many addresses cannot grow the maps."""
+        if len(self._last) < _MAX_CLIENTS:
+            return
+        for client in [c for c, t in self._last.items() if now - t >= _REFUSAL_GAP_S]:
+            self._last.pop(client, None)
+            self._held.pop(client, None)

@@ -79,22 +79,23 @@ def start_console(settings: Settings, serving: Any, say: Callable[[str], None]) 
 def open_console(
     settings: Settings, serving: Any, say: Callable[[str], None]
 ) -> RunningConsole | None:
-    """The daemon's console, announced with where the tokens are; None when it cannot start
-    (said why). Not asked for: None, silently."""
+    """The daemon's console, announced with where the tokens are. None when not asked for,
+    or when its port is taken (said: the daemon runs on without one, as a second daemon on
+    a host would). Unusable tokens raise TokenError: starting with them would be worse."""
     from adapters.http_thread import HttpThreadError
-    from controller.console.tokens import TokenError
 
     if not settings.console.enabled:
         return None
     try:
         console = start_console(settings, serving, say)
-    except (TokenError, HttpThreadError) as exc:
-        say(f"[console] {exc}")
+    except HttpThreadError as exc:
+        say(f"[console] {exc}; running without a console (set --console-port)")
         return None
-    names = ", ".join(name for name, _ in console.tokens.tokens.names)
+    tokens = console.tokens.tokens
+    names = ", ".join(name for name, _ in tokens.names)
     reads = "open on loopback" if is_loopback(settings.console.host) else "need a token"
     say(
         f"[console] {console.url} (reads {reads}; actions need a token of {names} "
-        f"from {console.tokens.tokens.source})"
+        f"from {tokens.source})"
     )
     return console

@@ -15,11 +15,13 @@ import os
 import re
 import secrets
 import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 TOKENS_FILE = "console-tokens"
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+_TOKEN = re.compile(r"^[A-Za-z0-9_.~+/=-]+$")  # what a header carries as is (no , # or space)
 _MIN_TOKEN_CHARS = 16
 
 
@@ -64,6 +66,10 @@ def parse_tokens(text: str, where: str) -> tuple[tuple[str, str], ...]:
                 f"{where}: entry {n + 1} must be NAME:TOKEN with a name of letters, digits "
                 "and _.@- (at most 64)"
             )
+        if not _TOKEN.match(token):
+            raise TokenError(
+                f"{where}: the token of {name!r} may hold only letters, digits and _.~+/=-"
+            )
         if len(token) < _MIN_TOKEN_CHARS:
             raise TokenError(
                 f"{where}: the token of {name!r} is shorter than {_MIN_TOKEN_CHARS} characters"
@@ -76,14 +82,23 @@ def parse_tokens(text: str, where: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def load_tokens(env_name: str, env_value: str | None, state_dir: Path) -> ConsoleTokens:
+def load_tokens(
+    env_name: str, env_value: str | None, state_dir: Path, create: bool = True
+) -> ConsoleTokens:
     """From the variable when it is set and not empty, else the state directory's file
-    (created on first use)."""
+    (created when missing, with ``create``)."""
     if env_value and env_value.strip():
         return ConsoleTokens(parse_tokens(env_value, env_name), f"${env_name}")
     path = state_dir / TOKENS_FILE
-    if not path.exists():
-        _write_first_token(path)
+    try:
+        if not path.exists() and create:
+            _write_first_token(path)
+        return _read_file(path)
+    except OSError as exc:
+        raise TokenError(f"{path}: {exc.strerror or exc}") from exc
+
+
+def _read_file(path: Path) -> ConsoleTokens:
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise TokenError(
@@ -109,9 +124,10 @@ def _write_first_token(path: Path) -> None:
 
 
 class TokenSource:
-    """The tokens in force: a file is read again when it changes (a token added or revoked
-    takes effect without a restart); an edit that cannot be used keeps the last good
-    tokens and is said once."""
+    """The tokens in force: a file is read again when it changes, so a token added or
+    revoked takes effect without a restart. An edit that cannot be used (a typo, a mode
+    others can read, the file gone) refuses every token until it is fixed: a revocation
+    must never be undone by a failed read. ``problem`` says why."""
 
     def __init__(self, env_name: str, env_value: str | None, state_dir: Path) -> None:
         self._env = (env_name, env_value)
@@ -119,25 +135,28 @@ class TokenSource:
         self.tokens = load_tokens(env_name, env_value, state_dir)
         self._path = None if self.tokens.source.startswith("$") else Path(self.tokens.source)
         self._stamp = self._read_stamp()
+        self._lock = threading.Lock()
         self.problem: str | None = None
 
-    def _read_stamp(self) -> tuple[float, int] | None:
+    def _read_stamp(self) -> tuple[int, int, int] | None:
         if self._path is None:
             return None
         try:
             st = self._path.stat()
         except OSError:
             return None
-        return (st.st_mtime, st.st_size)
+        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
     def current(self) -> ConsoleTokens:
-        stamp = self._read_stamp()
-        if stamp == self._stamp:
+        with self._lock:  # request threads ask at once; one of them reads the file
+            stamp = self._read_stamp()
+            if stamp == self._stamp:
+                return self.tokens
+            self._stamp = stamp
+            try:
+                self.tokens = load_tokens(*self._env, self._dir, create=False)
+                self.problem = None
+            except TokenError as exc:
+                self.tokens = ConsoleTokens((), self.tokens.source)  # fail closed
+                self.problem = str(exc)
             return self.tokens
-        self._stamp = stamp
-        try:
-            self.tokens = load_tokens(*self._env, self._dir)
-            self.problem = None
-        except (TokenError, OSError) as exc:
-            self.problem = str(exc)  # the last good tokens stay in force
-        return self.tokens

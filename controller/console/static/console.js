@@ -390,7 +390,7 @@
   // ---------------------------------------------------------------- plots
 
   const COLORS = { blue: '#1f5fa8', green: '#1e8a4c', red: '#c0392b', amber: '#b7791f', grey: '#8a929c', purple: '#6b46c1', teal: '#138496' };
-  const PLOT_CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ['lasso2d', 'select2d', 'sendDataToCloud'] };
+  const PLOT_CONFIG = { displaylogo: false, displayModeBar: 'hover', responsive: true, modeBarButtonsToRemove: ['lasso2d', 'select2d', 'sendDataToCloud'] };
 
   function baseLayout(extra) {
     return Object.assign(
@@ -645,7 +645,7 @@
     const energy = plotBox('plot-energy', 'Energy per cycle', 'tokens per joule and joules');
     const trials = plotBox('plot-trials', 'Trials of the latest cycle', 'quality vs energy cost; Pareto front joined');
     const rollout = plotBox('plot-rollout', 'Rollouts', 'challenger traffic share and verdicts');
-    const live = plotBox('plot-live', 'Live serving', 'per version');
+    const live = plotBox('plot-live', 'Per version', 'requests, failures, mean latency, live bits/byte, JS divergence');
     const liveTable = table('live-table', ['version', 'role', 'share', 'requests', 'failures', 'mean latency', 'prompt tok', 'completion tok', 'live prompts', 'JS divergence', 'live bits/byte', 'loss increase']);
     const models = table('models-table', ['version', 'status', 'aliases', 'valid bits/byte', 'tokens', 'energy', 'tokens/J', 'cycle', 'dataset', 'created (UTC)']);
     const cycles = table('cycles-table', ['#', 'cycle', 'status', 'trigger', 'started (UTC)', 'finished (UTC)', 'tokens', 'energy', 'tokens/J']);
@@ -822,7 +822,7 @@
           if (!active)
             annotations.push({ x: x[x.length - 1], y: y[y.length - 1], text: `v${esc(r.challenger_version)} ${esc(r.status)}`, showarrow: true, arrowhead: 0, ax: 0, ay: -22, font: { size: 10, color: statusKind(r.status) === 'bad' ? COLORS.red : COLORS.green } });
         });
-      drawPlot(rollout.div, traces, { annotations, xaxis: { title: { text: 'time (UTC)' }, type: 'date' }, yaxis: { title: { text: 'challenger share %' }, range: [0, 105] } });
+      drawPlot(rollout.div, traces, { annotations, xaxis: { title: { text: 'time (UTC)' }, type: 'date' }, yaxis: { title: { text: 'challenger share %' }, range: [0, 118], tickvals: [0, 25, 50, 75, 100] } });
     }
 
     function verdictKind(e) {

@@ -274,3 +274,13 @@ def test_blank_keys_are_refused() -> None:
     for keys in ([""], ["ok", " padded "], "one-string"):
         with pytest.raises((ValueError, TypeError)):
             ServingServer(port=0, api_keys=keys)  # type: ignore[arg-type]
+
+
+def test_api_keys_come_from_the_variable_the_settings_name() -> None:
+    from controller.runner import serving_api_keys
+
+    assert serving_api_keys(None, {}) == []
+    assert serving_api_keys("KEYS", {"KEYS": " k1 , k2,, "}) == ["k1", "k2"]
+    for environ in ({}, {"KEYS": " , "}):  # named but empty: no silent open serving
+        with pytest.raises(ValueError, match=r"\$KEYS, which holds no API key"):
+            serving_api_keys("KEYS", environ)

@@ -328,7 +328,7 @@
     el.hidden = false;
     el.dataset.kind = isError ? 'error' : 'ok';
     clearTimeout(flashTimer);
-    if (!isError) flashTimer = setTimeout(() => (el.hidden = true), 6000);
+    flashTimer = setTimeout(() => (el.hidden = true), isError ? 20000 : 6000);
   }
 
   // A failed refresh shows once and clears itself on the next good one.
@@ -641,8 +641,8 @@
       actionControl({ testid: 'rollout-continue', label: 'Continue', reason: 'continued in the console', run: (why) => post(`/lines/${enc}/rollout/continue`, { reason: why }) }),
       actionControl({ testid: 'rollout-abort', label: 'Abort', reason: 'aborted in the console', danger: true, run: (why) => post(`/lines/${enc}/rollout/abort`, { reason: why }) }),
     );
-    const quality = plotBox('plot-quality', 'Quality by version', 'valid bits/byte, lower is better');
-    const energy = plotBox('plot-energy', 'Energy per cycle', 'tokens per joule and joules');
+    const quality = plotBox('plot-quality', 'Quality by version', 'valid bits/byte, lower is better; ★ champion, red: rejected');
+    const energy = plotBox('plot-energy', 'Energy per cycle', 'tokens per joule (line) and joules (bars); hollow points: estimated energy');
     const trials = plotBox('plot-trials', 'Trials of the latest cycle', 'quality vs energy cost; Pareto front joined');
     const rollout = plotBox('plot-rollout', 'Rollouts', 'challenger traffic share and verdicts');
     const live = plotBox('plot-live', 'Per version', 'requests, failures, mean latency, live bits/byte, JS divergence');
@@ -783,53 +783,71 @@
       drawPlot(trials.div, traces, { xaxis: { title: { text: 'energy cost' } }, yaxis: { title: { text: 'valid bits/byte' } } });
     }
 
-    // One step line of the challenger's share per rollout, verdict markers on top and the
-    // rollout's end written beside its last point.
+    // A rollout's history holds every audit event of its cycle (training too). Drawn: the
+    // challenger's share as a step line (events carrying a weight), and the rollout's
+    // decisions (canary steps, pauses, approvals, continue/abort, promote, rollback) as
+    // markers coloured by outcome; a finished rollout's end is written beside it.
+    const DECISIONS = /^(canary_(?!weight)|rollout_|promote|rollback|approval|request_approval)/;
+
+    function rolloutSeries(r, nowIso) {
+      const hist = (r.history || []).filter((e) => toDate(e.at)).sort((a, b) => toDate(a.at) - toDate(b.at));
+      const pts = hist.filter((e) => isNum(e.weight_pct)).map((e) => [e.at, e.weight_pct]);
+      const start = r.started_at && toDate(r.started_at);
+      if (start && (!pts.length || toDate(pts[0][0]) > start)) pts.unshift([r.started_at, 0]);
+      const active = r.status === 'running' || r.status === 'paused';
+      // an active rollout holds its weight until now; a finished one ends at its last update
+      const end = active ? nowIso : r.updated_at;
+      if (end && toDate(end) && (!pts.length || toDate(end) > toDate(pts[pts.length - 1][0]))) pts.push([end, isNum(r.weight_pct) ? r.weight_pct : pts.length ? pts[pts.length - 1][1] : 0]);
+      // the share in effect at a moment: the last weight set at or before it
+      const shareAt = (t) => pts.reduce((w, [at, pct]) => (toDate(at) <= toDate(t) ? pct : w), 0);
+      const decisions = hist.filter((e) => DECISIONS.test(e.action || ''));
+      return { pts, decisions, shareAt, active };
+    }
+
     function drawRollouts(rs, nowIso) {
       const traces = [];
       const annotations = [];
       const palette = [COLORS.blue, COLORS.purple, COLORS.teal, COLORS.amber, '#2f855a', '#9b2c2c'];
+      const colorOf = { ok: COLORS.green, bad: COLORS.red, warn: COLORS.amber, info: COLORS.blue };
+      const symbolOf = { ok: 'circle', bad: 'x', warn: 'diamond', info: 'square' };
       rs.slice()
-        .reverse()
+        .reverse() // oldest first, so colours stay put as new rollouts arrive
         .forEach((r, i) => {
-          const hist = (r.history || []).filter((e) => toDate(e.at)).sort((a, b) => toDate(a.at) - toDate(b.at));
-          if (!hist.length) return;
-          const color = palette[i % palette.length];
-          const x = hist.map((e) => plotTime(e.at));
-          let last = 0; // an event without a weight keeps the previous one (no gaps in the line)
-          const y = hist.map((e) => (last = isNum(e.weight_pct) ? e.weight_pct : last));
-          const active = r.status === 'running' || r.status === 'paused';
-          if (active && nowIso) {
-            x.push(plotTime(nowIso)); // an active rollout holds its weight until now
-            y.push(isNum(r.weight_pct) ? r.weight_pct : y[y.length - 1]);
-          }
+          const { pts, decisions, shareAt, active } = rolloutSeries(r, nowIso);
+          if (!pts.length && !decisions.length) return;
           const name = `v${esc(r.challenger_version)} vs v${esc(r.champion_version ?? '–')}`;
-          traces.push({ type: 'scatter', mode: 'lines', name, x, y, line: { shape: 'hv', color, width: 2 }, hoverinfo: 'x+y+name', legendgroup: name });
-          const verdicts = hist.filter((e) => e.outcome || e.action);
-          if (verdicts.length)
+          const x = pts.map(([at]) => plotTime(at));
+          const y = pts.map(([, pct]) => pct);
+          traces.push({ type: 'scatter', mode: 'lines', name, x, y, line: { shape: 'hv', color: palette[i % palette.length], width: 2 }, hovertemplate: `${name}<br>%{y:.1f}%<extra></extra>`, legendgroup: name });
+          if (decisions.length) {
+            const kinds = decisions.map(verdictKind);
             traces.push({
               type: 'scatter',
               mode: 'markers',
-              name: `${name} verdicts`,
+              name: `${name} decisions`,
               legendgroup: name,
               showlegend: false,
-              x: verdicts.map((e) => plotTime(e.at)),
-              y: verdicts.map((e) => y[hist.indexOf(e)]),
-              text: verdicts.map((e) => `${esc(e.action)}${e.outcome ? ': ' + esc(e.outcome) : ''}<br>${esc((e.reason || '').slice(0, 160))}`),
+              x: decisions.map((e) => plotTime(e.at)),
+              y: decisions.map((e) => shareAt(e.at)),
+              text: decisions.map((e) => `${esc(e.action)}${e.outcome ? ': ' + esc(e.outcome) : ''}<br>${esc((e.reason || '').slice(0, 160))}`),
               hoverinfo: 'text+x',
-              marker: { size: 10, line: { width: 1, color: '#fff' }, color: verdicts.map((e) => ({ ok: COLORS.green, bad: COLORS.red, warn: COLORS.amber, muted: COLORS.grey, info: COLORS.blue })[verdictKind(e)]), symbol: verdicts.map((e) => (verdictKind(e) === 'bad' ? 'x' : verdictKind(e) === 'ok' ? 'circle' : 'diamond')) },
+              marker: { size: 10, line: { width: 1, color: '#fff' }, color: kinds.map((k) => colorOf[k]), symbol: kinds.map((k) => symbolOf[k]) },
             });
-          if (!active)
+          }
+          if (!active && x.length)
             annotations.push({ x: x[x.length - 1], y: y[y.length - 1], text: `v${esc(r.challenger_version)} ${esc(r.status)}`, showarrow: true, arrowhead: 0, ax: 0, ay: -22, font: { size: 10, color: statusKind(r.status) === 'bad' ? COLORS.red : COLORS.green } });
         });
       drawPlot(rollout.div, traces, { annotations, xaxis: { title: { text: 'time (UTC)' }, type: 'date' }, yaxis: { title: { text: 'challenger share %' }, range: [0, 118], tickvals: [0, 25, 50, 75, 100] } });
     }
 
+    // Audit outcomes are taken / deferred / refused / failed / aborted; a rollback or an
+    // abort is bad news even when "taken".
     function verdictKind(e) {
-      const s = `${e.outcome || ''} ${e.action || ''}`;
-      if (/fail|abort|rolled_back|rollback|reject/.test(s)) return 'bad';
-      if (/pass|promot|continue|approved|taken/.test(s)) return 'ok';
-      if (/pause|hold|extend|wait|defer/.test(s)) return 'warn';
+      const a = e.action || '';
+      const o = e.outcome || '';
+      if (/refused|fail|abort|rolled_back/.test(o) || /rollback|abort/.test(a)) return 'bad';
+      if (/deferred|pause/.test(o) || /pause/.test(a)) return 'warn';
+      if (/taken|pass|promot|approved/.test(o)) return 'ok';
       return 'info';
     }
 
@@ -859,7 +877,7 @@
       setRows(
         liveTable.tbody,
         vs,
-        (v) => [`v${v.version}`, v.role || DASH, isNum(v.share) ? fmtPct(v.share <= 1 ? v.share * 100 : v.share) : DASH, fmtInt(v.requests), fmtInt(v.failures), isNum(v.mean_latency_ms) ? `${fmtNum(v.mean_latency_ms, 1)} ms` : DASH, fmtInt(v.prompt_tokens), fmtInt(v.completion_tokens), fmtInt(v.live && v.live.prompts), isNum(lv(v, 'js_divergence')) ? fmtNum(lv(v, 'js_divergence'), 3) : DASH, fmtBpb(lv(v, 'bpb')), isNum(lv(v, 'loss_increase_pct')) ? fmtPct(lv(v, 'loss_increase_pct')) : DASH],
+        (v) => [`v${v.version}`, v.role || DASH, isNum(v.share) ? fmtPct(v.share * 100) : DASH /* share is a fraction of traffic */, fmtInt(v.requests), fmtInt(v.failures), isNum(v.mean_latency_ms) ? `${fmtNum(v.mean_latency_ms, 1)} ms` : DASH, fmtInt(v.prompt_tokens), fmtInt(v.completion_tokens), fmtInt(v.live && v.live.prompts), isNum(lv(v, 'js_divergence')) ? fmtNum(lv(v, 'js_divergence'), 3) : DASH, fmtBpb(lv(v, 'bpb')), isNum(lv(v, 'loss_increase_pct')) ? fmtPct(lv(v, 'loss_increase_pct')) : DASH],
         'this daemon does not serve this line (no live figures)',
         liveTable.columns,
       );
@@ -942,7 +960,7 @@
     const chain = h('span', { class: 'chain', testid: 'chain-status' }, 'checking chain…');
     const count = h('span', { class: 'muted small', testid: 'audit-count' });
     const events = table('audit-table', ['seq', 'time (UTC)', 'line', 'cycle', 'agent', 'action', 'outcome', 'reason', 'figures']);
-    const el = h('div', {}, h('div', { class: 'pagehead' }, h('h1', {}, 'Audit log'), chain), form, count, events.el);
+    const el = h('div', {}, h('div', { class: 'pagehead' }, h('h1', {}, 'Audit log'), chain), h('div', { class: 'panel' }, form, count, events.el));
 
     function filters() {
       const q = new URLSearchParams();
@@ -1017,9 +1035,27 @@
 
   function approvalsView() {
     const approvals = approvalsList();
-    const el = h('div', {}, h('div', { class: 'pagehead' }, h('h1', {}, 'Approvals'), h('span', { class: 'muted small' }, 'candidates waiting for a person before they canary')), section('Pending', 'approvals', approvals.el));
-    async function refresh(shared) {
+    const decided = table('decided-table', ['id', 'line', 'version', 'cycle', 'status', 'requested (UTC)', 'decided (UTC)', 'by']);
+    const el = h(
+      'div',
+      {},
+      h('div', { class: 'pagehead' }, h('h1', {}, 'Approvals'), h('span', { class: 'muted small' }, 'candidates waiting for a person before they canary')),
+      section('Pending', 'approvals', approvals.el),
+      section('Recently decided', 'decided', decided.el),
+    );
+    async function refresh(shared, gen) {
       approvals.update(shared.approvals);
+      // all approvals (no status filter): the decided ones, newest first
+      const all = await api('/approvals');
+      if (gen !== generation) return;
+      const done = (all.approvals || []).filter((a) => a.status !== 'pending').sort((a, b) => String(b.decided_at || '').localeCompare(String(a.decided_at || ''))).slice(0, 20);
+      setRows(
+        decided.tbody,
+        done,
+        (a) => [String(a.id), h('a', { href: lineHref(a.line) }, a.line), `v${a.version}`, a.cycle_id, badge(a.status, statusKind(a.status)), fmtTime(a.requested_at), fmtTime(a.decided_at), a.decided_by || DASH],
+        'none decided yet',
+        decided.columns,
+      );
     }
     return { el, refresh };
   }
@@ -1053,6 +1089,7 @@
       route.name === 'line' ? lineView(route.line) : route.name === 'overview' ? overviewView() : route.name === 'audit' ? auditView(route.query) : route.name === 'approvals' ? approvalsView() : notFoundView(location.hash);
     const main = document.getElementById('view');
     main.dataset.route = route.name;
+    document.getElementById('banner').hidden = true; // a message belongs to the page it came from
     fill(main, view.el);
     markNav();
     refreshNow();

@@ -1007,8 +1007,9 @@
         chain.textContent = `BROKEN at seq ${verify.first_bad_seq}: ${verify.problem || 'unknown problem'}`;
       }
       chain.dataset.ok = String(!!verify.ok);
-      const evs = list.events || [];
-      count.textContent = `${fmtInt(evs.length)} event${evs.length === 1 ? '' : 's'} shown`;
+      // the API gives the newest N oldest first; an operator reads the newest first
+      const evs = (list.events || []).slice().reverse();
+      count.textContent = `${fmtInt(evs.length)} event${evs.length === 1 ? '' : 's'} shown, newest first`;
       setRows(
         events.tbody,
         evs,

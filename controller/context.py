@@ -28,6 +28,7 @@ from adapters.store.rollouts import RolloutBook
 from adapters.store.shared_files import SharedFiles
 from adapters.workload.protocol import Workload
 from agents.actions import Action
+from agents.placement import DeviceView
 from controller.ingest import Ingestor
 from controller.progress import ProgressReporter
 from controller.settings import RuntimeSettings
@@ -119,6 +120,7 @@ class LineContext:
     max_power_w: float = 0.0  # P_max for the Zeus-style cost (device maximum or host estimate)
     set_power_limit: Callable[[float, str], str] = lambda watts, key: "no GPU: knob ignored"
     power_knob_problem: str | None = "no GPU adapter"  # None: power limits may be set
+    device: DeviceView = field(default_factory=lambda: DeviceView(False, "not probed"))
     power_limit_released: Callable[[str], None] = lambda key: None  # a trial ended
     rollouts: RolloutBook | None = None
     traffic: LiveTraffic | None = None  # the serving endpoint's live figures (canary)

@@ -17,6 +17,7 @@ from adapters.store.audit import AuditLog
 from adapters.store.db import Store
 from adapters.store.gpu_settings import SqlSettingsJournal
 from agents.energy import PowerRequest, allocate_power_limits
+from agents.placement import DeviceView
 from policies.model import Policy
 
 
@@ -58,6 +59,25 @@ class FactoryGpus:
             return len(self.gpu.devices())
         except Exception:
             return 0
+
+    def device_view(self, knob_problem: str | None, bytes_per_sample: int | None) -> DeviceView:
+        """What `agents.placement` plans with: the GPU trials run on here, or none."""
+        if self.trial_devices() == 0:
+            return DeviceView(False, "this machine's CPU", power_knob_problem=knob_problem)
+        d = self.gpu.devices()[0]
+        ampere = d.compute_capability is not None and d.compute_capability >= (8, 0)
+        finite = d.power_limit_default_w == d.power_limit_default_w  # not NaN
+        return DeviceView(
+            True,
+            d.name,
+            memory_bytes=d.memory_total_bytes or None,
+            bf16=ampere,
+            tf32=ampere,
+            power_default_w=d.power_limit_default_w if finite else None,
+            power_min_w=d.power_limit_min_w if d.power_limit_min_w == d.power_limit_min_w else None,
+            power_knob_problem=knob_problem,
+            bytes_per_sample=bytes_per_sample,
+        )
 
     def max_power_w(self, policy: Policy) -> float:
         """P_max for the Zeus-style cost: the devices' maximum, or the host estimate."""

@@ -20,6 +20,7 @@ from adapters.store.feedback import FeedbackLog
 from adapters.traffic_capture import CaptureSpec
 from adapters.traffic_source import TrafficSource
 from adapters.workload.loader import load_workload
+from agents.placement import DeviceView
 from controller.context import LineContext
 from controller.ingest import Ingestor
 from controller.progress import ProgressReporter
@@ -98,6 +99,21 @@ def wire_gpu(gpus: FactoryGpus, ctx: LineContext) -> None:
     if ctx.power_knob_problem is None:
         ctx.set_power_limit = lambda watts, key: gpus.set_power_limit(ctx.policy, watts, key)
         ctx.power_limit_released = gpus.trial_ended
+    if ctx.policy.cluster.kind == "local":
+        ctx.device = gpus.device_view(ctx.power_knob_problem, _bytes_per_sample(ctx))
+    else:
+        ctx.device = DeviceView(False, "a Ray cluster's nodes (not probed from here)")
+
+
+def _bytes_per_sample(ctx: LineContext) -> int | None:
+    """The workload's memory estimate of one sample at the policy's fixed shape, if any."""
+    estimate = getattr(ctx.workload, "bytes_per_sample", None)
+    if estimate is None:
+        return None
+    try:
+        return int(estimate(dict(ctx.policy.tuning.fixed)))
+    except Exception:  # an estimate is never worth a line
+        return None
 
 
 def traffic_source(s: FactoryServices, policy: Policy) -> TrafficSource:

@@ -435,6 +435,12 @@ class EnergyPolicy(_Strict):
         gt=0,
         description="Planning estimate of J/token before any trial has been measured.",
     )
+    placement: Literal["auto", "off"] = Field(
+        default="auto",
+        description="auto: the device's knobs the operator did not name (precision, batch "
+        "sizes that fit, gradient accumulation, permitted power limits) join the search, "
+        "if the workload honours them; off: only the search space as written.",
+    )
 
 
 class LocalClusterPolicy(_Strict):
@@ -655,4 +661,5 @@ _ADDED_SINCE_FIRST_VERSION: list[tuple[tuple[str, ...], Any]] = [
     (("rollout", "min_feedback"), 10),
     (("rollout", "max_feedback_drop"), 0.1),
     (("demo",), None),
+    (("energy", "placement"), "auto"),
 ]

@@ -75,6 +75,10 @@ def nvmlDeviceGetUUID(h: int) -> str:
     return "GPU-fake-0000"
 
 
+def nvmlDeviceGetCudaComputeCapability(h: int) -> tuple[int, int]:
+    return (9, 0)
+
+
 def nvmlDeviceGetMemoryInfo(h: int) -> Any:
     return SimpleNamespace(total=150_754_820_096, used=0, free=150_754_820_096)
 

@@ -82,6 +82,7 @@ class GpuInfo:
     power_limit_max_w: float
     power_limit_default_w: float
     source: Source
+    compute_capability: tuple[int, int] | None = None  # (8, 0) and later: bf16 and TF32
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,12 @@ class NvmlGpu:
         default_mw = self._optional(
             index, "default power limit", nvml.nvmlDeviceGetPowerManagementDefaultLimit, handle
         )
+        get_capability = getattr(nvml, "nvmlDeviceGetCudaComputeCapability", None)
+        capability = (
+            self._optional(index, "compute capability", get_capability, handle)
+            if get_capability is not None
+            else None
+        )
         lo_w, hi_w = (limits[0] / 1000.0, limits[1] / 1000.0) if limits else (_NAN, _NAN)
         return GpuInfo(
             index=index,
@@ -181,6 +187,7 @@ class NvmlGpu:
             power_limit_max_w=hi_w,
             power_limit_default_w=default_mw / 1000.0 if default_mw is not None else _NAN,
             source="nvml",
+            compute_capability=(int(capability[0]), int(capability[1])) if capability else None,
         )
 
     def sample(self) -> list[GpuSample]:

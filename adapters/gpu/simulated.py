@@ -396,6 +396,7 @@ class SimulatedGpu:
                 power_limit_max_w=cal.power_limit_max_w,
                 power_limit_default_w=cal.power_limit_default_w,
                 source="simulated",
+                compute_capability=(9, 0),  # the H200 it is calibrated on
             )
             for i in range(count)
         )

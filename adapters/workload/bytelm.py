@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +53,7 @@ _INT_PARAMS = (
     "warmup_steps",
     "check_every_tokens",
 )
-_PRECISIONS = ("fp32", "bf16")
+_PRECISIONS = ("fp32", "bf16", "tf32")  # tf32: fp32 storage, TF32 matmuls on a GPU
 _SCHEDULES = ("cosine", "linear")
 
 
@@ -270,6 +270,17 @@ def _num_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def _matmul_precision(tf32: bool) -> Iterator[None]:
+    """TF32 matmuls for one run (Ampere and later; no effect on a CPU), then as before."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 def _resolve_device(spec: str) -> torch.device:
@@ -809,6 +820,22 @@ class ByteLMWorkload:
     """Byte-level causal transformer LM implementing the ``Workload`` protocol."""
 
     name = "bytelm"
+    #: the placement knobs it applies, with the values it takes (`agents.placement`)
+    placement_knobs: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "precision": _PRECISIONS,
+        "batch_size": (8, 16, 32, 64, 128, 256, 512),
+        "grad_accum": (1, 2, 4, 8),
+    }
+
+    @staticmethod
+    def bytes_per_sample(params: dict[str, Any]) -> int:
+        """Training memory of one sample, roughly: per layer and position the activations
+        a transformer keeps for backward (about 34 x d_model bytes in fp32 terms, plus the
+        attention scores), the way Korthikanti et al. count them."""
+        known = ByteLMConfig.__dataclass_fields__
+        cfg = ByteLMConfig.from_params({k: v for k, v in params.items() if k in known})
+        per_layer = cfg.context * (34 * cfg.d_model + 5 * cfg.n_heads * cfg.context)
+        return per_layer * cfg.n_layers * 2
 
     def train(
         self,
@@ -845,7 +872,8 @@ class ByteLMWorkload:
         # Dropout draws from torch's global generator: seed it from the request (and put it
         # back afterwards), so a trial gives the same result in a fresh or a reused process.
         cuda = [device.index or 0] if device.type == "cuda" else []
-        with _num_threads(request.threads), torch.random.fork_rng(devices=cuda):
+        tf32 = _matmul_precision(cfg.precision == "tf32")
+        with _num_threads(request.threads), torch.random.fork_rng(devices=cuda), tf32:
             torch.manual_seed(request.seed + 2)
             return self._train(
                 cfg, request, device, train_data, valid_data, planned_steps, progress, should_stop

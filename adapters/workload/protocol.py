@@ -6,6 +6,10 @@ The controller never knows what model it is retraining: it hands a workload a
 serves them through ``load``.  Keeping this surface small and plain-data lets third
 parties plug in their own workloads (``adapters.workload.loader.load_workload`` resolves
 them). This module holds only the types, so any implementation may import it.
+
+A workload may also declare ``placement_knobs`` (knob -> accepted values: ``precision``,
+``batch_size``, ``grad_accum``) and ``bytes_per_sample(params)``: with ``energy.placement:
+auto`` the controller then searches those knobs where the device has them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ __all__ = [
     "TrainRequest",
     "TrainResult",
     "Workload",
+    "honoured_knobs",
 ]
 
 
@@ -131,3 +136,13 @@ class Workload(Protocol):
     def load(self, artefact_path: str, threads: int = 1) -> TextGenerator:
         """Load a saved artefact for serving."""
         ...
+
+
+def honoured_knobs(workload: object) -> dict[str, tuple[Any, ...]]:
+    """The placement knobs a workload applies, with the values it takes: its optional
+    ``placement_knobs`` attribute. A workload that declares none is handed none, so a knob
+    it would ignore never costs a trial (`agents.placement`)."""
+    knobs = getattr(workload, "placement_knobs", None)
+    if not knobs:
+        return {}
+    return {str(knob): tuple(values) for knob, values in dict(knobs).items()}

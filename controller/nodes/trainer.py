@@ -12,6 +12,7 @@ import optuna
 
 from adapters.store.datasets import DatasetVersion
 from adapters.store.tables import TrialRunRow
+from adapters.workload.protocol import honoured_knobs
 from agents.actions import Action
 from agents.energy import (
     TrainingAllowance,
@@ -19,6 +20,7 @@ from agents.energy import (
     TrialBudgetObservation,
     decide_trial_budget,
 )
+from agents.placement import plan_placement, with_placement
 from agents.trainer import (
     SearchObservation,
     TrialSummary,
@@ -77,16 +79,21 @@ class TrainerNode:
         """The search space as it can be applied here, and the cycle's first trial."""
         ctx = self.ctx
         champion = ctx.champion()
+        placement = plan_placement(ctx.device, ctx.policy, honoured_knobs(ctx.workload))
+        policy = with_placement(ctx.policy, placement)
+        if placement.action is not None:
+            ctx.record(placement.action, cid, "energy:placement_knobs")
         plan = plan_search(
             SearchObservation(
                 power_knob_problem=ctx.power_knob_problem,
                 champion_version=champion.version if champion else None,
-                champion_params=champion.params if champion else None,
+                # a champion trained before a knob was searched ran at the knob's default
+                champion_params=placement.defaults | champion.params if champion else None,
                 study_has_finished_trials=has_finished_trials(study),
             ),
-            ctx.policy,
+            policy,
         )
-        dists = {k: v for k, v in distributions(ctx.policy).items() if k not in plan.drop}
+        dists = {k: v for k, v in distributions(policy).items() if k not in plan.drop}
         for key, action in plan.actions:
             if key != plan.first_trial_key:
                 ctx.record(action, cid, key)

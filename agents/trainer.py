@@ -265,3 +265,22 @@ def prune_action(
         "same token count",
         figures,
     )
+
+
+def duplicate_of(params: dict[str, Any], finished: list[tuple[int, dict[str, Any]]]) -> int | None:
+    """The finished trial of this cycle (number) that already ran these exact parameters.
+    On the same data a repeat teaches the search nothing and costs a whole trial's energy
+    (small categorical spaces make samplers repeat themselves); another cycle's trial ran on
+    other data, so only the cycle's own count."""
+    return next((n for n, p in finished if p == params), None)
+
+
+def skip_duplicate_action(number: int, params: dict[str, Any], earlier: int) -> Action:
+    return Action(
+        "trainer",
+        "skip_duplicate",
+        "taken",
+        f"trial {number} asked for the parameters trial {earlier} already ran on this "
+        f"cycle's data: given trial {earlier}'s result, not trained again",
+        {"params": params, "duplicate_of": earlier},
+    )

@@ -8,10 +8,20 @@ and trial records. A trial stops early once its held-out bits/byte reach the tar
 (checked every `--check-every` tokens), so "energy to target" is what a search spends until
 its first trial reaches the target, that trial and the trial workers' start-ups included:
 
-  (a) default   the policy's default configuration (lr 3e-3, batch 32), one long run
-  (b) random    random search over the same space, same trial budget, no pruning
+  (a) baseline   the operator's baseline configuration (--baseline, lr 3e-3, batch 32),
+                 one long run, no pruning
+  (b) random     random search over the same space, same trial budget, no pruning
   (c) controller TPE with pruning of hopeless trials, starting from the operator's baseline
-                 configuration (tuning.baseline), as aifactory tunes a cold study
+                 configuration (tuning.baseline), as aifactory tunes a cold study; with
+                 energy.placement: auto the device's knobs join the search
+  (d) untuned    the workload's plain defaults as a user runs it without a controller (the
+                 byte LM's own: fp32, batch 32, lr 3e-3; the board's default power limit,
+                 no placement knobs, no pruning), one long run
+
+(d)/(c) is what the controller saves against running without it; (a)/(c) against an
+operator who already tuned a baseline. Each arm's cycle summary also gives what the
+controller itself cost (daemon CPU that was neither a trial nor evaluation, estimated
+joules, share of the cycle's energy).
 
 Warm start: trials to reach the target on new data (eras 0+1), for a cold study (no
 baseline) versus the controller's study continued from (c) with the champion's parameters
@@ -27,179 +37,196 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from bench.ceiling import share_of_ceiling
+from bench.daemon_runs import (
+    ERA0,
+    ERA1,
+    ArmSpec,
+    categorical_space,
+    cycle_summary,
+    gpu_name,
+    overhead,
+    policy_yaml,
+    run_once,
+    to_target,
+    trials_of,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
-ERA0 = ["email", "json", "http", "urllib", "xml"]
-ERA1 = ["asyncio", "concurrent", "multiprocessing"]
+__all__ = ["ERA0", "ERA1", "main"]  # ERA0: the era-0 sources other benchmarks train on
 
-
-def policy_yaml(
-    *,
-    eras: list[list[str]],
-    trials: int,
-    sampler: str,
-    space: str,
-    tokens_per_trial: int,
-    target: float,
-    check_every: int,
-    pruning: bool,
-    baseline: bool = False,
-    reuse_workers: bool = True,
-) -> str:
-    eras_yaml = "\n".join(f"      - [{', '.join(e)}]" for e in eras)
-    prune = (
-        "  pruning: {enabled: true, startup_trials: 1, warmup_fraction: 0.15, margin_pct: 8}\n"
-        if pruning
-        else ""
-    )
-    return f"""name: bench
-data:
-  source:
-    kind: stdlib_eras
-    eras:
-{eras_yaml}
-  eval_max_bytes: 60000
-budgets:
-  tokens_per_trial: {tokens_per_trial}
-tuning:
-  trials_per_cycle: {trials}
-  sampler: {sampler}
-  seed: 7
-{prune}{"  baseline: {lr: 0.003, batch_size: 32}" + chr(10) if baseline else ""}  search_space:
-{space}
-  fixed: {{d_model: 128, n_layers: 2, n_heads: 4, context: 128, warmup_steps: 20,
-          target_bpb: {target}, check_every_tokens: {check_every}}}
-triggers:
-  schedule: {{every_s: 86400}}
-  retrain_on_new_data: true
-gates: {{max_bpb: 9.0, min_improvement_pct: -100, max_reference_regression_pct: 1000}}
-cluster: {{reuse_workers: {str(reuse_workers).lower()}}}
-"""
-
-
-SPACE = (
-    "    lr: {type: float, low: 0.0005, high: 0.02, log: true}\n"
-    "    batch_size: {type: categorical, choices: [8, 16, 32, 64]}"
-)
-# On a GPU the energy per token depends on batch size and precision (launch-bound small
-# batches idle a 700 W board), so the GPU run also searches those.
-GPU_SPACE = (
-    "    lr: {type: float, low: 0.0005, high: 0.02, log: true}\n"
+SPACES = {
+    "cpu": "    lr: {type: float, low: 0.0005, high: 0.02, log: true}\n"
+    "    batch_size: {type: categorical, choices: [8, 16, 32, 64]}",
+    # On a GPU the energy per token depends on batch size and precision (launch-bound small
+    # batches idle a 700 W board), so the GPU run also searches those.
+    "gpu": "    lr: {type: float, low: 0.0005, high: 0.02, log: true}\n"
     "    batch_size: {type: categorical, choices: [16, 32, 64, 128, 256]}\n"
-    "    precision: {type: categorical, choices: [fp32, bf16]}"
-)
-DEFAULT_SPACE = (
-    "    lr: {type: categorical, choices: [0.003]}\n"
-    "    batch_size: {type: categorical, choices: [32]}"
-)
+    "    precision: {type: categorical, choices: [fp32, bf16]}",
+    # only the learning rate named: energy.placement: auto adds what the device offers
+    "placement": "    lr: {type: float, low: 0.0005, high: 0.02, log: true}",
+}
+ARMS = ("baseline", "random", "controller", "untuned")
 
 
-def run_once(state: Path, policy: str, threads: int) -> str:
-    """Run one daemon cycle; return its start line (which energy meter and GPU it used)."""
-    path = state / "policy.yaml"
-    state.mkdir(parents=True, exist_ok=True)
-    path.write_text(policy)
-    cmd = [
-        sys.executable,
-        "-m",
-        "controller.cli",
-        "run",
-        "--once",
-        "--no-serve",
-        "--no-console",
-        "--policy",
-        str(path),
-        "--state-dir",
-        str(state),
-        "--threads",
-        str(threads),
-    ]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
-    (state / "run.log").write_text(res.stdout + res.stderr)
-    if res.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
-    lines = res.stdout.splitlines()
-    start = next((i for i, ln in enumerate(lines) if ln.startswith("[daemon] policy")), None)
-    if start is None:
-        return ""
-    note = [lines[start]]  # the console may wrap it: take its continuation lines too
-    note += [ln for ln in lines[start + 1 : start + 4] if not ln.startswith("[")][:3]
-    return " ".join(note)
+def untuned_params() -> dict[str, Any]:
+    """The workload's plain defaults, read from its configuration (not typed here)."""
+    from adapters.workload.bytelm import ByteLMConfig
+
+    plain = ByteLMConfig()
+    return {"lr": plain.lr, "batch_size": plain.batch_size, "precision": plain.precision}
 
 
-def trials_of(state: Path, cycle: int) -> list[dict[str, Any]]:
-    sys.path.insert(0, str(ROOT))
-    from adapters.store.cycles import CycleBook
-    from adapters.store.db import Store
-
-    store = Store(f"sqlite:///{state / 'aifactory.db'}")
-    rows = CycleBook(store).trials(f"bench-c{cycle:04d}")
-    store.dispose()
-    out = []
-    for r in rows:
-        res = json.loads(r.result or "{}")
-        out.append(
-            {
-                "trial": r.optuna_number,
-                "status": r.status,
-                "params": {
-                    k: v
-                    for k, v in json.loads(r.params).items()
-                    if k in ("lr", "batch_size", "precision")
-                },
-                "device": res.get("device"),
-                "seconds": res.get("seconds"),
-                "tokens": res.get("tokens", 0),
-                "joules": res.get("joules", 0.0),
-                # a fresh trial worker's start-up, measured apart: part of what a search costs
-                "startup_joules": (res.get("worker") or {}).get("startup_joules", 0.0),
-                "method": res.get("energy_method", "estimated"),
-                "valid_bpb": res.get("valid_bpb"),
-                "reached": res.get("stopped_reason") == "target",
-            }
-        )
-    return out
-
-
-def to_target(trials: list[dict[str, Any]]) -> dict[str, Any]:
-    spent = 0.0
-    for i, t in enumerate(trials, start=1):
-        spent += t["joules"] + t["startup_joules"]
-        if t["reached"]:
-            return {"reached": True, "joules": spent, "trials_to_target": i, "method": t["method"]}
+def arm_specs(args: argparse.Namespace) -> dict[str, ArmSpec]:
+    baseline = {"lr": args.baseline_lr, "batch_size": args.baseline_batch}
+    d_model, n_layers, n_heads, context = args.shape
+    shape = {"d_model": d_model, "n_layers": n_layers, "n_heads": n_heads, "context": context}
+    one_run = {"trials": 1, "sampler": "random", "tokens_per_trial": args.default_tokens}
+    one_run["fixed"] = shape
+    search = {"trials": args.trials, "space": SPACES[args.space], "fixed": shape}
+    search["tokens_per_trial"] = args.tokens_per_trial
     return {
-        "reached": False,
-        "joules": spent,
-        "trials_to_target": len(trials) + 1,
-        "method": trials[0]["method"] if trials else "estimated",
+        "baseline": ArmSpec(
+            eras=[ERA0],
+            space=categorical_space(**{k: [v] for k, v in baseline.items()}),
+            placement="off",
+            **one_run,
+        ),
+        "random": ArmSpec(eras=[ERA0], sampler="random", **search),
+        "controller": ArmSpec(
+            eras=[ERA0, ERA1],
+            sampler="tpe",
+            pruning=True,
+            # the baseline names only what the space names (placement adds the rest)
+            baseline={k: v for k, v in baseline.items() if f"    {k}:" in search["space"]},
+            **search,
+        ),
+        "untuned": ArmSpec(
+            eras=[ERA0],
+            space=categorical_space(**{k: [v] for k, v in untuned_params().items()}),
+            placement="off",
+            **one_run,
+        ),
     }
 
 
-def main() -> int:
+def run_arm(
+    name: str, spec: ArmSpec, state: Path, args: argparse.Namespace, reuse: bool
+) -> dict[str, Any]:
+    """One arm through the daemon: its trials, energy to target and the controller's cost."""
+    print(f"[bench] running ({name}) ...", flush=True)
+    yaml = policy_yaml(spec, target=args.target, check_every=args.check_every, reuse_workers=reuse)
+    note = run_once(state, yaml, args.threads)
+    trials = trials_of(state, 1)
+    arm = {
+        "daemon": note,
+        "reuse_workers": reuse,
+        "trials": trials,
+        "search_joules": sum(t["joules"] + t["startup_joules"] for t in trials),
+        **to_target(trials),
+        "controller": overhead(cycle_summary(state, 1)),
+    }
+    print(f"[bench] ({name}) {json.dumps(arm)}", flush=True)  # if cut short
+    return arm
+
+
+def run_arms(
+    args: argparse.Namespace, specs: dict[str, ArmSpec], base: Path
+) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """Every wanted arm, each way of running workers asked for; the reuse ratios."""
+    arms: dict[str, dict[str, Any]] = {}
+    reuse_ratio: dict[str, float] = {}
+    modes = {"on": [True], "off": [False], "both": [False, True]}[args.reuse]
+    for name in (a for a in ARMS if a in args.arms):
+        for reuse in modes:
+            key = f"{name}, worker per trial" if len(modes) > 1 and not reuse else name
+            state = base / f"{name}-{'reused' if reuse else 'fresh'}"
+            arms[key] = run_arm(key, specs[name], state, args, reuse)
+        if len(modes) > 1:
+            off = arms[f"{name}, worker per trial"]["search_joules"]
+            reuse_ratio[name] = off / arms[name]["search_joules"]
+    return arms, reuse_ratio
+
+
+def run_warm(args: argparse.Namespace, specs: dict[str, ArmSpec], base: Path) -> dict[str, Any]:
+    """The controller's second cycle on new data against a cold study on the same data."""
+    target = args.warm_target or args.target + 0.1
+    reuse = args.reuse != "off"
+    common = {"target": target, "check_every": args.check_every}
+    print("[bench] warm start: controller's second cycle (new era) ...", flush=True)
+    ctrl = base / f"controller-{'reused' if reuse else 'fresh'}"
+    run_once(ctrl, policy_yaml(specs["controller"], **common, reuse_workers=reuse), args.threads)
+    warm = trials_of(ctrl, 2)
+    print("[bench] warm start: cold study on the same data ...", flush=True)
+    cold_spec = replace(specs["controller"], eras=[ERA0 + ERA1], baseline=None)
+    run_once(base / "cold", policy_yaml(cold_spec, **common, reuse_workers=True), args.threads)
+    cold = trials_of(base / "cold", 1)
+    return {
+        "target_bpb": target,
+        "warm": {"trials": warm, **to_target(warm)},
+        "cold": {"trials": cold, **to_target(cold)},
+    }
+
+
+def ratios(arms: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    c = arms.get("controller", {}).get("joules")
+    out: dict[str, float | None] = {}
+    for name, label in (("untuned", "d"), ("baseline", "a"), ("random", "b")):
+        other = arms.get(name, {}).get("joules")
+        out[f"({label})/(c) {name} / controller"] = other / c if other and c else None
+    return out
+
+
+def ceilings(arms: dict[str, dict[str, Any]], device: str | None) -> dict[str, Any]:
+    """On a GPU with measured joules: each one-configuration arm's and the controller's
+    cheapest reaching trial's training tokens per joule, as a share of the ceiling."""
+    if device is None:
+        return {}
+    out = {}
+    for name, arm in arms.items():
+        reached = [t for t in arm["trials"] if t["reached"] and t["method"] == "measured"]
+        if reached and reached[0].get("n_params"):
+            best = min(reached, key=lambda t: t["joules"])
+            out[name] = share_of_ceiling(device, best["n_params"], best["tokens"], best["joules"])
+            out[name]["params"] = best["params"]
+    return out
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--target", type=float, default=3.0, help="held-out bits/byte to reach")
     ap.add_argument("--trials", type=int, default=5, help="trial budget for (b) and (c)")
     ap.add_argument("--tokens-per-trial", type=int, default=1_500_000)
-    ap.add_argument("--default-tokens", type=int, default=4_000_000, help="cap for (a)")
+    ap.add_argument("--default-tokens", type=int, default=4_000_000, help="cap for (a), (d)")
     ap.add_argument("--check-every", type=int, default=100_000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--baseline-lr", type=float, default=0.003, help="(a), (c)'s first trial")
+    ap.add_argument("--baseline-batch", type=int, default=32)
+    ap.add_argument(
+        "--shape",
+        type=lambda t: [int(x) for x in t.split(",")],
+        default=[128, 2, 4, 128],
+        help="d_model,n_layers,n_heads,context of the byte LM (bigger on a GPU)",
+    )
     ap.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results" / "energy_to_target.json"
     )
     ap.add_argument("--skip-warm", action="store_true")
-    ap.add_argument("--arms", default="default,random,controller", help="comma-separated")
+    ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated, of " + str(ARMS))
     ap.add_argument("--warm-target", type=float, help="target on eras 0+1 (default: target+0.1)")
     ap.add_argument(
         "--space",
-        choices=("cpu", "gpu"),
+        choices=tuple(SPACES),
         default="cpu",
-        help="search space of (b) and (c): gpu adds batch 128/256 and bf16",
+        help="search space of (b) and (c): gpu adds batch 128/256 and bf16; placement names "
+        "only lr and lets energy.placement: auto add the device's knobs",
     )
     ap.add_argument(
         "--reuse",
@@ -209,124 +236,79 @@ def main() -> int:
         "arm both ways, one per trial first, and reports the ratio",
     )
     args = ap.parse_args()
-    common = {"target": args.target, "check_every": args.check_every}
-    search_space = GPU_SPACE if args.space == "gpu" else SPACE
+    args.arms = [a.strip() for a in args.arms.split(",")]
+    unknown = sorted(set(args.arms) - set(ARMS))
+    if unknown:
+        ap.error(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     started = time.time()
+    specs = arm_specs(args)
     with tempfile.TemporaryDirectory(prefix="aifactory-bench-") as tmp:
-        base = Path(tmp)
-        arms: dict[str, dict[str, Any]] = {}
-        specs = {
-            "default": dict(
-                eras=[ERA0],
-                trials=1,
-                sampler="random",
-                space=DEFAULT_SPACE,
-                tokens_per_trial=args.default_tokens,
-                pruning=False,
-            ),
-            "random": dict(
-                eras=[ERA0],
-                trials=args.trials,
-                sampler="random",
-                space=search_space,
-                tokens_per_trial=args.tokens_per_trial,
-                pruning=False,
-            ),
-            "controller": dict(
-                eras=[ERA0, ERA1],
-                trials=args.trials,
-                sampler="tpe",
-                space=search_space,
-                tokens_per_trial=args.tokens_per_trial,
-                pruning=True,
-                baseline=True,
-            ),
-        }
-        wanted = args.arms.split(",")
-        modes = {"on": [True], "off": [False], "both": [False, True]}[args.reuse]
-        reuse_ratio: dict[str, float] = {}
-        for name, spec in specs.items():
-            if name not in wanted:
-                continue
-            for reuse in modes:
-                key = f"{name}, worker per trial" if len(modes) > 1 and not reuse else name
-                state = base / f"{name}-{'reused' if reuse else 'fresh'}"
-                print(f"[bench] running ({key}) ...", flush=True)
-                yaml = policy_yaml(**spec, **common, reuse_workers=reuse)  # type: ignore[arg-type]
-                note = run_once(state, yaml, args.threads)
-                trials = trials_of(state, 1)
-                arms[key] = {
-                    "daemon": note,
-                    "reuse_workers": reuse,
-                    "trials": trials,
-                    "search_joules": sum(t["joules"] + t["startup_joules"] for t in trials),
-                    **to_target(trials),
-                }
-                print(f"[bench] ({key}) {json.dumps(arms[key])}", flush=True)  # if cut short
-            if len(modes) > 1:
-                off = arms[f"{name}, worker per trial"]["search_joules"]
-                reuse_ratio[name] = off / arms[name]["search_joules"]
-        warm: dict[str, Any] = {}
-        warm_target = args.warm_target or args.target + 0.1
-        if not args.skip_warm:
-            common = {"target": warm_target, "check_every": args.check_every}
-            print("[bench] warm start: controller's second cycle (new era) ...", flush=True)
-            ctrl = base / f"controller-{'reused' if modes[-1] else 'fresh'}"
-            ctrl_yaml = policy_yaml(**specs["controller"], **common, reuse_workers=modes[-1])  # type: ignore[arg-type]
-            run_once(ctrl, ctrl_yaml, args.threads)
-            warm_trials = trials_of(ctrl, 2)
-            print("[bench] warm start: cold study on the same data ...", flush=True)
-            cold_spec = dict(specs["controller"], eras=[ERA0 + ERA1], baseline=False)
-            run_once(base / "cold", policy_yaml(**cold_spec, **common), args.threads)  # type: ignore[arg-type]
-            cold_trials = trials_of(base / "cold", 1)
-            warm = {
-                "warm": {"trials": warm_trials, **to_target(warm_trials)},
-                "cold": {"trials": cold_trials, **to_target(cold_trials)},
-            }
-    method = next(iter(arms.values()))["method"]
-    a, b, c = (arms.get(k, {}).get("joules") for k in ("default", "random", "controller"))
+        arms, reuse_ratio = run_arms(args, specs, Path(tmp))
+        warm = {} if args.skip_warm else run_warm(args, specs, Path(tmp))
     result = {
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}",
         "command": "python -m bench.energy_to_target " + " ".join(sys.argv[1:]),
         "target_bpb": args.target,
-        "energy": method,
+        "energy": next(iter(arms.values()))["method"] if arms else None,
         "space": args.space,
+        "untuned_params": untuned_params(),
         "arms": arms,
-        "ratio_default_over_controller": a / c if a and c else None,
-        "ratio_random_over_controller": b / c if b and c else None,
+        "ratios": ratios(arms),
         "ratio_worker_per_trial_over_reused": reuse_ratio,
         "warm_start": warm,
-        "warm_target_bpb": None if args.skip_warm else args.warm_target or args.target + 0.1,
+        "ceiling": ceilings(arms, gpu_name()),
         "seconds": round(time.time() - started, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print(f"\nEnergy to reach {args.target} bits/byte (joules {method}; lower is better)")
-    w = max(12, *(len(n) + 2 for n in arms))
-    print(f"{'arm':<{w}}{'reached':>9}{'trials':>8}{'joules':>12}")
+    report(result, args.out)
+    return 0
+
+
+def report(result: dict[str, Any], out: Path) -> None:
+    arms = result["arms"]
+    target, energy = result["target_bpb"], result["energy"]
+    print(f"\nEnergy to reach {target} bits/byte (joules {energy}; lower is better)")
+    w = max(12, *(len(n) + 2 for n in arms)) if arms else 12
+    print(
+        f"{'arm':<{w}}{'reached':>9}{'trials':>8}{'joules':>12}{'controller CPU s':>18}{'share':>8}"
+    )
     for name, arm in arms.items():
+        own = arm["controller"]
+        cpu = "n/a" if own["controller_cpu_s"] is None else f"{own['controller_cpu_s']:.2f}"
+        share = own["controller_share_pct"]
         print(
             f"{name:<{w}}{arm['reached']!s:>9}{arm['trials_to_target']:>8}{arm['joules']:>12,.0f}"
+            f"{cpu:>18}{'n/a' if share is None else f'{share:.2f}%':>8}"
         )
-    for label, key in (
-        ("(a)/(c) default / controller", "ratio_default_over_controller"),
-        ("(b)/(c) random / controller ", "ratio_random_over_controller"),
-    ):
-        if result[key] is not None:
-            print(f"{label}: {result[key]:.2f}x")
-    for name, ratio in reuse_ratio.items():
+    for label, ratio in result["ratios"].items():
+        if ratio is not None:
+            print(f"{label}: {ratio:.2f}x")
+    for name, ratio in result["ratio_worker_per_trial_over_reused"].items():
         print(f"({name}) whole search, worker per trial / reused workers: {ratio:.2f}x")
+    for name, c in result["ceiling"].items():
+        if c["share_of_ceiling"] is not None:
+            print(
+                f"({name}) {c['tokens_per_joule']:,.0f} training tokens/J measured, "
+                f"{100 * c['share_of_ceiling']:.1f}% of the ceiling "
+                f"({c['ceiling_tokens_per_joule']:,.0f} on {c['device']}, {c['n_params']:,} params)"
+            )
+    warm = result["warm_start"]
     if warm:
-        w, k = warm["warm"], warm["cold"]
-        print(f"\nWarm start, trials to reach {warm_target} bits/byte on eras 0+1:")
+        wt, k = warm["warm"], warm["cold"]
+        print(f"\nWarm start, trials to reach {warm['target_bpb']} bits/byte on eras 0+1:")
         print(
             f"cold study: {k['trials_to_target']}{'' if k['reached'] else ' (not reached)'}   "
-            f"warm-started: {w['trials_to_target']}{'' if w['reached'] else ' (not reached)'}   "
-            f"ratio cold/warm: {k['trials_to_target'] / w['trials_to_target']:.2f}x"
+            f"warm-started: {wt['trials_to_target']}{'' if wt['reached'] else ' (not reached)'}   "
+            f"ratio cold/warm: {k['trials_to_target'] / wt['trials_to_target']:.2f}x"
         )
-    print(f"\nJSON: {args.out}  ({result['seconds']:.0f} s)")
-    return 0
+    print(f"\nJSON: {out}  ({result['seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

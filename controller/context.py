@@ -133,6 +133,7 @@ class LineContext:
     # held around in-process energy windows (evaluation, drift): process CPU time would
     # count two lines' concurrent windows twice
     measuring: threading.Lock = field(default_factory=threading.Lock)
+    in_process_cpu_s: float = 0.0  # CPU of the booked in-process windows (controller cost)
     files: SharedFiles | None = None  # files every member reads (a shared store)
     kept_traffic: Any = None  # adapters.traffic_source.TrafficSource: expired by retention
 
@@ -186,7 +187,9 @@ class LineContext:
         )
 
     def book_eval(self, key: str, cid: str, tokens: int, reading: EnergyReading) -> None:
-        """Evaluation work goes on the ledger too: it counts against the day's energy."""
+        """Evaluation work goes on the ledger too: it counts against the day's energy (and
+        is work the cycle ordered, not the controller's own cost)."""
+        self.in_process_cpu_s += reading.cpu_seconds
         self.ledger.record(
             key=key,
             policy_name=self.name,

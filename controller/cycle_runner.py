@@ -14,6 +14,7 @@ from langgraph.types import Command
 from adapters.store.rollouts import ACTIVE as ROLLOUT_ACTIVE
 from controller.budget import eval_key
 from controller.context import CycleInterrupted, LineContext
+from controller.cycle_cost import CycleCpu, controller_figures
 from controller.graph import RECURSION_LIMIT
 from controller.nodes.canary import FINAL as ROLLOUT_FINAL
 from controller.nodes.canary import roll_back
@@ -48,10 +49,12 @@ class CycleRunner:
         self.started = started
         self.runs: list[CycleRun] = []
         self._attempts: dict[str, int] = {}
+        self._cpu = CycleCpu(lambda: ctx.in_process_cpu_s)
 
     def run(self, trigger: str, resume_id: str | None = None) -> CycleRun | None:
         """Run (or resume) one cycle to its end, a pause for a person, or an interruption."""
         ctx = self.ctx
+        mark = self._cpu.mark()
         if resume_id is not None:
             prepared = self._prepare_resume(resume_id, trigger)
             if prepared is None or isinstance(prepared, CycleRun):
@@ -63,6 +66,7 @@ class CycleRunner:
         try:
             result = self.graph.invoke(payload, config, durability="sync")
         except Exception as exc:
+            self._cpu.add(cid, mark)
             if not isinstance(exc, CycleInterrupted) and not ctx.stop_event.is_set():
                 return self._failed(cid, trigger, exc)
             # stopping: whatever broke under a closing store is no failure of the cycle
@@ -77,6 +81,7 @@ class CycleRunner:
             )
             return None
         self._attempts.pop(cid, None)
+        self._cpu.add(cid, mark)
         if result.get("__interrupt__"):
             ctx.book.finish(cid, "awaiting_approval", {})
             self._say(f"[daemon] {cid} awaits a person (aifactory status shows the id)")
@@ -194,6 +199,7 @@ class CycleRunner:
             self._say(f"[daemon] cycle {cycle_id} attempt {attempt} failed: {error}; retrying")
             self._retry_later(cycle_id, rule.delay_s)
             return None
+        self._cpu.take(cycle_id)  # nothing to report it in
         ctx.book.finish(cycle_id, "failed", {"error": error[:2000]})
         if ctx.budget is not None:
             ctx.budget.release(eval_key(cycle_id))  # a failed cycle evaluates nothing
@@ -226,21 +232,7 @@ class CycleRunner:
 
     def finish(self, cycle_id: str, trigger: str, state: dict[str, Any]) -> CycleRun:
         ctx = self.ctx
-        train = ctx.ledger.totals(ctx.name, cycle_id=cycle_id, kind="train")
-        evals = ctx.ledger.totals(ctx.name, cycle_id=cycle_id, kind="eval")
-        stage_s = dict(state.get("stage_s") or {})
-        summary = {
-            "trials": len(state.get("trials") or []),
-            "candidate": state.get("candidate_version"),
-            "blessed": state.get("blessed"),
-            "promoted": bool(state.get("promoted")),
-            "train_tokens": train.tokens,
-            "train_joules": round(train.joules, 3),
-            "eval_tokens": evals.tokens,
-            "eval_joules": round(evals.joules, 3),
-            "energy_method": train.method if train.tokens else evals.method,
-            "stage_s": stage_s,
-        }
+        summary = self._summary(cycle_id, state)
         if state.get("defer_for_h"):
             summary["deferred_for_h"] = round(state["defer_for_h"], 3)
             self._deferred(float(state["defer_for_h"]))
@@ -256,13 +248,12 @@ class CycleRunner:
             key=f"{cycle_id}:finish",
         )
         elapsed = time.monotonic() - self.started
-        stages = ", ".join(f"{k} {v:.1f}s" for k, v in ordered_stages(stage_s))
-        self._say(f"[daemon] cycle {cycle_id} done at {elapsed:.1f}s since start; stages: {stages}")
+        self._say_done(cycle_id, elapsed, summary)
         run = CycleRun(
             cycle_id,
             trigger,
             "completed",
-            stage_s,
+            summary["stage_s"],
             bool(state.get("promoted")),
             state.get("candidate_version"),
             state.get("blessed"),
@@ -270,6 +261,40 @@ class CycleRunner:
         )
         self.runs.append(run)
         return run
+
+    def _summary(self, cycle_id: str, state: dict[str, Any]) -> dict[str, Any]:
+        """The cycle's figures: trials, verdict, energy by kind, stages, the controller's cost."""
+        ctx = self.ctx
+        train = ctx.ledger.totals(ctx.name, cycle_id=cycle_id, kind="train")
+        evals = ctx.ledger.totals(ctx.name, cycle_id=cycle_id, kind="eval")
+        return {
+            "trials": len(state.get("trials") or []),
+            "candidate": state.get("candidate_version"),
+            "blessed": state.get("blessed"),
+            "promoted": bool(state.get("promoted")),
+            "train_tokens": train.tokens,
+            "train_joules": round(train.joules, 3),
+            "eval_tokens": evals.tokens,
+            "eval_joules": round(evals.joules, 3),
+            "energy_method": train.method if train.tokens else evals.method,
+            "stage_s": dict(state.get("stage_s") or {}),
+            **controller_figures(
+                self._cpu.take(cycle_id),
+                ctx.policy.energy.watts_per_core,
+                train.joules,
+                evals.joules,
+            ),
+        }
+
+    def _say_done(self, cycle_id: str, elapsed: float, summary: dict[str, Any]) -> None:
+        stages = ", ".join(f"{k} {v:.1f}s" for k, v in ordered_stages(summary["stage_s"]))
+        self._say(f"[daemon] cycle {cycle_id} done at {elapsed:.1f}s since start; stages: {stages}")
+        share = summary["controller_share_pct"]
+        if share is not None:
+            self._say(
+                f"[daemon] the controller itself: {summary['controller_cpu_s']:.2f} s CPU, "
+                f"{share:.2f}% of the cycle's energy (estimated)"
+            )
 
 
 STAGES = ("data", "energy", "trainer", "evaluator", "approval", "deployer", "report")

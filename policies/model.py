@@ -13,7 +13,7 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -441,6 +441,14 @@ class EnergyPolicy(_Strict):
         "sizes that fit, gradient accumulation, permitted power limits) join the search, "
         "if the workload honours them; off: only the search space as written.",
     )
+
+    @field_validator("placement", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        """YAML reads an unquoted ``off`` (and ``on``) as a boolean: take what was meant."""
+        if isinstance(value, bool):
+            return "auto" if value else "off"
+        return value
 
 
 class LocalClusterPolicy(_Strict):

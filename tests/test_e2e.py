@@ -395,6 +395,11 @@ def test_one_cycle_on_postgresql(tmp_path: Path, pg_url: str) -> None:
     store = open_store(pg_url)
     assert ModelRegistry(store, tmp_path / "m").alias("tiny", "champion") == 1
     assert AuditLog(store).verify().ok
+    # what the controller itself cost: its own CPU, beside the trials' and evaluation's
+    (done,) = AuditLog(store).events(action="finish_cycle")
+    assert done.figures["controller_cpu_s"] > 0 and done.figures["controller_energy"] == "estimated"
+    assert 0 < done.figures["controller_share_pct"] < 100
+    assert "[daemon] the controller itself:" in res.stdout
     status = cli("status", "--db", pg_url, "--policy", str(TINY_POLICY), "--json")
     assert json.loads(status.stdout)["champion"]["version"] == 1
     store.dispose()
@@ -609,22 +614,41 @@ def test_energy_objective_pareto_front_and_selection(tmp_path: Path) -> None:
     store.dispose()
 
 
-def test_hopeless_trial_is_pruned(tmp_path: Path) -> None:
+def test_cold_study_starts_from_the_baseline_and_a_hopeless_trial_is_pruned(
+    tmp_path: Path,
+) -> None:
+    """The baseline runs first; the sampler then gets something this cycle has not run (a
+    repeat would be skipped), which is hopeless and pruned against the baseline's curve."""
     pol = policy_file(
         tmp_path,
         **{
             TINY_LR: "lr: {type: categorical, choices: [0.008, 0.00001]}",
-            "trials_per_cycle: 2": "trials_per_cycle: 4\n  seed: 9\n  sampler: random\n"
+            "trials_per_cycle: 2": "trials_per_cycle: 2\n  seed: 9\n  sampler: random\n"
+            "  baseline: {lr: 0.008}\n"
             "  pruning: {enabled: true, startup_trials: 1, warmup_fraction: 0.1, margin_pct: 30}",
             "tokens_per_trial: 60000": "tokens_per_trial: 400000",
         },
     )
     store = run_once(tmp_path, pol)
     events = AuditLog(store).events(agent="trainer")
+    assert any(e.action == "baseline" for e in events)
+    ran = [e for e in events if e.action in ("run_trial", "prune_trial")]
+    assert [e.figures["params"]["lr"] for e in ran] == [0.008, 0.00001]
     pruned = [e for e in events if e.action == "prune_trial"]
-    assert pruned, [(e.action, e.reason) for e in events]
-    assert all(e.figures["params"]["lr"] == 0.00001 for e in pruned)
+    assert [e.figures["params"]["lr"] for e in pruned] == [0.00001], [
+        (e.action, e.reason) for e in events
+    ]
+    assert all(e.figures["duplicate_of"] == 0 for e in events if e.action == "skip_duplicate")
     assert ModelRegistry(store, tmp_path).get("tiny", 1).params["lr"] == 0.008  # type: ignore[union-attr]
+    (done,) = AuditLog(store).events(action="finish_cycle")  # the controller's own cost
+    assert done.figures["controller_cpu_s"] > 0 and 0 < done.figures["controller_share_pct"] < 100
+    # both trials ran in one reused worker process; only the first paid its start-up
+    runs = [e.figures["worker"] for e in ran]
+    assert [w["trial"] for w in runs] == [1, 2] and runs[0]["pid"] == runs[1]["pid"]
+    assert runs[0]["startup_joules"] > 0 and runs[1]["startup_joules"] == 0
+    with store.session() as s:
+        startups = [r for r in s.exec(select(LedgerRow)).all() if r.key.endswith(":worker-startup")]
+    assert len(startups) == 1 and startups[0].joules == runs[0]["startup_joules"]
     store.dispose()
 
 
@@ -684,23 +708,4 @@ def test_power_limit_restored_after_kill9(tmp_path: Path) -> None:
     state_after = json.loads(fake_state.read_text())
     assert state_after["limit_mw"] == 700_000  # restored on exit too
     assert 300_000 in state_after["writes"] and state_after["writes"][-1] == 700_000
-    store.dispose()
-
-
-def test_cold_study_starts_from_the_baseline(tmp_path: Path) -> None:
-    pol = policy_file(
-        tmp_path, **{"trials_per_cycle: 2": "trials_per_cycle: 2\n  baseline: {lr: 0.005}"}
-    )
-    store = run_once(tmp_path, pol)
-    events = AuditLog(store).events(agent="trainer")
-    assert any(e.action == "baseline" for e in events)
-    first = next(e for e in events if e.action == "run_trial")
-    assert first.figures["params"]["lr"] == 0.005
-    # both trials ran in one reused worker process; only the first paid its start-up
-    runs = [e.figures["worker"] for e in events if e.action == "run_trial"]
-    assert [w["trial"] for w in runs] == [1, 2] and runs[0]["pid"] == runs[1]["pid"]
-    assert runs[0]["startup_joules"] > 0 and runs[1]["startup_joules"] == 0
-    with store.session() as s:
-        startups = [r for r in s.exec(select(LedgerRow)).all() if r.key.endswith(":worker-startup")]
-    assert len(startups) == 1 and startups[0].joules == runs[0]["startup_joules"]
     store.dispose()

@@ -103,6 +103,12 @@ def test_a_cpu_adds_nothing() -> None:
 def test_the_new_setting_keeps_every_existing_policy_version() -> None:
     assert policy().version == policy("energy: {placement: auto}\n").version
     assert policy().version != policy("energy: {placement: 'off'}\n").version
+    # YAML reads an unquoted off as false: it still means off
+    assert policy("energy: {placement: off}\n").energy.placement == "off"
+    assert (
+        policy("energy: {placement: off}\n").version
+        == policy("energy: {placement: 'off'}\n").version
+    )
 
 
 def test_a_cycle_on_a_fake_h200_searches_what_the_workload_honours(tmp_path: Path) -> None:

@@ -57,10 +57,13 @@ def open_study(
 def fail_orphans(study: optuna.Study, book: CycleBook, cid: str) -> None:
     """Trials asked for but never recorded (a crash in between) must not stay RUNNING, nor
     may a RUNNING trial of a cycle that has ended: with a constant liar, TPE would count it
-    as a bad result for ever."""
+    as a bad result for ever. It runs before the cycle's first ask, when nothing of this
+    line's study is being asked."""
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         key, cycle = t.user_attrs.get("trial_key"), t.user_attrs.get("cycle")
-        if cycle == cid:
+        if cycle is None or key is None:
+            stale = True  # asked, then a crash before it was marked: no cycle will settle it
+        elif cycle == cid:
             stale = bool(key) and book.trial(key) is None
         else:
             row = book.get(cycle) if cycle else None

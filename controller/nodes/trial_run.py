@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import FrozenTrial, TrialState
 
 from adapters.cluster.base import TrialJob, TrialOutcome
 from adapters.store.db import utcnow_iso
 from adapters.store.tables import TrialRunRow
 from adapters.workload.protocol import TrainRequest
-from agents.trainer import energy_cost, should_prune
+from agents.trainer import duplicate_of, energy_cost, should_prune, skip_duplicate_action
 from controller.context import CycleInterrupted, LineContext
 from policies.model import PLACEMENT_PARAMS
 
@@ -76,6 +78,20 @@ class LiveTrial:
     prune_now: bool = False
     prune_median: float | None = None
     started_at: str = field(default_factory=utcnow_iso)
+
+
+_MAX_ASKS = 9  # asks for parameters not yet run before a repeat is trained anyway
+
+
+def _space_exhausted(dists: dict[str, Any], ran: list[tuple[int, dict[str, Any]]]) -> bool:
+    """Every point of a finite (all-categorical) space already ran this cycle."""
+    if not dists or not all(isinstance(d, CategoricalDistribution) for d in dists.values()):
+        return False
+    size = 1
+    for d in dists.values():
+        size *= len(d.choices)
+    distinct = {tuple(sorted(p.items())) for _, p in ran if set(p) == set(dists)}
+    return len(distinct) >= size
 
 
 class TrialRunner:
@@ -140,7 +156,7 @@ class TrialRunner:
     def _ask(self, plan: TrialPlan) -> tuple[optuna.Trial, TrialRunRow]:
         """Ask Optuna and write the trial's number and parameters *before* training."""
         ctx = self.ctx
-        trial = self.study.ask(fixed_distributions=plan.dists)
+        trial = self._ask_new(plan)
         trial.set_user_attr("trial_key", plan.key)
         trial.set_user_attr("cycle", plan.cid)
         params = {**ctx.policy.tuning.fixed, **trial.params}
@@ -155,6 +171,44 @@ class TrialRunner:
         )
         ctx.book.put_trial(row)
         return trial, row
+
+    def _ask_new(self, plan: TrialPlan) -> optuna.Trial:
+        """A trial whose parameters this cycle has not run yet: a repeat is told the earlier
+        trial's result at once (audited) and Optuna asked again, a few times at most. A
+        finite space this cycle has wholly run asks once: a repeat is all there is."""
+        done = (TrialState.COMPLETE, TrialState.PRUNED)
+        finished = {
+            t.number: t
+            for t in self.study.get_trials(deepcopy=False, states=done)
+            if t.user_attrs.get("cycle") == plan.cid
+        }
+        ran = [(n, t.params) for n, t in finished.items()]
+        tries = 1 if _space_exhausted(plan.dists, ran) else _MAX_ASKS
+        for _ in range(tries - 1):
+            trial = self.study.ask(fixed_distributions=plan.dists)
+            earlier = duplicate_of(trial.params, ran)
+            if earlier is None:
+                return trial
+            self._tell_as(trial, finished[earlier], plan)
+        return self.study.ask(fixed_distributions=plan.dists)
+
+    def _tell_as(self, trial: optuna.Trial, earlier: FrozenTrial, plan: TrialPlan) -> None:
+        """The repeat gets the earlier trial's result (its curve too, so TPE weighs it
+        alike). Marked and audited before the tell: a crash in between leaves an orphan that
+        ``fail_orphans`` settles, never an unaudited tell."""
+        trial.set_user_attr("trial_key", f"{plan.key}:repeat-{trial.number}")
+        trial.set_user_attr("cycle", plan.cid)
+        trial.set_user_attr("duplicate_of", earlier.number)
+        action = skip_duplicate_action(trial.number, trial.params, earlier.number)
+        self.ctx.record(action, plan.cid, f"trainer:repeat:{trial.number}")
+        self.ctx.reporter.info(f"[trainer] {action.reason}")
+        if earlier.state == TrialState.COMPLETE:
+            self.study.tell(trial, values=earlier.values)
+            return
+        if len(self.study.directions) == 1:  # intermediate values: single objective only
+            for step, value in earlier.intermediate_values.items():
+                trial.report(value, step)
+        self.study.tell(trial, state=TrialState.PRUNED)
 
     def _job(
         self, plan: TrialPlan, row: TrialRunRow, params: dict[str, Any], placement: dict[str, Any]

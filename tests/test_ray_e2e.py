@@ -86,7 +86,7 @@ def test_a_lost_node_runs_the_trial_again_elsewhere(
         tmp_path,
         ray_cluster.address,
         "  resources: {pool: 1}\n  max_retries: 1\n",
-        **{"tokens_per_trial: 60000": "tokens_per_trial: 2000000"},
+        **{"tokens_per_trial: 60000": "tokens_per_trial: 1200000"},
     )
     pol.write_text(pol.read_text().replace("parallel_trials: 2", "parallel_trials: 1"))
     pol.write_text(pol.read_text().replace("trials_per_cycle: 2", "trials_per_cycle: 1"))

@@ -61,8 +61,8 @@ def fail_orphans(study: optuna.Study, book: CycleBook, cid: str) -> None:
     line's study is being asked."""
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         key, cycle = t.user_attrs.get("trial_key"), t.user_attrs.get("cycle")
-        if cycle is None or key is None:
-            stale = True  # asked, then a crash before it was marked: no cycle will settle it
+        if cycle is None:  # the key is set first, the cycle last: a crash in between, or
+            stale = True  # before either, leaves a trial no cycle will settle
         elif cycle == cid:
             stale = bool(key) and book.trial(key) is None
         else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from adapters.store.cycles import CycleBook
 from adapters.store.db import Store
 from adapters.store.rollouts import RolloutBook
 from controller.console.app import ConsoleDeps, build_console_app
-from controller.console.guard import Gate
+from controller.console.guard import ConsoleError, Gate
 from controller.console.server import plotly_js
 from controller.console.tokens import TokenError, TokenSource, load_tokens, parse_tokens
 from controller.operator_actions import ActionRefused, OperatorActions
@@ -196,6 +197,38 @@ def test_every_write_without_a_token_is_refused_and_audited(console: Console) ->
     # nothing was acted on
     assert CycleBook(console.store).approvals("tiny", "pending")[0].id == aid
     assert console.get("/lines/tiny").json()["champion"]["version"] == 2
+
+
+def test_a_burst_of_refusals_is_written_whole_even_when_nothing_follows(
+    tmp_path: Path,
+) -> None:
+    """The first refusal is an event at once; those after it within the gap are summed
+    into one later event, written by the gate itself, not left for a next refusal."""
+    events: list[dict[str, Any]] = []
+    tokens = TokenSource("X", f"ops-alice:{ALICE}", tmp_path)
+    gate = Gate(tokens, True, lambda **e: events.append(e), lambda _: None, refusal_gap_s=0.3)
+
+    def refuse(token: str | None, client: str = "10.0.0.9") -> None:
+        header = f"Bearer {token}" if token else None
+        with pytest.raises(ConsoleError):
+            gate.operator(header, "POST", "/api/v1/lines/tiny/pause", client)
+
+    refuse(None)
+    refuse("wrong-token-0123456789")
+    refuse("wrong-token-0123456789")
+    assert [e["figures"]["count"] for e in events] == [1]
+    deadline = time.monotonic() + 5
+    while len(events) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [e["figures"]["count"] for e in events] == [1, 2]
+    assert "a token that is not known (2 refusals" in events[1]["reason"]
+    # a stopping console writes what it holds at once
+    refuse(None, "10.0.0.7")
+    refuse(None, "10.0.0.7")
+    gate.close()
+    assert [e["figures"]["client"] for e in events[2:]] == ["10.0.0.7", "10.0.0.7"]
+    assert events[-1]["figures"]["count"] == 1
+    assert gate.operator(f"Bearer {ALICE}", "POST", "/x", "10.0.0.7") == "ops-alice"
 
 
 def test_reads_need_a_token_off_loopback(closed_console: Console) -> None:

@@ -37,12 +37,17 @@ class Gate:
         reads_open: bool,
         audit: Callable[..., Any],
         say: Callable[[str], None],
+        refusal_gap_s: float = _REFUSAL_GAP_S,
     ) -> None:
         self.tokens, self.reads_open = tokens, reads_open
+        self._gap = refusal_gap_s
         self._audit, self._say = audit, say
         self._lock = threading.Lock()
         self._last: dict[str, float] = {}  # client -> when its last refusal was written
         self._held: dict[str, int] = {}  # client -> refusals since then, not yet written
+        self._latest: dict[str, tuple[str, str, str]] = {}  # client -> the newest of those
+        self._timer: threading.Timer | None = None
+        self._closed = False
 
     def operator(self, authorization: str | None, method: str, path: str, client: str) -> str:
         """The name behind the token; else 401, recorded."""
@@ -70,16 +75,18 @@ class Gate:
     def _refused(self, method: str, path: str, client: str, why: str) -> None:
         now = time.monotonic()
         path = path.encode("unicode_escape").decode("ascii")[:200]  # a NUL is text here
+        what = f"{method} {path} from {client} refused: {why}"
         with self._lock:
             self._forget_quiet(now)
-            held = self._held.get(client, 0) + 1
-            if now - self._last.get(client, -1e9) < _REFUSAL_GAP_S:
-                self._held[client] = held
+            if now - self._last.get(client, -1e9) < self._gap:
+                self._held[client] = self._held.get(client, 0) + 1
+                self._latest[client] = (method, path, what)
+                self._flush_later(now)
                 return
-            self._last[client], self._held[client] = now, 0
-        reason = f"{method} {path} from {client} refused: {why}"
-        if held > 1:
-            reason += f" ({held} refusals from this client since the last event)"
+            self._last[client] = now
+        self._write(what, client, 1, method, path)
+
+    def _write(self, reason: str, client: str, count: int, method: str, path: str) -> None:
         self._say(f"[console] {reason}")
         try:  # a refusal is answered whatever the store says
             self._audit(
@@ -87,16 +94,52 @@ class Gate:
                 action="unauthorized",
                 outcome="refused",
                 reason=reason,
-                figures={"method": method, "path": path, "client": client, "count": held},
+                figures={"method": method, "path": path, "client": client, "count": count},
             )
         except Exception as exc:
             self._say(f"[console] could not audit a refusal: {type(exc).__name__}: {exc}")
 
+    def _flush_later(self, now: float) -> None:
+        """One timer writes every held refusal once its client's gap is over, so the last
+        refusals of a burst are recorded even when nothing follows them. Under the lock."""
+        if self._timer is not None or self._closed:
+            return
+        due = min(self._last[c] for c in self._held) + self._gap
+        self._timer = threading.Timer(max(0.0, due - now), self.flush)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def flush(self, everything: bool = False) -> None:
+        """Write the held refusals whose gap is over (all of them when ``everything``)."""
+        now = time.monotonic()
+        with self._lock:
+            self._timer = None
+            due = [c for c in self._held if everything or now - self._last[c] >= self._gap]
+            batch = [(c, self._held.pop(c), self._latest.pop(c)) for c in due]
+            for client in due:
+                self._last[client] = now
+            if self._held:
+                self._flush_later(now)
+        for client, count, (method, path, what) in batch:
+            noun = "refusal" if count == 1 else "refusals"
+            reason = f"{what} ({count} {noun} from this client since the last event)"
+            self._write(reason, client, count, method, path)
+
+    def close(self) -> None:
+        """Write what is held now: a stopping console loses no refusal."""
+        with self._lock:
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+        self.flush(everything=True)
+
     def _forget_quiet(self, now: float) -> None:
-        """Clients quiet for longer than the gap are forgotten (with the few refusals they
-        held since their last event), so a scan from many addresses cannot grow the maps."""
+        """Clients quiet for longer than the gap, with nothing held, are forgotten, so a
+        scan from many addresses cannot grow the map (held refusals are written within a
+        gap, which bounds the rest)."""
         if len(self._last) < _MAX_CLIENTS:
             return
-        for client in [c for c, t in self._last.items() if now - t >= _REFUSAL_GAP_S]:
-            self._last.pop(client, None)
-            self._held.pop(client, None)
+        quiet = [c for c, t in self._last.items() if now - t >= self._gap]
+        for client in quiet:
+            if client not in self._held:
+                self._last.pop(client, None)

@@ -28,6 +28,7 @@ class RunningConsole:
     http: HttpThread
     store: Store
     tokens: TokenSource
+    gate: Gate
 
     @property
     def url(self) -> str:
@@ -35,6 +36,7 @@ class RunningConsole:
 
     def stop(self) -> str | None:
         problem = self.http.stop()
+        self.gate.close()  # refusals still held are written before the store goes
         self.store.dispose()
         return problem
 
@@ -73,7 +75,7 @@ def start_console(settings: Settings, serving: Any, say: Callable[[str], None]) 
     except Exception:
         store.dispose()
         raise
-    return RunningConsole(http, store, tokens)
+    return RunningConsole(http, store, tokens, gate)
 
 
 def open_console(

@@ -16,6 +16,9 @@ from typing import Any
 import uvicorn
 
 _STARTUP_TIMEOUT_S = 10.0
+# connections and requests at once before uvicorn sheds more with a 503: a flood of idle
+# connections then costs a refusal each, not the daemon's file descriptors and memory
+_LIMIT_CONCURRENCY = 1024
 
 
 class HttpThreadError(RuntimeError):
@@ -69,7 +72,11 @@ def is_loopback(host: str) -> bool:
 class HttpThread:
     """Start and stop one uvicorn server on a daemon thread. ``stop`` never raises: the
     daemon calls it on its shutdown path, whose later steps must still run. A server whose
-    stop failed starts again."""
+    stop failed starts again.
+
+    ``X-Forwarded-For`` and its kin are ignored: nothing here sits behind a proxy, so the
+    client is the peer of the socket, and a header cannot forge who the audit log names.
+    """
 
     def __init__(
         self,
@@ -79,10 +86,12 @@ class HttpThread:
         name: str,
         backlog: int = 512,
         error: type[Exception] = HttpThreadError,
+        limit_concurrency: int = _LIMIT_CONCURRENCY,
     ) -> None:
         self.app, self.host, self.name = app, host, name
         self._requested_port, self._bound_port = port, None
         self._backlog, self._error = backlog, error
+        self._limit_concurrency = limit_concurrency
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -107,14 +116,7 @@ class HttpThread:
                 self._server = self._thread = self._sock = None
             sock = bind_socket(self.host, self._requested_port, self._backlog, self._error)
             port = int(sock.getsockname()[1])
-            config = uvicorn.Config(
-                self.app,
-                log_level="warning",
-                access_log=False,
-                lifespan="off",
-                timeout_graceful_shutdown=5,
-            )
-            server = uvicorn.Server(config)
+            server = uvicorn.Server(self._config())
             thread = threading.Thread(
                 target=server.run,
                 kwargs={"sockets": [sock]},
@@ -131,6 +133,18 @@ class HttpThread:
                     raise self._error(f"{self.name} failed to start on {self.host}:{port}")
                 time.sleep(0.01)
             self._sock, self._server, self._thread, self._bound_port = sock, server, thread, port
+
+    def _config(self) -> uvicorn.Config:
+        """Quiet, no lifespan, no proxy headers, and a bound on connections at once."""
+        return uvicorn.Config(
+            self.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+            proxy_headers=False,
+            limit_concurrency=self._limit_concurrency,
+        )
 
     def stop(self, timeout_s: float = 5.0) -> str | None:
         """Stop accepting, let requests in flight finish for up to ``timeout_s``, free the

@@ -73,6 +73,11 @@ completion first and its text is then sent in pieces of :data:`_STREAM_PIECE_CHA
 characters, so the client sees the same SSE protocol but no earlier first token. Either way,
 errors before the first piece are ordinary JSON error responses; an error after streaming began
 is sent as a final ``data: {"error": {...}}`` event (which the official clients raise).
+
+A generator may also say how many bytes of a prompt it reads (an ``int`` attribute
+``context``: a sliding-window model reads the last ``context`` bytes). A longer prompt is
+still answered, with the header ``X-Aifactory-Prompt-Window: <context> of <n> bytes``, so the
+cut is visible; ``usage.prompt_tokens`` still counts every byte sent.
 """
 
 from __future__ import annotations
@@ -124,6 +129,8 @@ _OWNER = "aifactory"
 #: Piece size, in characters, when a finished text is streamed by a generator without ``stream``.
 _STREAM_PIECE_CHARS = 16
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# says a prompt was longer than the model reads ("32 of 500 bytes"): see _prompt_window
+PROMPT_WINDOW_HEADER = "X-Aifactory-Prompt-Window"
 _WINDOW_MAX_LATENCIES = 50_000
 _WINDOW_MAX_PROMPTS = 512
 _SAMPLED_PROMPT_CHARS = 2048
@@ -245,6 +252,12 @@ class LiveWindow:
             lat.append(1000.0 * latency_s)
 
 
+# torch's generators take a seed that fits 64 bits; outside this range they raise, which
+# would be a 500 counted against the model. Signed 64-bit, as OpenAI documents ``seed``.
+_SEED_MIN = -(2**63)
+_SEED_END = 2**63
+
+
 class _StreamOptions(BaseModel):
     """``stream_options``; only ``include_usage`` means anything here."""
 
@@ -258,7 +271,7 @@ class _CompletionRequest(BaseModel):
     prompt: str | list[str]
     max_tokens: int = Field(default=16, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=_SEED_MIN, lt=_SEED_END)
     n: int = 1
     stream: bool = False
     stream_options: _StreamOptions | None = None
@@ -290,7 +303,7 @@ class _ChatRequest(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=_SEED_MIN, lt=_SEED_END)
     n: int = 1
     stream: bool = False
     stream_options: _StreamOptions | None = None
@@ -661,9 +674,10 @@ class ServingServer:
         api_keys: Sequence[str] = (),
         max_body_bytes: int = 1_048_576,
         max_prompt_bytes: int = 65_536,
+        body_timeout_s: float = 15.0,
     ) -> None:
-        """``api_keys``, ``max_body_bytes`` and ``max_prompt_bytes`` are the guards of
-        ``adapters.serving_guard`` (no keys: open, as before)."""
+        """``api_keys``, ``max_body_bytes``, ``body_timeout_s`` and ``max_prompt_bytes`` are
+        the guards of ``adapters.serving_guard`` (no keys: open, as before)."""
         if max_prompt_bytes < 1:
             raise ValueError("max_prompt_bytes must be >= 1")
         self.max_tokens_limit = max_tokens_limit
@@ -682,7 +696,10 @@ class ServingServer:
         self.max_prompt_bytes = max_prompt_bytes  # UTF-8 bytes; longer prompts get 400
         # the guard wraps the whole app: what it refuses reaches no route and no counter
         self._app = RequestGuard(
-            self._build_app(), api_keys=api_keys, max_body_bytes=max_body_bytes
+            self._build_app(),
+            api_keys=api_keys,
+            max_body_bytes=max_body_bytes,
+            body_timeout_s=body_timeout_s,
         )
         self.http = HttpThread(self._app, host, port, "serving", backlog=2048, error=ServingError)
 
@@ -835,12 +852,16 @@ class ServingServer:
         # Plain ``def`` endpoints: FastAPI runs them in its thread pool, so generation never
         # blocks the event loop; a streamed body is a sync iterator, also run in that pool.
         @app.post("/v1/completions", response_model=None)
-        def completions(body: _CompletionRequest) -> dict[str, Any] | StreamingResponse:
-            return self._complete(body)
+        def completions(
+            body: _CompletionRequest, response: Response
+        ) -> dict[str, Any] | StreamingResponse:
+            return self._complete(body, response)
 
         @app.post("/v1/chat/completions", response_model=None)
-        def chat_completions(body: _ChatRequest) -> dict[str, Any] | StreamingResponse:
-            return self._chat(body)
+        def chat_completions(
+            body: _ChatRequest, response: Response
+        ) -> dict[str, Any] | StreamingResponse:
+            return self._chat(body, response)
 
         @app.post("/v1/feedback")
         def feedback(body: FeedbackRequest) -> dict[str, Any]:
@@ -928,8 +949,11 @@ class ServingServer:
             "model_not_found",
         )
 
-    def _complete(self, body: _CompletionRequest) -> dict[str, Any] | StreamingResponse:
-        """Answer one completion request on the model captured at its start."""
+    def _complete(
+        self, body: _CompletionRequest, response: Response
+    ) -> dict[str, Any] | StreamingResponse:
+        """Answer one completion request on the model captured at its start; ``response``
+        carries the headers of an answer that is not streamed."""
         _check_n(body.n)
         prompt = self._single_prompt(body.prompt)
         check_prompt(prompt, self.max_prompt_bytes, "prompt")  # never cut, never counted
@@ -946,6 +970,7 @@ class ServingServer:
         if body.stream:
             return self._stream(job, chat=False, options=body.stream_options)
         result = self._generate(job)
+        response.headers.update(_prompt_window(job))
         return {
             "id": job.completion_id,
             "object": "text_completion",
@@ -962,8 +987,9 @@ class ServingServer:
             "usage": _usage(result),
         }
 
-    def _chat(self, body: _ChatRequest) -> dict[str, Any] | StreamingResponse:
-        """Answer one chat request on the model captured at its start."""
+    def _chat(self, body: _ChatRequest, response: Response) -> dict[str, Any] | StreamingResponse:
+        """Answer one chat request on the model captured at its start; ``response`` carries
+        the headers of an answer that is not streamed."""
         _check_n(body.n)
         prompt = _render_chat(body.messages)
         check_prompt(prompt, self.max_prompt_bytes, "messages")
@@ -981,6 +1007,7 @@ class ServingServer:
         if body.stream:
             return self._stream(job, chat=True, options=body.stream_options)
         result = self._generate(job)
+        response.headers.update(_prompt_window(job))
         return {
             "id": job.completion_id,
             "object": "chat.completion",
@@ -1053,7 +1080,9 @@ class ServingServer:
         # discarded (client gone before the first chunk), leaving the request uncounted.
         first = next(body)
         return StreamingResponse(
-            itertools.chain([first], body), media_type="text/event-stream", headers=_SSE_HEADERS
+            itertools.chain([first], body),
+            media_type="text/event-stream",
+            headers={**_SSE_HEADERS, **_prompt_window(job)},
         )
 
     def _sse_body(
@@ -1262,6 +1291,19 @@ def _health(endpoint: LineEndpoint) -> dict[str, Any]:
             "weight_pct": round(100.0 * routing.weight, 3),
         }
     return body
+
+
+def _prompt_window(job: _Job) -> dict[str, str]:
+    """The header that says the model read only the end of the prompt: a byte model with a
+    sliding window sees its last ``context`` bytes. Empty when it reads the whole prompt or
+    its generator does not say its context."""
+    context = getattr(job.served.generator, "context", None)
+    if not isinstance(context, int) or isinstance(context, bool) or context < 1:
+        return {}
+    size = len(job.prompt.encode("utf-8", "surrogatepass"))
+    if size <= context:
+        return {}
+    return {PROMPT_WINDOW_HEADER: f"{context} of {size} bytes"}
 
 
 def _user_draw(line: str, user: str) -> float:

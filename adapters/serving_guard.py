@@ -14,15 +14,20 @@ every refusal is an OpenAI-style JSON error, so the official clients raise it as
   (chunked) is read up to the limit and answered 413 as soon as it passes it, so a client can
   never make the server buffer more than the limit. A body within it is handed to the app
   whole (it is small), which is why the app never starts answering a request the guard then
-  refuses. A malformed ``Content-Length`` is a 400.
+  refuses. A malformed ``Content-Length`` is a 400. A body not all in within
+  ``body_timeout_s`` of the request's head (a declared length never sent, a trickle) is
+  answered 408 (``request_timeout``): a client cannot hold a connection open by never
+  finishing its body.
 * Prompt limit (:func:`check_prompt`): a prompt (a chat's messages as the server renders them)
   over the limit in UTF-8 bytes is a 400 (``prompt_too_long``) before anything is generated.
-  The byte-level models keep only their last context bytes of a prompt; without this check a
-  long prompt would be cut silently and answered as if it had been read.
+  It bounds what one request can make the server render, hold and count. Within it, a prompt
+  longer than a byte model's context is answered: the model reads its last context bytes (a
+  sliding window), and the answer says so in a header (``adapters.serving``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
@@ -141,8 +146,17 @@ def _too_large(limit: int) -> GuardRefusal:
     )
 
 
+def _timed_out(timeout_s: float) -> GuardRefusal:
+    return GuardRefusal(
+        408,
+        f"the request body did not arrive within {timeout_s:g} seconds",
+        "request_timeout",
+    )
+
+
 class RequestGuard:
-    """Pure ASGI middleware: the API-key check, then the body limit (see the module docstring).
+    """Pure ASGI middleware: the API-key check, then the body limit and its deadline (see
+    the module docstring).
 
     The key is checked first, so a client without one cannot make the server read its body.
     A refused request's connection is closed after the answer (``Connection: close``): what is
@@ -150,12 +164,20 @@ class RequestGuard:
     """
 
     def __init__(
-        self, app: ASGIApp, *, api_keys: Sequence[str] = (), max_body_bytes: int = 1_048_576
+        self,
+        app: ASGIApp,
+        *,
+        api_keys: Sequence[str] = (),
+        max_body_bytes: int = 1_048_576,
+        body_timeout_s: float = 15.0,
     ) -> None:
         if max_body_bytes < 1:
             raise ValueError("max_body_bytes must be >= 1")
+        if not body_timeout_s > 0:
+            raise ValueError("body_timeout_s must be > 0")
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
         self._keys = normalize_api_keys(api_keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -180,7 +202,11 @@ class RequestGuard:
             if int(next(iter(text))) > self.max_body_bytes:
                 await _answer(send, _too_large(self.max_body_bytes))
                 return
-        first = await self._read_body(receive)
+        try:
+            first = await asyncio.wait_for(self._read_body(receive), self.body_timeout_s)
+        except TimeoutError:
+            await _answer(send, _timed_out(self.body_timeout_s))
+            return
         if first is None:  # the client left before its body was in: nothing to answer
             return
         if first["type"] == "guard.too_large":

@@ -22,12 +22,16 @@ GPU_BATCHES = (8, 16, 32, 64, 128, 256, 512)
 GRAD_ACCUM = (1, 2, 4)
 _MEMORY_SHARE = 0.5  # of the device's memory the activations may take (weights, workspace)
 _POWER_STEPS = (1.0, 0.85, 0.7)  # of the default limit
+#: a trial's token budget must give this many optimiser steps: fewer never get past the
+#: warm-up and learn nothing (and below one step the workload refuses to start)
+MIN_STEPS = 50
 
 
 @dataclass(frozen=True)
 class DeviceView:
     """What the probe saw of the device trials run on. ``bytes_per_sample``: the
-    workload's estimate of one sample's training memory, where it gives one."""
+    workload's estimate of one sample's training memory, and ``tokens_per_sample`` the
+    tokens one sample consumes, where the workload gives them."""
 
     accelerator: bool
     name: str
@@ -38,6 +42,7 @@ class DeviceView:
     power_min_w: float | None = None
     power_knob_problem: str | None = "no GPU"
     bytes_per_sample: int | None = None
+    tokens_per_sample: int | None = None
 
 
 @dataclass(frozen=True)
@@ -64,11 +69,13 @@ def plan_placement(
         return PlacementPlan({}, {}, (), None)
     named = _named(policy)
     choices = []
-    for knob, values, why, default in _candidates(device, honoured):
+    for knob, values, why, default in _candidates(device, honoured, policy):
         if knob in named:
             choices.append(KnobChoice(knob, None, "named by the operator: searched as written"))
         elif knob not in honoured and knob not in PLACEMENT_PARAMS:  # ours to apply, or not
             choices.append(KnobChoice(knob, None, "the workload does not honour it: never sent"))
+        elif knob == "batch_size" and len(values) < 2:
+            choices.append(_one_batch(values, why, honoured))
         elif len(values) < 2:
             only = f"only {values[0]}" if values else "none"
             choices.append(KnobChoice(knob, None, f"{why}: {only}, nothing to search"))
@@ -93,6 +100,17 @@ def _accumulation_follows_batch(choice: KnobChoice, choices: list[KnobChoice]) -
     return KnobChoice("grad_accum", None, "the operator chose the batch size: no accumulation")
 
 
+def _one_batch(values: list[Any], why: str, honoured: Mapping[str, Sequence[Any]]) -> KnobChoice:
+    """Fewer than two batch sizes fit: nothing to search, but the search space as written
+    (the default offers 16 and 32) must not try sizes that would not fit, so the one that
+    does (or, when none does by the estimate, the smallest) is fixed."""
+    if values:
+        return KnobChoice("batch_size", (values[0],), f"{why}: only {values[0]}", values[0])
+    smallest = min(b for b in GPU_BATCHES if b in honoured.get("batch_size", GPU_BATCHES))
+    reason = f"{why}: none by the estimate, so the smallest, {smallest}"
+    return KnobChoice("batch_size", (smallest,), reason, smallest)
+
+
 def _named(policy: Policy) -> set[str]:
     """Knobs the policy file names (a default search space names nothing)."""
     tuning = policy.tuning
@@ -103,7 +121,7 @@ def _named(policy: Policy) -> set[str]:
 
 
 def _candidates(
-    device: DeviceView, honoured: Mapping[str, Sequence[Any]]
+    device: DeviceView, honoured: Mapping[str, Sequence[Any]], policy: Policy
 ) -> list[tuple[str, list[Any], str, Any]]:
     """(knob, values, why, default) for each knob the device could offer."""
     if not device.accelerator:
@@ -111,13 +129,20 @@ def _candidates(
         return [("precision", ["fp32"], why, "fp32")]
     precisions = ["fp32"] + [p for p, ok in (("bf16", device.bf16), ("tf32", device.tf32)) if ok]
     precisions = [p for p in precisions if p in honoured.get("precision", precisions)]
+    budget = policy.budgets.tokens_per_trial
     batches = _fitting_batches(device, honoured.get("batch_size", GPU_BATCHES))
+    batches = [b for b in batches if _steps(device, b, budget) >= MIN_STEPS]
     fit = (
         f"fit half of {device.memory_bytes / 2**30:.0f} GiB at "
         f"{device.bytes_per_sample:,} bytes a sample"
         if device.memory_bytes and device.bytes_per_sample
         else "no memory estimate: every size offered"
     )
+    if device.tokens_per_sample:
+        fit += f" and give {MIN_STEPS}+ optimiser steps in a trial's {budget:,} tokens"
+    widest = max(batches, default=1)
+    accums = [g for g in GRAD_ACCUM if g in honoured.get("grad_accum", GRAD_ACCUM)]
+    accums = [g for g in accums if _steps(device, widest * g, budget) >= MIN_STEPS]
     out = [
         ("precision", precisions, f"{device.name} has {', '.join(precisions)}", "fp32"),
         (
@@ -128,8 +153,9 @@ def _candidates(
         ),
         (
             "grad_accum",
-            [g for g in GRAD_ACCUM if g in honoured.get("grad_accum", GRAD_ACCUM)],
-            "larger effective batches where memory stops the batch",
+            accums,
+            f"larger effective batches where memory stops the batch (with batch {widest}: "
+            f"{MIN_STEPS}+ optimiser steps in {budget:,} tokens)",
             1,
         ),
     ]
@@ -152,6 +178,14 @@ def _candidates(
     else:
         out.append(("power_limit_w", [], f"not permitted here ({device.power_knob_problem})", None))
     return out
+
+
+def _steps(device: DeviceView, samples_per_step: int, budget: int) -> float:
+    """Optimiser steps a trial's token budget gives; unbounded without the workload's
+    tokens per sample."""
+    if not device.tokens_per_sample:
+        return float("inf")
+    return budget / (samples_per_step * device.tokens_per_sample)
 
 
 def _fitting_batches(device: DeviceView, offered: Sequence[Any]) -> list[int]:

@@ -41,7 +41,10 @@ def warm_start_params(
     if set(params) != set(dists):
         return None
     for k, v in params.items():
-        if not dists[k]._contains(dists[k].to_internal_repr(v)):
+        try:  # a categorical raises for a value outside today's choices (another device)
+            if not dists[k]._contains(dists[k].to_internal_repr(v)):
+                return None
+        except ValueError:
             return None
     return params
 
@@ -268,11 +271,43 @@ def prune_action(
 
 
 def duplicate_of(params: dict[str, Any], finished: list[tuple[int, dict[str, Any]]]) -> int | None:
-    """The finished trial of this cycle (number) that already ran these exact parameters.
+    """The trial of this cycle (number) that ran, or is running, these exact parameters.
     On the same data a repeat teaches the search nothing and costs a whole trial's energy
     (small categorical spaces make samplers repeat themselves); another cycle's trial ran on
     other data, so only the cycle's own count."""
     return next((n for n, p in finished if p == params), None)
+
+
+_MAX_POINTS = 10_000  # a finite space larger than this is left to the sampler
+
+
+def unrun_points(
+    choices: dict[str, list[Any]], ran: list[tuple[int, dict[str, Any]]]
+) -> list[dict[str, Any]] | None:
+    """The points of a finite space the cycle has not run, in the space's order; None when
+    the space is too large to list. A sampler that has converged (TPE on a few
+    categories) keeps drawing the best point: an unrun one teaches the search something."""
+    size = math.prod(len(values) for values in choices.values())
+    if size > _MAX_POINTS:
+        return None
+    names = sorted(choices)
+    seen = {tuple(p.get(n) for n in names) for _, p in ran if set(p) == set(names)}
+    return [
+        dict(zip(names, combo, strict=True))
+        for combo in itertools.product(*(choices[n] for n in names))
+        if combo not in seen
+    ]
+
+
+def unrun_point_action(point: dict[str, Any], repeats: int) -> Action:
+    return Action(
+        "trainer",
+        "unrun_point",
+        "taken",
+        f"the sampler repeated this cycle's trials {repeats} times: an unrun point of the "
+        f"space is tried instead ({point})",
+        {"params": point, "repeats": repeats},
+    )
 
 
 def skip_duplicate_action(number: int, params: dict[str, Any], earlier: int) -> Action:
@@ -280,7 +315,7 @@ def skip_duplicate_action(number: int, params: dict[str, Any], earlier: int) -> 
         "trainer",
         "skip_duplicate",
         "taken",
-        f"trial {number} asked for the parameters trial {earlier} already ran on this "
-        f"cycle's data: given trial {earlier}'s result, not trained again",
+        f"trial {number} asked for the parameters trial {earlier} ran on this cycle's "
+        f"data: not trained again (recorded as failed, so the point counts once)",
         {"params": params, "duplicate_of": earlier},
     )

@@ -175,13 +175,32 @@ def run_warm(args: argparse.Namespace, specs: dict[str, ArmSpec], base: Path) ->
     }
 
 
-def ratios(arms: dict[str, dict[str, Any]]) -> dict[str, float | None]:
-    c = arms.get("controller", {}).get("joules")
-    out: dict[str, float | None] = {}
-    for name, label in (("untuned", "d"), ("baseline", "a"), ("random", "b")):
-        other = arms.get(name, {}).get("joules")
-        out[f"({label})/(c) {name} / controller"] = other / c if other and c else None
-    return out
+LABELS = {"controller": "c", "untuned": "d", "baseline": "a", "random": "b"}
+
+
+def ratio_of(arms: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    """One arm's joules to target over the controller's, or None with the reason.
+
+    An arm that missed the target reports its whole spend, a lower bound, so a ratio with
+    it would read as measured (2.00x from two misses would "meet" the 2x goal): only two
+    reaching arms give a ratio."""
+    for arm in (name, "controller"):
+        got, tag = arms.get(arm), f"({LABELS[arm]}) {arm}"
+        if not got:
+            return {"ratio": None, "why": f"n/a: {tag} was not run"}
+        if not got.get("reached"):
+            return {"ratio": None, "why": f"n/a: {tag} did not reach the target"}
+        if not got.get("joules"):
+            return {"ratio": None, "why": f"n/a: {tag} recorded no joules"}
+    return {"ratio": arms[name]["joules"] / arms["controller"]["joules"], "why": None}
+
+
+def ratios(arms: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """(d)/(c), (a)/(c), (b)/(c): each {"ratio": x or None, "why": None or the reason}."""
+    return {
+        f"({LABELS[name]})/(c) {name} / controller": ratio_of(arms, name)
+        for name in ("untuned", "baseline", "random")
+    }
 
 
 def ceilings(arms: dict[str, dict[str, Any]], device: str | None) -> dict[str, Any]:
@@ -271,25 +290,31 @@ def main() -> int:
     return 0
 
 
+OWN_HEADER = f"{'controller CPU s':>18}  share of the cycle"
+
+
+def own_cost(own: dict[str, Any]) -> str:
+    """The controller's CPU seconds and share, its energy label beside the share: the
+    header's "joules measured" on a GPU is the trials', never the controller's."""
+    cpu = "n/a" if own["controller_cpu_s"] is None else f"{own['controller_cpu_s']:.2f}"
+    share = own["controller_share_pct"]
+    label = own.get("controller_energy") or "estimated"
+    return f"{cpu:>18}  " + ("n/a" if share is None else f"{share:.2f}% ({label})")
+
+
 def report(result: dict[str, Any], out: Path) -> None:
     arms = result["arms"]
     target, energy = result["target_bpb"], result["energy"]
     print(f"\nEnergy to reach {target} bits/byte (joules {energy}; lower is better)")
     w = max(12, *(len(n) + 2 for n in arms)) if arms else 12
-    print(
-        f"{'arm':<{w}}{'reached':>9}{'trials':>8}{'joules':>12}{'controller CPU s':>18}{'share':>8}"
-    )
+    print(f"{'arm':<{w}}{'reached':>9}{'trials':>8}{'joules':>12}{OWN_HEADER}")
     for name, arm in arms.items():
-        own = arm["controller"]
-        cpu = "n/a" if own["controller_cpu_s"] is None else f"{own['controller_cpu_s']:.2f}"
-        share = own["controller_share_pct"]
         print(
             f"{name:<{w}}{arm['reached']!s:>9}{arm['trials_to_target']:>8}{arm['joules']:>12,.0f}"
-            f"{cpu:>18}{'n/a' if share is None else f'{share:.2f}%':>8}"
+            f"{own_cost(arm['controller'])}"
         )
-    for label, ratio in result["ratios"].items():
-        if ratio is not None:
-            print(f"{label}: {ratio:.2f}x")
+    for label, r in result["ratios"].items():
+        print(f"{label}: {r['why'] if r['ratio'] is None else format(r['ratio'], '.2f') + 'x'}")
     for name, ratio in result["ratio_worker_per_trial_over_reused"].items():
         print(f"({name}) whole search, worker per trial / reused workers: {ratio:.2f}x")
     for name, c in result["ceiling"].items():
@@ -303,10 +328,13 @@ def report(result: dict[str, Any], out: Path) -> None:
     if warm:
         wt, k = warm["warm"], warm["cold"]
         print(f"\nWarm start, trials to reach {warm['target_bpb']} bits/byte on eras 0+1:")
+        # a study that missed reports its trials + 1, a bound: no ratio from it
+        both = k["reached"] and wt["reached"]
+        ratio = f"{k['trials_to_target'] / wt['trials_to_target']:.2f}x" if both else "n/a"
         print(
             f"cold study: {k['trials_to_target']}{'' if k['reached'] else ' (not reached)'}   "
             f"warm-started: {wt['trials_to_target']}{'' if wt['reached'] else ' (not reached)'}   "
-            f"ratio cold/warm: {k['trials_to_target'] / wt['trials_to_target']:.2f}x"
+            f"ratio cold/warm: {ratio}"
         )
     print(f"\nJSON: {out}  ({result['seconds']:.0f} s)")
 

@@ -244,10 +244,11 @@ def report(result: dict[str, Any]) -> None:
         f"choice / best: {v['choice_over_best']:.3f}x "
         f"({'within' if v['goal_met'] else 'NOT within'} 10%; {energy})"
     )
+    own = s["controller"]
     print(
         f"whole sweep / whole search: {v['sweep_over_search_joules']:.2f}x energy; controller "
-        f"overhead {s['controller']['controller_share_pct']}% of its cycle ({energy} trials, "
-        "estimated controller)"
+        f"overhead {own['controller_share_pct']}% of its cycle ({energy} trials, "
+        f"{own.get('controller_energy') or 'estimated'} controller)"
     )
 
 

@@ -29,6 +29,7 @@ from adapters.store.shared_files import SharedFiles
 from adapters.workload.protocol import Workload
 from agents.actions import Action
 from agents.placement import DeviceView
+from controller.cycle_cost import BookedCpu
 from controller.ingest import Ingestor
 from controller.progress import ProgressReporter
 from controller.settings import RuntimeSettings
@@ -133,7 +134,7 @@ class LineContext:
     # held around in-process energy windows (evaluation, drift): process CPU time would
     # count two lines' concurrent windows twice
     measuring: threading.Lock = field(default_factory=threading.Lock)
-    in_process_cpu_s: float = 0.0  # CPU of the booked in-process windows (controller cost)
+    booked_cpu: BookedCpu = field(default_factory=BookedCpu)  # the daemon's, every line's
     files: SharedFiles | None = None  # files every member reads (a shared store)
     kept_traffic: Any = None  # adapters.traffic_source.TrafficSource: expired by retention
 
@@ -189,7 +190,7 @@ class LineContext:
     def book_eval(self, key: str, cid: str, tokens: int, reading: EnergyReading) -> None:
         """Evaluation work goes on the ledger too: it counts against the day's energy (and
         is work the cycle ordered, not the controller's own cost)."""
-        self.in_process_cpu_s += reading.cpu_seconds
+        self.booked_cpu.add(reading.cpu_seconds)
         self.ledger.record(
             key=key,
             policy_name=self.name,

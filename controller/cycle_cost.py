@@ -3,8 +3,9 @@
 Trials run in worker processes (local or Ray), so the daemon process's own CPU time while a
 cycle runs is the controller's: graph steps, Optuna's sampler, the store, the audit log,
 checkpoints, artefact checks. Evaluation and drift scoring also run in the daemon, but they
-are work the cycle orders and are booked on the ledger, so their CPU (``in_process``, the
-sum of the booked windows' CPU seconds) is taken out. The rest is turned into estimated
+are work the cycle orders and are booked on the ledger, so their CPU (``BookedCpu``: the
+booked windows' CPU seconds, of every line, since the process clock counts every thread)
+is taken out. The rest is turned into estimated
 joules (CPU seconds x the policy's watts per core) and a share of the cycle's energy.
 
 ``time.process_time`` counts every thread of the process: with serving or other lines in
@@ -13,9 +14,29 @@ the same daemon the figure is an upper bound on this line's controller.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+
+class BookedCpu:
+    """CPU seconds of the in-process work booked on the ledger (evaluation, drift, the live
+    watch's scoring) by every line of the daemon. One per daemon: the process clock counts
+    every line's threads, so every line's booked work is taken out of each line's figure."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._total = 0.0
+
+    def add(self, cpu_seconds: float) -> None:
+        with self._lock:
+            self._total += cpu_seconds
+
+    @property
+    def total(self) -> float:
+        with self._lock:
+            return self._total
 
 
 class CycleCpu:
@@ -35,15 +56,25 @@ class CycleCpu:
         own = (time.process_time() - cpu0) - (self._in_process() - booked0)
         self._spent[cycle_id] = self._spent.get(cycle_id, 0.0) + max(0.0, own)
 
-    def take(self, cycle_id: str) -> float:
-        return self._spent.pop(cycle_id, 0.0)
+    def take(self, cycle_id: str) -> float | None:
+        """The cycle's seconds, once; None when this process timed none of it (a resume
+        that found the cycle already ended)."""
+        return self._spent.pop(cycle_id, None)
 
 
 def controller_figures(
-    cpu_s: float, watts_per_core: float, train_joules: float, eval_joules: float
+    cpu_s: float | None, watts_per_core: float, train_joules: float, eval_joules: float
 ) -> dict[str, Any]:
     """The cycle summary's controller figures: CPU seconds, estimated joules and their
-    share of everything the cycle spent (training, evaluation and the controller)."""
+    share of everything the cycle spent (training, evaluation and the controller); None
+    where nothing was timed."""
+    if cpu_s is None:
+        return {
+            "controller_cpu_s": None,
+            "controller_joules": None,
+            "controller_energy": "estimated",
+            "controller_share_pct": None,
+        }
     joules = cpu_s * watts_per_core
     total = train_joules + eval_joules + joules
     return {

@@ -49,7 +49,7 @@ class CycleRunner:
         self.started = started
         self.runs: list[CycleRun] = []
         self._attempts: dict[str, int] = {}
-        self._cpu = CycleCpu(lambda: ctx.in_process_cpu_s)
+        self._cpu = CycleCpu(lambda: ctx.booked_cpu.total)
 
     def run(self, trigger: str, resume_id: str | None = None) -> CycleRun | None:
         """Run (or resume) one cycle to its end, a pause for a person, or an interruption."""

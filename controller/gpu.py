@@ -60,7 +60,12 @@ class FactoryGpus:
         except Exception:
             return 0
 
-    def device_view(self, knob_problem: str | None, bytes_per_sample: int | None) -> DeviceView:
+    def device_view(
+        self,
+        knob_problem: str | None,
+        bytes_per_sample: int | None,
+        tokens_per_sample: int | None = None,
+    ) -> DeviceView:
         """What `agents.placement` plans with: the GPU trials run on here, or none."""
         if self.trial_devices() == 0:
             return DeviceView(False, "this machine's CPU", power_knob_problem=knob_problem)
@@ -77,6 +82,7 @@ class FactoryGpus:
             power_min_w=d.power_limit_min_w if d.power_limit_min_w == d.power_limit_min_w else None,
             power_knob_problem=knob_problem,
             bytes_per_sample=bytes_per_sample,
+            tokens_per_sample=tokens_per_sample,
         )
 
     def max_power_w(self, policy: Policy) -> float:

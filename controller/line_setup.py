@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from adapters.cluster import make_cluster
 from adapters.cluster.slots import SlottedCluster
@@ -24,7 +24,7 @@ from agents.placement import DeviceView
 from controller.context import LineContext
 from controller.ingest import Ingestor
 from controller.progress import ProgressReporter
-from policies.model import Policy
+from policies.model import CategoricalParam, Policy
 
 if TYPE_CHECKING:
     from controller.gpu import FactoryGpus
@@ -78,6 +78,7 @@ def build_context(
         study_storage=s.study_storage,
         trial_slots=lambda: s.slots.slots,
         measuring=s.measuring,
+        booked_cpu=s.booked_cpu,
         files=s.files,
     )
     wire_gpu(s.gpus, ctx)
@@ -100,20 +101,42 @@ def wire_gpu(gpus: FactoryGpus, ctx: LineContext) -> None:
         ctx.set_power_limit = lambda watts, key: gpus.set_power_limit(ctx.policy, watts, key)
         ctx.power_limit_released = gpus.trial_ended
     if ctx.policy.cluster.kind == "local":
-        ctx.device = gpus.device_view(ctx.power_knob_problem, _bytes_per_sample(ctx))
+        shape = largest_shape(ctx.policy)
+        ctx.device = gpus.device_view(
+            ctx.power_knob_problem,
+            _estimate(ctx, "bytes_per_sample", shape),
+            _estimate(ctx, "tokens_per_sample", shape),
+        )
     else:
         ctx.device = DeviceView(False, "a Ray cluster's nodes (not probed from here)")
 
 
-def _bytes_per_sample(ctx: LineContext) -> int | None:
-    """The workload's memory estimate of one sample at the policy's fixed shape, if any."""
-    estimate = getattr(ctx.workload, "bytes_per_sample", None)
+def largest_shape(policy: Policy) -> dict[str, Any]:
+    """The fixed parameters with each searched number at its largest: memory and tokens a
+    sample are estimated where the search may go, not only where it starts."""
+    shape: dict[str, Any] = dict(policy.tuning.fixed)
+    for name, spec in policy.tuning.search_space.items():
+        if isinstance(spec, CategoricalParam):
+            numbers = [c for c in spec.choices if type(c) in (int, float)]
+            if numbers and len(numbers) == len(spec.choices):
+                shape[name] = max(numbers)
+        else:
+            shape[name] = spec.high
+    return shape
+
+
+def _estimate(ctx: LineContext, what: str, shape: dict[str, Any]) -> int | None:
+    """The workload's estimate at the largest shape (at the fixed one when the largest
+    is not a valid model, e.g. heads that do not divide the width), if it gives one."""
+    estimate = getattr(ctx.workload, what, None)
     if estimate is None:
         return None
-    try:
-        return int(estimate(dict(ctx.policy.tuning.fixed)))
-    except Exception:  # an estimate is never worth a line
-        return None
+    for params in (shape, dict(ctx.policy.tuning.fixed)):
+        try:
+            return int(estimate(params))
+        except Exception:  # an estimate is never worth a line
+            continue
+    return None
 
 
 def traffic_source(s: FactoryServices, policy: Policy) -> TrafficSource:

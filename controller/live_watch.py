@@ -135,6 +135,7 @@ class LiveWatch:
                     window = meter.begin()
                     scored = ctx.evaluate(artefact, [f.name])
                     reading = meter.end(window)
+            ctx.booked_cpu.add(reading.cpu_seconds)  # work booked below, not the controller's
         except Exception as exc:  # a broken champion is the evaluator's business
             ctx.reporter.info(f"[data] live {what} could not be scored: {exc}")
             return None

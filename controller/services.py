@@ -20,6 +20,7 @@ from adapters.store.ledger import Ledger
 from adapters.store.registry import ModelRegistry
 from adapters.store.rollouts import RolloutBook
 from adapters.store.shared_files import SharedFiles
+from controller.cycle_cost import BookedCpu
 from controller.gpu import FactoryGpus
 from controller.nodes.study import open_storage
 from controller.settings import Settings
@@ -51,6 +52,7 @@ class FactoryServices:
     cycles: int | None = None  # --cycles/--once: each line stops after this many
     lines: dict[str, Any] = field(default_factory=dict)  # name -> ProductionLine
     measuring: threading.Lock = field(default_factory=threading.Lock)
+    booked_cpu: BookedCpu = field(default_factory=BookedCpu)  # in-process work, every line
     # a shared store (PostgreSQL): the member's own bookkeeping, never fenced (serving's
     # tokens and events, membership); `store` above is fenced by the leader's term
     member_store: Store | None = None

@@ -15,7 +15,7 @@ class NoAccumulation(ByteLMWorkload):
 
     placement_knobs: ClassVar[dict[str, tuple[Any, ...]]] = {
         "precision": ("fp32", "bf16"),
-        "batch_size": (32, 64, 128),
+        "batch_size": (8, 16, 32),
     }
 
     def train(

@@ -173,6 +173,8 @@ def test_distributions_and_warm_start() -> None:
     assert warm_start_params({"lr": 0.5, "batch_size": 16, "n_layers": 2}, p) is None
     assert warm_start_params({"lr": 0.01}, p) is None
     assert warm_start_params(None, p) is None
+    # a champion trained at a batch today's device does not offer: no warm start, no crash
+    assert warm_start_params({"lr": 0.01, "batch_size": 512, "n_layers": 2}, p) is None
 
 
 # evaluator ------------------------------------------------------------------------------

@@ -98,10 +98,14 @@ def test_the_untuned_arm_is_the_workloads_own_defaults_as_a_valid_policy(space: 
 
 
 def test_ratios_put_each_arm_over_the_controller() -> None:
-    arms = {"controller": {"joules": 100.0}, "untuned": {"joules": 250.0}, "baseline": {}}
+    arms = {
+        "controller": {"joules": 100.0, "reached": True},
+        "untuned": {"joules": 250.0, "reached": True},
+    }
     r = energy_to_target.ratios(arms)
-    assert r["(d)/(c) untuned / controller"] == 2.5
-    assert r["(a)/(c) baseline / controller"] is None
+    assert r["(d)/(c) untuned / controller"] == {"ratio": 2.5, "why": None}
+    assert r["(a)/(c) baseline / controller"]["ratio"] is None
+    assert "not run" in r["(a)/(c) baseline / controller"]["why"]
 
 
 def test_arm_spec_defaults_search_with_placement() -> None:

@@ -3,6 +3,8 @@ the actions and their audit events), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import stat
 import threading
@@ -11,18 +13,22 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from console_fill import Filled, fill_factory
 from fastapi.testclient import TestClient
+from test_serving import _model
 
+from adapters.serving import ServingServer
+from adapters.serving_guard import RequestGuard
 from adapters.store.audit import AuditLog
 from adapters.store.cycles import CycleBook
 from adapters.store.db import Store
 from adapters.store.rollouts import RolloutBook
 from controller.console.app import ConsoleDeps, build_console_app
-from controller.console.guard import ConsoleError, Gate
+from controller.console.guard import MANY_CLIENTS, ConsoleError, Gate
 from controller.console.server import plotly_js
 from controller.console.tokens import TokenError, TokenSource, load_tokens, parse_tokens
 from controller.operator_actions import ActionRefused, OperatorActions
@@ -51,7 +57,9 @@ class Console:
         return AuditLog(self.store).events(**filters)
 
 
-def _console(db_url: str, tmp_path: Path, reads_open: bool) -> Iterator[Console]:
+def _console(
+    db_url: str, tmp_path: Path, reads_open: bool, serving: Any = None
+) -> Iterator[Console]:
     store = Store(db_url)
     store.create_all()
     filled = fill_factory(store, tmp_path)
@@ -60,7 +68,7 @@ def _console(db_url: str, tmp_path: Path, reads_open: bool) -> Iterator[Console]
     tokens = TokenSource("X", f"ops-alice:{ALICE},ops-bob:{BOB}", tmp_path)
     gate = Gate(tokens, reads_open, queries.audit.append, said.append)
     deps = ConsoleDeps(
-        queries, OperatorActions(queries.registry, queries.audit), gate, None, plotly_js()
+        queries, OperatorActions(queries.registry, queries.audit), gate, serving, plotly_js()
     )
     with TestClient(build_console_app(deps), base_url="http://127.0.0.1:8001") as client:
         yield Console(client, store, filled, said)
@@ -231,6 +239,37 @@ def test_a_burst_of_refusals_is_written_whole_even_when_nothing_follows(
     assert gate.operator(f"Bearer {ALICE}", "POST", "/x", "10.0.0.7") == "ops-alice"
 
 
+def test_a_scan_from_many_clients_is_bounded_and_summed(tmp_path: Path) -> None:
+    """Past the bound of events a gap, refusals from every client are held under one shared
+    key and written as one event by the same flush, whatever addresses they came from."""
+    events: list[dict[str, Any]] = []
+    tokens = TokenSource("X", f"ops-alice:{ALICE}", tmp_path)
+    gate = Gate(
+        tokens, True, lambda **e: events.append(e), lambda _: None, 0.3, max_events_per_gap=5
+    )
+    for i in range(40):
+        with pytest.raises(ConsoleError):
+            gate.operator(None, "POST", "/api/v1/lines/tiny/pause", f"10.1.0.{i}")
+    assert [e["figures"]["client"] for e in events] == [f"10.1.0.{i}" for i in range(5)]
+    deadline = time.monotonic() + 5
+    while len(events) < 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.1)  # nothing more follows
+    assert len(events) == 6
+    many = events[5]
+    assert many["figures"]["client"] == MANY_CLIENTS and many["figures"]["count"] == 35
+    assert "35 refusals from many clients" in many["reason"] and "10.1.0.39" in many["reason"]
+    assert sum(e["figures"]["count"] for e in events) == 40
+    # a client written before that comes back within its gap is summed as before; on close,
+    # what a full gap cannot take joins the shared sum, and nothing is lost
+    for i in range(8):
+        with pytest.raises(ConsoleError):
+            gate.operator(None, "POST", "/x", f"10.2.0.{i}")
+    gate.close()
+    assert sum(e["figures"]["count"] for e in events) == 48
+    assert all(e["action"] == "unauthorized" for e in events)
+
+
 def test_reads_need_a_token_off_loopback(closed_console: Console) -> None:
     assert closed_console.get("/factory").status_code == 401
     assert closed_console.get("/factory", token=BOB).status_code == 200
@@ -279,6 +318,49 @@ def test_rollback_rollout_and_pause(console: Console) -> None:
     assert console.post("/lines/nope/pause").status_code == 404
 
 
+def test_live_view_of_a_routed_canary_gives_fractions(tmp_path: Path) -> None:
+    """The endpoint says the challenger's share in %; the live view's shares are fractions,
+    as the dashboard reads them: 10 % challenger, 90 % champion."""
+    serving = ServingServer(port=0)
+    champion, challenger = _model("A", 2, line="tiny"), _model("B", 3, line="tiny")
+    serving.line("tiny").route(champion, challenger, 10.0)
+    view = _console(f"sqlite:///{tmp_path / 'c.db'}", tmp_path, True, serving)
+    console = next(view)
+    try:
+        versions = console.get("/lines/tiny/live").json()["versions"]
+    finally:
+        view.close()
+    shares = {v["version"]: (v["role"], v["share"]) for v in versions}
+    assert shares == {3: ("challenger", 0.1), 2: ("champion", 0.9)}
+
+
+def test_a_console_body_never_sent_is_408_in_the_console_envelope() -> None:
+    """The console's guard answers a body that does not arrive in time, with the error
+    envelope every console answer has (code and message)."""
+    calls: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        calls.append(scope["path"])
+
+    guard = RequestGuard(app, max_body_bytes=65_536, body_timeout_s=0.2)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(60)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "path": "/api/v1/lines/tiny/pause", "headers": []}
+    started = time.monotonic()
+    asyncio.run(guard(scope, receive, send))
+    assert time.monotonic() - started < 5 and calls == []
+    assert sent[0]["status"] == 408
+    error = json.loads(sent[1]["body"])["error"]
+    assert error["code"] == "request_timeout" and "0.2 seconds" in error["message"]
+
+
 # what the page is made of ---------------------------------------------------------------
 
 
@@ -308,6 +390,50 @@ def test_tokens_file_is_made_private_and_others_refused(tmp_path: Path) -> None:
         load_tokens("X", None, tmp_path)
     from_env = load_tokens("X", f"ops-alice:{ALICE}, ops-bob:{BOB}", tmp_path)
     assert from_env.who(f"Bearer {BOB}") == "ops-bob" and from_env.source == "$X"
+
+
+def test_a_reversed_entry_is_named_by_its_place_not_its_text(tmp_path: Path) -> None:
+    """TOKEN:name (the wrong way round) must not put the token in the log or the audit
+    log: the problem names the entry by its place, and the gate audits the problem."""
+    with pytest.raises(TokenError, match="entry 2") as err:
+        parse_tokens(f"ops-bob:{BOB}\n{ALICE}:ops-alice\n", "tokens-file")
+    assert ALICE not in str(err.value) and "ops-alice" not in str(err.value)
+    with pytest.raises(TokenError, match="entry 3 has the name of entry 1") as err:
+        parse_tokens(f"{ALICE}:{BOB},ops-bob:{BOB}, {ALICE}:{BOB}x", "$X")
+    assert ALICE not in str(err.value) and BOB not in str(err.value)
+
+    path = tmp_path / "console-tokens"
+    path.write_text(f"ops-bob:{BOB}\n")
+    os.chmod(path, 0o600)
+    source = TokenSource("X", None, tmp_path)
+    audited: list[dict[str, Any]] = []
+    gate = Gate(source, True, lambda **e: audited.append(e), lambda _: None)
+    path.write_text(f"ops-bob:{BOB}\n{ALICE}:ops-alice\n")
+    with pytest.raises(ConsoleError):
+        gate.operator(f"Bearer {BOB}", "POST", "/x", "127.0.0.1")
+    gate.close()
+    assert audited and all(ALICE not in str(e) for e in audited)
+    assert any(e["action"] == "tokens_unusable" for e in audited)
+
+
+def test_an_edit_that_keeps_the_times_is_still_seen(tmp_path: Path) -> None:
+    """The reload stamp holds the size too: an edit within the clock's tick, which leaves
+    the inode and times as they were, is not missed."""
+    path = tmp_path / "console-tokens"
+    path.write_text(f"ops-bob:{BOB}\n")
+    os.chmod(path, 0o600)
+    source = TokenSource("X", None, tmp_path)
+
+    class SameTimes:  # the file as stat sees it, with times that never move
+        def stat(self) -> Any:
+            size = path.stat().st_size
+            return SimpleNamespace(st_ino=1, st_mtime_ns=2, st_ctime_ns=3, st_size=size)
+
+    source._path = SameTimes()  # type: ignore[assignment]
+    source._stamp = source._read_stamp()
+    assert source.current().who(f"Bearer {ALICE}") is None
+    path.write_text(f"ops-bob:{BOB}\nops-alice:{ALICE}\n")
+    assert source.current().who(f"Bearer {ALICE}") == "ops-alice"
 
 
 @pytest.mark.parametrize(
@@ -361,6 +487,10 @@ def test_hostile_values_get_4xx_not_5xx(console: Console) -> None:
         ("/approvals/2147483648/approve", {"reason": "x"}),
         ("/lines/tiny/rollback", {"reason": "x", "to": 2**63}),
         ("/lines/tiny/rollback", {"reason": "x", "to": 2**31}),
+        ("/lines/tiny/rollback", {"reason": "x", "to": True}),
+        ("/lines/tiny/rollback", {"reason": "x", "to": "1"}),
+        ("/lines/tiny/rollback", {"reason": "x", "to": 1.0}),
+        ("/approvals/true/approve", {"reason": "x"}),
         ("/lines/tiny/pause", {"reason": "nul \x00 here"}),
         ("/lines/tiny/pause", {"reason": "   "}),
         ("/lines/tiny/pause", {"reason": "x" * 2001}),
@@ -368,6 +498,8 @@ def test_hostile_values_get_4xx_not_5xx(console: Console) -> None:
         res = console.post(path, **body)
         assert res.status_code == 400, (path, body, res.text)
     assert console.get("/lines/tiny").json()["paused"] is None
+    assert console.get("/lines/tiny").json()["champion"]["version"] == 2  # nothing rolled back
+    assert CycleBook(console.store).approvals("tiny", "pending")  # nor approved
 
 
 def test_a_name_that_only_starts_like_loopback_is_refused(console: Console) -> None:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from controller.cycle_cost import CycleCpu, controller_figures
+from controller.cycle_cost import BookedCpu, CycleCpu, controller_figures
 
 
 def _burn(seconds: float) -> None:
@@ -26,7 +26,7 @@ def test_booked_in_process_work_is_not_the_controllers() -> None:
     cpu.add("c1", mark)
     own = cpu.take("c1")
     assert 0.04 <= own < 0.15
-    assert cpu.take("c1") == 0.0  # taken once
+    assert cpu.take("c1") is None  # taken once; an untimed cycle is unknown, not free
 
 
 def test_segments_of_one_cycle_add_up() -> None:
@@ -43,3 +43,18 @@ def test_figures_are_a_share_of_everything_the_cycle_spent() -> None:
     assert fig["controller_joules"] == 30.0 and fig["controller_energy"] == "estimated"
     assert fig["controller_share_pct"] == pytest.approx(1.0)
     assert controller_figures(0.0, 15.0, 0.0, 0.0)["controller_share_pct"] is None
+
+
+def test_every_lines_booked_work_comes_off_every_lines_figure() -> None:
+    """The process clock counts all threads: line B's evaluation, booked while line A's
+    cycle runs, is not line A's controller either."""
+    booked = BookedCpu()  # the daemon's one
+    line_a = CycleCpu(lambda: booked.total)
+    mark = line_a.mark()
+    start = time.process_time()
+    _burn(0.2)  # line B's evaluation
+    booked.add(time.process_time() - start)
+    line_a.add("a1", mark)
+    assert line_a.take("a1") < 0.1
+    nothing = controller_figures(None, 15.0, 100.0, 10.0)
+    assert nothing["controller_cpu_s"] is None and nothing["controller_share_pct"] is None

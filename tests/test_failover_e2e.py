@@ -217,12 +217,12 @@ def _check_once(store: Any, a_workers: set[int], url: str) -> None:
     import optuna
 
     study = optuna.load_study(study_name="aifactory-tiny", storage=store.url)
-    # a leader's fresh sampler draws what the first leader drew (same seed): such a repeat
-    # is told the earlier result, never trained, and carries what it repeats
+    # a repeat of what the first leader ran (the new leader's sampler may draw it) is
+    # recorded as failed, never trained, and carries what it repeats
     trained = [t for t in study.trials if "duplicate_of" not in t.user_attrs]
     states = [t.state.name for t in trained]
     assert states.count("COMPLETE") == 2 and "RUNNING" not in states
-    assert all(t.state.name == "COMPLETE" for t in study.trials if "duplicate_of" in t.user_attrs)
+    assert all(t.state.name == "FAIL" for t in study.trials if "duplicate_of" in t.user_attrs)
     verify = cli("audit", "verify", "--db", url)
     assert verify.returncode == 0, verify.stdout
     status = cli("status", "--db", url, "--json", "--line", "tiny", env=ENV)

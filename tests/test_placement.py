@@ -44,19 +44,48 @@ def test_a_bf16_gpu_adds_precision_batches_accumulation_and_power_with_reasons()
     assert plan.additions["grad_accum"].choices == [1, 2, 4]
     assert plan.defaults == {
         "precision": "fp32",
+        "batch_size": 8,
         "grad_accum": 1,
         "power_limit_w": 700.0,
     }
     assert plan.action is not None and plan.action.action == "placement_knobs"
     knobs = {k["knob"]: k for k in plan.action.figures["knobs"]}
     assert set(knobs) == {"precision", "batch_size", "grad_accum", "power_limit_w"}
-    # 5.7 GB a sample at this shape: of the sizes, only 8 fits half of 141 GiB
-    assert (
-        not knobs["batch_size"]["added"]
-        and "only 8, nothing to search" in knobs["batch_size"]["why"]
-    )
+    # 5.7 GB a sample at this shape: of the sizes, only 8 fits half of 141 GiB, and it
+    # replaces the default space's 16 and 32, which would not fit
+    assert knobs["batch_size"]["added"] and knobs["batch_size"]["values"] == [8]
+    assert "only 8" in knobs["batch_size"]["why"]
     searched = with_placement(policy(), plan)
     assert set(searched.tuning.search_space) >= {"lr", "precision", "grad_accum", "power_limit_w"}
+    assert searched.tuning.search_space["batch_size"].choices == [8]
+
+
+def test_no_batch_or_accumulation_that_leaves_a_trial_too_few_steps() -> None:
+    """A trial's tokens must give MIN_STEPS optimiser steps at every combination offered:
+    fewer never leave the warm-up, and below one the workload refuses to start."""
+    from dataclasses import replace
+
+    from agents.placement import MIN_STEPS
+
+    roomy = DeviceView(
+        True, "NVIDIA H100", 80 * 2**30, True, True, None, None, "not permitted", 3_538_944
+    )
+    long_context = replace(roomy, tokens_per_sample=1024)
+    plan = plan_placement(long_context, policy(), BYTELM)  # 600,000 tokens a trial
+    batches = plan.additions["batch_size"].choices
+    assert batches == [8]  # 16 x 1024 x 50 > 600,000
+    accums = plan.additions.get("grad_accum")
+    assert accums is None  # 8 x 2 x 1024 x 50 > 600,000: nothing to search
+    for batch in batches:
+        assert 600_000 / (batch * 1024) >= MIN_STEPS
+    bigger = policy("budgets: {tokens_per_trial: 20000000}\n")
+    plan = plan_placement(long_context, bigger, BYTELM)
+    assert max(plan.additions["batch_size"].choices) == 256  # 512 x 1024 x 50 > 20M
+    assert "grad_accum" not in plan.additions  # 256 x 2 x 1024 x 50 > 20M
+    # where memory stops the batch, accumulation is what the budget allows on top of it
+    plan = plan_placement(replace(H200, tokens_per_sample=1024), bigger, BYTELM)
+    assert plan.additions["batch_size"].choices == [8]
+    assert plan.additions["grad_accum"].choices == [1, 2, 4]
 
 
 def test_small_models_get_every_batch_size_and_accumulation() -> None:
@@ -140,12 +169,27 @@ def test_a_cycle_on_a_fake_h200_searches_what_the_workload_honours(tmp_path: Pat
     )[0]
     knobs = {k["knob"]: k for k in event.figures["knobs"]}
     assert knobs["precision"]["values"] == ["fp32", "bf16"]  # tf32 not honoured
-    assert knobs["batch_size"]["values"] == [32, 64, 128]
+    assert knobs["batch_size"]["values"] == [8, 16, 32]  # each 50+ steps in 60,000 tokens
     assert not knobs["grad_accum"]["added"] and "does not honour" in knobs["grad_accum"]["why"]
     trials = [t for c in CycleBook(store).recent("tiny", 5) for t in CycleBook(store).trials(c.id)]
     assert trials and all(t.status == "complete" for t in trials)
     for t in trials:
         params = json.loads(t.params)
-        assert params["precision"] in ("fp32", "bf16") and params["batch_size"] in (32, 64, 128)
+        assert params["precision"] in ("fp32", "bf16") and params["batch_size"] in (8, 16, 32)
         assert "grad_accum" not in params
     store.dispose()
+
+
+def test_memory_is_estimated_where_the_search_may_go() -> None:
+    """A searched width or context counts at its largest, not at the fixed default."""
+    from controller.line_setup import largest_shape
+
+    searched = policy(
+        "tuning:\n  search_space:\n    d_model: {type: categorical, choices: [64, 512]}\n"
+        "    context: {type: int, low: 64, high: 512}\n"
+        "    lr: {type: float, low: 0.001, high: 0.01}\n  fixed: {n_layers: 4}\n"
+    )
+    shape = largest_shape(searched)
+    assert (shape["d_model"], shape["context"], shape["n_layers"]) == (512, 512, 4)
+    assert ByteLMWorkload.tokens_per_sample(shape) == 512
+    assert ByteLMWorkload.bytes_per_sample(shape) > ByteLMWorkload.bytes_per_sample({"n_layers": 4})

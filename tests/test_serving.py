@@ -276,6 +276,49 @@ def test_generator_failure_is_500_and_counted(server: ServingServer, client: htt
     assert server.metrics()[(LINE, 4)]["failures"] == 1
 
 
+@pytest.mark.parametrize("seed", [2**64, 2**63, -(2**63) - 1, 10**30, 1.5])
+def test_a_seed_torch_cannot_take_is_400_and_no_failure(
+    server: ServingServer, client: httpx.Client, seed: Any
+) -> None:
+    """A seed out of 64 bits would make torch raise mid-generation: a 500 counted against
+    the model, so any client could fail a canary. It is refused before any model runs."""
+    served = _model("A", 1)
+    server.line(LINE).swap(served)
+    for resp in (_complete(client, seed=seed), _chat(client, seed=seed)):
+        err = _assert_openai_error(resp, 400)
+        assert err["type"] == "invalid_request_error" and "seed" in err["message"]
+    assert served.generator.calls == []  # type: ignore[attr-defined]
+    assert server.metrics() == {}
+    assert server.line(LINE).take_window().failures == {}
+    for edge in (2**63 - 1, -(2**63), 0):
+        assert _complete(client, seed=edge).status_code == 200
+    assert served.generator.calls[-1][3] == 0  # type: ignore[attr-defined]
+
+
+def test_a_prompt_longer_than_the_context_says_so_in_a_header(
+    server: ServingServer, client: httpx.Client
+) -> None:
+    """A sliding-window model reads the last ``context`` bytes of a prompt: a longer prompt
+    is answered, with a header saying how much of it the model read; usage counts it all."""
+    served = _model("A", 1, streaming=True)
+    served.generator.context = 4  # type: ignore[attr-defined]
+    server.line(LINE).swap(served)
+    header = "X-Aifactory-Prompt-Window"
+    short = _complete(client, prompt="abcd")
+    assert short.status_code == 200 and header not in short.headers
+    long = _complete(client, prompt="abcdéf")
+    assert long.headers[header] == "4 of 7 bytes"
+    assert long.json()["usage"]["prompt_tokens"] == 6  # the fake counts characters
+    chat = _chat(client)  # "user: hello\nassistant: "
+    assert chat.headers[header] == "4 of 23 bytes"
+    body = {"model": LINE, "prompt": "abcdef", "stream": True}
+    with client.stream("POST", "/v1/completions", json=body) as resp:
+        assert resp.headers[header] == "4 of 6 bytes"
+        resp.read()
+    served.generator.context = True  # type: ignore[attr-defined]  # not a size: no header
+    assert header not in _complete(client, prompt="abcdef").headers
+
+
 def test_official_openai_client(server: ServingServer) -> None:
     server.line(LINE).swap(_model("A", 2))
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +16,7 @@ import openai
 import pytest
 from test_serving import LINE, _model
 
+from adapters.http_thread import HttpThread
 from adapters.serving import ServingServer
 from adapters.serving_guard import RequestGuard
 
@@ -138,6 +141,66 @@ def test_the_middleware_answers_without_calling_the_app() -> None:
     assert reached == []
     with pytest.raises(ValueError):
         RequestGuard(app, max_body_bytes=0)
+
+
+def _half_sent(url: str, declared: int, sent: bytes, path: str = "/v1/completions") -> bytes:
+    """What the server answers a request that declares ``declared`` bytes of body and sends
+    only ``sent``, read until it closes the connection."""
+    host, _, port = url.removeprefix("http://").rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=10.0) as sock:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + sent)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_body_declared_but_never_sent_is_408_within_the_deadline() -> None:
+    srv = _serve(body_timeout_s=0.5)
+    try:
+        started = time.monotonic()
+        answer = _half_sent(srv.url, 100, b'{"model": ')
+        waited = time.monotonic() - started
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), answer
+        assert 0.4 <= waited < 5.0, waited
+        err = json.loads(body)["error"]
+        assert set(err) == {"message", "type", "param", "code"}
+        assert err["code"] == "request_timeout" and "0.5 seconds" in err["message"]
+        assert srv.metrics() == {} and _calls(srv) == 0
+        # the server goes on answering whole requests
+        ok = httpx.post(f"{srv.url}/v1/completions", json={"model": LINE, "prompt": "hi"})
+        assert ok.status_code == 200, ok.text
+    finally:
+        srv.stop()
+    with pytest.raises(ValueError):
+        ServingServer(port=0, body_timeout_s=0)
+
+
+def test_a_forged_forwarded_for_is_ignored_and_connections_are_bounded() -> None:
+    """The client is the socket's peer, whatever X-Forwarded-For says; and uvicorn sheds
+    load past a bound on connections at once instead of taking every one."""
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope.get("client"))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    http = HttpThread(app, "127.0.0.1", 0, "test")
+    http.start()
+    try:
+        headers = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+        assert httpx.get(http.url + "/", headers=headers).status_code == 204
+        assert seen[0][0] == "127.0.0.1"
+        assert http._config().proxy_headers is False
+        assert http._config().limit_concurrency == 1024
+    finally:
+        http.stop()
 
 
 # prompt limit -------------------------------------------------------------------------

@@ -1,7 +1,9 @@
-"""A trial that would repeat parameters the cycle already ran is told that result, not run."""
+"""A trial that would repeat parameters the cycle ran, or is running, is not trained: it is
+recorded as failed (samplers ignore it, so the point counts once) and audited."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -10,6 +12,7 @@ from optuna.distributions import CategoricalDistribution
 
 from agents.trainer import duplicate_of
 from controller.nodes.trial_run import TrialPlan, TrialRunner
+from policies.loader import load_policy
 
 DISTS = {"batch_size": CategoricalDistribution([16, 32])}
 
@@ -49,7 +52,7 @@ def _plan(cid: str) -> TrialPlan:
     return TrialPlan(cid, 1, f"{cid}:t001", DISTS, [], [], 1000, 1.0)
 
 
-def test_a_repeat_in_the_cycle_is_told_the_earlier_result_and_audited() -> None:
+def test_a_repeat_in_the_cycle_is_failed_not_copied_and_audited() -> None:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     _finished(study, 32, "c1", 2.5)
     study.enqueue_trial({"batch_size": 32})  # what the sampler asks next: a repeat
@@ -60,11 +63,12 @@ def test_a_repeat_in_the_cycle_is_told_the_earlier_result_and_audited() -> None:
     assert action.action == "skip_duplicate" and action.figures["duplicate_of"] == 1
     assert cid == "c1" and key.startswith("trainer:repeat:")
     repeat = study.get_trials(deepcopy=False)[2]
-    assert repeat.state == optuna.trial.TrialState.COMPLETE and repeat.value == 2.5
+    # a copy of 2.5 would count the point twice for every later cycle's sampler
+    assert repeat.state == optuna.trial.TrialState.FAIL and repeat.value is None
     assert repeat.user_attrs["duplicate_of"] == 1
 
 
-def test_a_pruned_repeat_is_pruned_and_other_cycles_do_not_count() -> None:
+def test_a_pruned_repeat_is_skipped_and_other_cycles_do_not_count() -> None:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     _finished(study, 16, "c0", 2.0)  # another cycle, other data: may run again
     _finished(study, 32, "c1", None)  # pruned in this cycle
@@ -75,7 +79,7 @@ def test_a_pruned_repeat_is_pruned_and_other_cycles_do_not_count() -> None:
     assert recorded and {a.action for a, _, _ in recorded} == {"skip_duplicate"}
     told = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("duplicate_of")]
     assert len(told) == len(recorded)
-    assert {t.state for t in told} == {optuna.trial.TrialState.PRUNED}
+    assert {t.state for t in told} == {optuna.trial.TrialState.FAIL}
 
 
 def test_an_exhausted_space_runs_the_repeat_without_asking_again() -> None:
@@ -88,22 +92,36 @@ def test_an_exhausted_space_runs_the_repeat_without_asking_again() -> None:
     assert len(study.get_trials(deepcopy=False)) == 5  # 2 draws, 2 finished, this one
 
 
-def test_a_pruned_repeat_carries_the_earlier_curve() -> None:
+def test_a_repeat_of_a_trial_still_running_is_skipped() -> None:
+    """Parallel trials: the point running beside this ask counts as run."""
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
-    curve = optuna.trial.create_trial(
-        params={"batch_size": 32},
-        distributions=DISTS,
-        state=optuna.trial.TrialState.PRUNED,
-        intermediate_values={1000: 4.0, 2000: 3.9},
-        user_attrs={"cycle": "c1"},
-    )
-    study.add_trial(curve)
-    study.enqueue_trial({"batch_size": 32})
-    runner, _ = _runner(study)
-    runner._ask_new(_plan("c1"))
-    repeat = study.get_trials(deepcopy=False)[1]
-    assert repeat.state == optuna.trial.TrialState.PRUNED
-    assert repeat.intermediate_values == {1000: 4.0, 2000: 3.9}
+    running = study.ask(fixed_distributions=DISTS)
+    running.set_user_attr("cycle", "c1")
+    study.enqueue_trial({"batch_size": running.params["batch_size"]})
+    runner, recorded = _runner(study)
+    trial = runner._ask_new(_plan("c1"))
+    assert trial.params != running.params
+    assert [a.figures["duplicate_of"] for a, _, _ in recorded][:1] == [running.number]
+
+
+def test_repeats_do_not_pile_up_in_a_study_later_cycles_share() -> None:
+    """Ten cycles of a TPE search on a 4-point space, 4 trials each: every cycle trains
+    each point once, and the study holds exactly those trained results."""
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=1))
+    for cycle in range(10):
+        cid = f"c{cycle}"
+        runner, _ = _runner(study)
+        dists = {"batch_size": CategoricalDistribution([8, 16, 32, 64])}
+        plan = TrialPlan(cid, 1, f"{cid}:t", dists, [], [], 1000, 1.0)
+        trained = []
+        for _ in range(4):
+            trial = runner._ask_new(plan)
+            trial.set_user_attr("cycle", cid)
+            trained.append(trial.params["batch_size"])
+            study.tell(trial, 1.0 + trial.params["batch_size"] / 100)
+        assert sorted(trained) == [8, 16, 32, 64], cid
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 40
 
 
 def test_a_trial_asked_but_never_marked_is_failed_before_the_next_cycle_asks() -> None:
@@ -121,3 +139,18 @@ def test_a_trial_asked_but_never_marked_is_failed_before_the_next_cycle_asks() -
         unmarked.number: optuna.trial.TrialState.FAIL,
         repeat.number: optuna.trial.TrialState.FAIL,
     }
+
+
+def test_a_cycle_reopened_after_a_crash_does_not_replay_its_draws(tmp_path: Path) -> None:
+    """The seed moves with the trials the study holds: a restart mid-cycle draws afresh."""
+    from controller.nodes.study import open_study
+
+    policy = load_policy(Path(__file__).parent / "configs" / "tiny.yaml")
+    policy = policy.model_copy(
+        update={"tuning": policy.tuning.model_copy(update={"sampler": "random"})}
+    )
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}")
+    dists = {"lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)}
+    first = open_study(policy, storage, 3).ask(fixed_distributions=dists).params
+    again = open_study(policy, storage, 3).ask(fixed_distributions=dists).params
+    assert first != again

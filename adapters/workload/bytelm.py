@@ -719,6 +719,12 @@ class ByteLMGenerator:
             self._finalizer = weakref.finalize(self, self._batcher.close, False)
 
     @property
+    def context(self) -> int:
+        """Bytes of a prompt the model reads (its last ones): serving says so when a prompt
+        is longer."""
+        return self._context
+
+    @property
     def in_flight(self) -> int:
         """Requests admitted and not yet finished, failed or cancelled."""
         if self._batcher is not None:
@@ -836,6 +842,12 @@ class ByteLMWorkload:
         cfg = ByteLMConfig.from_params({k: v for k, v in params.items() if k in known})
         per_layer = cfg.context * (34 * cfg.d_model + 5 * cfg.n_heads * cfg.context)
         return per_layer * cfg.n_layers * 2
+
+    @staticmethod
+    def tokens_per_sample(params: dict[str, Any]) -> int:
+        """Bytes (tokens) one sample of a batch consumes: the context."""
+        known = ByteLMConfig.__dataclass_fields__
+        return ByteLMConfig.from_params({k: v for k, v in params.items() if k in known}).context
 
     def train(
         self,

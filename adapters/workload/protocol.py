@@ -8,8 +8,10 @@ parties plug in their own workloads (``adapters.workload.loader.load_workload`` 
 them). This module holds only the types, so any implementation may import it.
 
 A workload may also declare ``placement_knobs`` (knob -> accepted values: ``precision``,
-``batch_size``, ``grad_accum``) and ``bytes_per_sample(params)``: with ``energy.placement:
-auto`` the controller then searches those knobs where the device has them.
+``batch_size``, ``grad_accum``), ``bytes_per_sample(params)`` and
+``tokens_per_sample(params)``: with ``energy.placement: auto`` the controller then
+searches those knobs where the device has them, with batch sizes that fit its memory and
+leave a trial's token budget enough optimiser steps.
 """
 
 from __future__ import annotations
@@ -101,7 +103,9 @@ class Completion:
 
 @runtime_checkable
 class TextGenerator(Protocol):
-    """A loaded artefact that can serve text completions (must be thread-safe)."""
+    """A loaded artefact that can serve text completions (must be thread-safe). An
+    optional integer ``context`` (the prompt bytes it reads) lets serving tell a client
+    whose prompt was longer."""
 
     name: str
 

@@ -65,6 +65,7 @@ class RollbackRequest(Reason):
         default=None,
         ge=1,
         le=_INT_MAX,
+        strict=True,  # JSON true is not version 1, nor "2" version 2
         description="Version to restore; default: the previous champion.",
     )
 

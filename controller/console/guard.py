@@ -1,6 +1,7 @@
 """Who may use the console: a bearer token names the operator; a request without one is
 refused with 401 and the refusal is written to the audit log (a flood of them is summed,
-not copied: at most one event per client every few seconds, with the count it stands for).
+not copied: at most one event per client every few seconds, with the count it stands for,
+and at most a few events a gap in all, so a scan from many addresses is summed too).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 from controller.console.tokens import TokenSource
 
 _REFUSAL_GAP_S = 5.0
+_MAX_EVENTS_PER_GAP = 20  # refusal events a gap across all clients, before summing them
+MANY_CLIENTS = "(many clients)"  # the key refusals past that bound are held under
 
 
 class ConsoleError(Exception):
@@ -38,9 +41,11 @@ class Gate:
         audit: Callable[..., Any],
         say: Callable[[str], None],
         refusal_gap_s: float = _REFUSAL_GAP_S,
+        max_events_per_gap: int = _MAX_EVENTS_PER_GAP,
     ) -> None:
         self.tokens, self.reads_open = tokens, reads_open
-        self._gap = refusal_gap_s
+        self._gap, self._max_events = refusal_gap_s, max_events_per_gap
+        self._window, self._events = -1e9, 0  # when this gap began, events written in it
         self._audit, self._say = audit, say
         self._lock = threading.Lock()
         self._last: dict[str, float] = {}  # client -> when its last refusal was written
@@ -79,12 +84,32 @@ class Gate:
         with self._lock:
             self._forget_quiet(now)
             if now - self._last.get(client, -1e9) < self._gap:
-                self._held[client] = self._held.get(client, 0) + 1
-                self._latest[client] = (method, path, what)
+                self._hold(client, 1, (method, path, what), now)
+                self._flush_later(now)
+                return
+            if not self._slot(now):
+                self._hold(MANY_CLIENTS, 1, (method, path, what), now)
                 self._flush_later(now)
                 return
             self._last[client] = now
         self._write(what, client, 1, method, path)
+
+    def _slot(self, now: float) -> bool:
+        """Whether this gap has room for one more event, taking it. Under the lock."""
+        if now - self._window >= self._gap:
+            self._window, self._events = now, 0
+        if self._events >= self._max_events:
+            return False
+        self._events += 1
+        return True
+
+    def _hold(self, key: str, count: int, latest: tuple[str, str, str], now: float) -> None:
+        """Add refusals to those held under ``key``, for the flush. Under the lock. The
+        shared key's event waits a whole gap from its first refusal, to sum the scan."""
+        if key == MANY_CLIENTS and key not in self._held:
+            self._last[key] = now
+        self._held[key] = self._held.get(key, 0) + count
+        self._latest[key] = latest
 
     def _write(self, reason: str, client: str, count: int, method: str, path: str) -> None:
         self._say(f"[console] {reason}")
@@ -114,16 +139,43 @@ class Gate:
         now = time.monotonic()
         with self._lock:
             self._timer = None
-            due = [c for c in self._held if everything or now - self._last[c] >= self._gap]
-            batch = [(c, self._held.pop(c), self._latest.pop(c)) for c in due]
-            for client in due:
-                self._last[client] = now
+            batch = self._take_due(now, everything)
             if self._held:
                 self._flush_later(now)
         for client, count, (method, path, what) in batch:
             noun = "refusal" if count == 1 else "refusals"
-            reason = f"{what} ({count} {noun} from this client since the last event)"
+            if client == MANY_CLIENTS:
+                reason = (
+                    f"{count} {noun} from many clients since the last event; the latest: {what}"
+                )
+            else:
+                reason = f"{what} ({count} {noun} from this client since the last event)"
             self._write(reason, client, count, method, path)
+
+    def _take_due(
+        self, now: float, everything: bool
+    ) -> list[tuple[str, int, tuple[str, str, str]]]:
+        """The held refusals to write now. A client's sum finding no room in this gap joins
+        the shared one, which is written once its own gap is over. Under the lock."""
+        due = [
+            c
+            for c in self._held
+            if c != MANY_CLIENTS and (everything or now - self._last[c] >= self._gap)
+        ]
+        batch: list[tuple[str, int, tuple[str, str, str]]] = []
+        for client in due:
+            count, latest = self._held.pop(client), self._latest.pop(client)
+            if self._slot(now):
+                self._last[client] = now
+                batch.append((client, count, latest))
+            else:
+                self._hold(MANY_CLIENTS, count, latest, now)
+        many = MANY_CLIENTS in self._held
+        if many and (everything or now - self._last[MANY_CLIENTS] >= self._gap):
+            count, latest = self._held.pop(MANY_CLIENTS), self._latest.pop(MANY_CLIENTS)
+            self._last[MANY_CLIENTS] = now
+            batch.append((MANY_CLIENTS, count, latest))
+        return batch
 
     def close(self) -> None:
         """Write what is held now: a stopping console loses no refusal."""

@@ -8,18 +8,20 @@ from typing import Any
 
 
 def live_view(server: Any, line: str) -> list[dict[str, Any]]:
-    """One entry per version the line served since the daemon started (newest first)."""
+    """One entry per version the line served since the daemon started (newest first);
+    ``share`` is the fraction of the line's traffic it gets (0.1: a tenth)."""
     if server is None or line not in server.lines():
         return []
     endpoint = server.line(line)
     current = endpoint.current
     challenger = endpoint.challenger
+    # the endpoint says the challenger's share in %; the view's shares are fractions
+    weight = challenger[1] / 100.0 if challenger is not None else 0.0
     shares: dict[int, tuple[str, float]] = {}
     if current is not None:
-        weight = challenger[1] if challenger is not None else 0.0
         shares[current.version] = ("champion", 1.0 - weight)
     if challenger is not None:
-        shares[challenger[0].version] = ("challenger", challenger[1])
+        shares[challenger[0].version] = ("challenger", weight)
     figures = endpoint.live_figures()
     counted = {v: m for (name, v), m in server.metrics().items() if name == line}
     out = []

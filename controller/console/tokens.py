@@ -53,33 +53,44 @@ class ConsoleTokens:
 
 
 def parse_tokens(text: str, where: str) -> tuple[tuple[str, str], ...]:
-    """``name:token`` entries separated by commas or new lines; ``#`` starts a comment."""
+    """``name:token`` entries separated by commas or new lines; ``#`` starts a comment.
+
+    A problem names the entry by its place, never by its text: an entry written the wrong
+    way round (TOKEN:name) would otherwise put the token in the log and the audit log."""
     pairs: list[tuple[str, str]] = []
+    seen: dict[str, int] = {}  # name -> the entry that gave it
     entries = [e for line in text.splitlines() for e in line.split("#", 1)[0].split(",")]
-    for n, entry in enumerate(e.strip() for e in entries):
+    for n, entry in enumerate((e.strip() for e in entries), start=1):
         if not entry:
             continue
-        name, sep, token = entry.partition(":")
-        name, token = name.strip(), token.strip()
-        if not sep or not _NAME.match(name):
+        name, token = _check_entry(entry, f"{where}: entry {n}")
+        if name in seen:
             raise TokenError(
-                f"{where}: entry {n + 1} must be NAME:TOKEN with a name of letters, digits "
-                "and _.@- (at most 64)"
+                f"{where}: entry {n} has the name of entry {seen[name]} (a name appears twice)"
             )
-        if not _TOKEN.match(token):
-            raise TokenError(
-                f"{where}: the token of {name!r} may hold only letters, digits and _.~+/=-"
-            )
-        if len(token) < _MIN_TOKEN_CHARS:
-            raise TokenError(
-                f"{where}: the token of {name!r} is shorter than {_MIN_TOKEN_CHARS} characters"
-            )
-        if any(name == other for other, _ in pairs):
-            raise TokenError(f"{where}: the name {name!r} appears twice")
+        seen[name] = n
         pairs.append((name, token))
     if not pairs:
         raise TokenError(f"{where}: no token in it")
     return tuple(pairs)
+
+
+def _check_entry(entry: str, place: str) -> tuple[str, str]:
+    """One entry's name and token, or a TokenError that names ``place`` and quotes nothing."""
+    name, sep, token = entry.partition(":")
+    name, token = name.strip(), token.strip()
+    if not sep or not _NAME.match(name):
+        raise TokenError(
+            f"{place} must be NAME:TOKEN with a name of letters, digits and _.@- (at most 64)"
+        )
+    if not _TOKEN.match(token):
+        raise TokenError(f"{place}: its token may hold only letters, digits and _.~+/=-")
+    if len(token) < _MIN_TOKEN_CHARS:
+        raise TokenError(
+            f"{place}: its token is shorter than {_MIN_TOKEN_CHARS} characters "
+            "(an entry is NAME:TOKEN, the name first)"
+        )
+    return name, token
 
 
 def load_tokens(
@@ -138,14 +149,16 @@ class TokenSource:
         self._lock = threading.Lock()
         self.problem: str | None = None
 
-    def _read_stamp(self) -> tuple[int, int, int] | None:
+    def _read_stamp(self) -> tuple[int, int, int, int] | None:
+        """What tells an edit: the size too, as an edit within the clock's tick can leave
+        the times as they were."""
         if self._path is None:
             return None
         try:
             st = self._path.stat()
         except OSError:
             return None
-        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
     def current(self) -> ConsoleTokens:
         with self._lock:  # request threads ask at once; one of them reads the file

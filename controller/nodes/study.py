@@ -33,25 +33,30 @@ def open_study(
     """A study's directions cannot change, hence one per objective kind; it opens in
     optuna-dashboard with the same database URL."""
     tuning = policy.tuning
-    # a different but reproducible stream per cycle, so cycles do not repeat samples
-    seed = tuning.seed + cycle_number
-    sampler: optuna.samplers.BaseSampler = (
-        optuna.samplers.RandomSampler(seed=seed)
-        if tuning.sampler == "random"
-        # a constant liar: trials running at once (parallel_trials) count as bad results
-        # while they run, so concurrent asks do not all sample the same point
-        else optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    )
     # pruning is decided by agents.trainer.should_prune on token-aligned loss curves
     # (progress arrives at irregular token counts, which step-indexed pruners cannot compare)
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=study_name(policy),
         storage=storage,
         directions=["minimize"] if tuning.objectives.kind == "quality" else ["minimize"] * 2,
-        sampler=sampler,
+        sampler=optuna.samplers.RandomSampler(),  # replaced below, once the history is known
         pruner=optuna.pruners.NopPruner(),
         load_if_exists=True,
     )
+    # a different but reproducible stream per cycle, and per restart within one: the trials
+    # the study already holds move the seed, so a cycle resumed after a crash does not
+    # replay the draws it made before it
+    asked = len(study.get_trials(deepcopy=False))
+    study.sampler = _sampler(tuning.sampler, tuning.seed + cycle_number + asked)
+    return study
+
+
+def _sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # a constant liar: trials running at once (parallel_trials) count as bad results while
+    # they run, so concurrent asks do not all sample the same point
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
 def fail_orphans(study: optuna.Study, book: CycleBook, cid: str) -> None:

@@ -12,13 +12,20 @@ from typing import Any
 
 import optuna
 from optuna.distributions import CategoricalDistribution
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from adapters.cluster.base import TrialJob, TrialOutcome
 from adapters.store.db import utcnow_iso
 from adapters.store.tables import TrialRunRow
 from adapters.workload.protocol import TrainRequest
-from agents.trainer import duplicate_of, energy_cost, should_prune, skip_duplicate_action
+from agents.trainer import (
+    duplicate_of,
+    energy_cost,
+    should_prune,
+    skip_duplicate_action,
+    unrun_point_action,
+    unrun_points,
+)
 from controller.context import CycleInterrupted, LineContext
 from policies.model import PLACEMENT_PARAMS
 
@@ -80,18 +87,14 @@ class LiveTrial:
     started_at: str = field(default_factory=utcnow_iso)
 
 
-_MAX_ASKS = 9  # asks for parameters not yet run before a repeat is trained anyway
+_MAX_ASKS = 9  # asks for parameters not yet run before an unrun point is chosen
 
 
-def _space_exhausted(dists: dict[str, Any], ran: list[tuple[int, dict[str, Any]]]) -> bool:
-    """Every point of a finite (all-categorical) space already ran this cycle."""
+def _finite_choices(dists: dict[str, Any]) -> dict[str, list[Any]] | None:
+    """The choices of an all-categorical space (one that can be listed), else None."""
     if not dists or not all(isinstance(d, CategoricalDistribution) for d in dists.values()):
-        return False
-    size = 1
-    for d in dists.values():
-        size *= len(d.choices)
-    distinct = {tuple(sorted(p.items())) for _, p in ran if set(p) == set(dists)}
-    return len(distinct) >= size
+        return None
+    return {name: list(d.choices) for name, d in dists.items()}
 
 
 class TrialRunner:
@@ -173,42 +176,52 @@ class TrialRunner:
         return trial, row
 
     def _ask_new(self, plan: TrialPlan) -> optuna.Trial:
-        """A trial whose parameters this cycle has not run yet: a repeat is told the earlier
-        trial's result at once (audited) and Optuna asked again, a few times at most. A
-        finite space this cycle has wholly run asks once: a repeat is all there is."""
-        done = (TrialState.COMPLETE, TrialState.PRUNED)
-        finished = {
-            t.number: t
-            for t in self.study.get_trials(deepcopy=False, states=done)
-            if t.user_attrs.get("cycle") == plan.cid
-        }
-        ran = [(n, t.params) for n, t in finished.items()]
-        tries = 1 if _space_exhausted(plan.dists, ran) else _MAX_ASKS
-        for _ in range(tries - 1):
+        """A trial whose parameters this cycle has not run yet, nor is running: a repeat is
+        recorded as failed at once (audited) and Optuna asked again, a few times at most,
+        then an unrun point of a finite space is enqueued (audited). A finite space the
+        cycle has wholly run asks once: a repeat is all there is."""
+        ran = self._cycle_points(plan.cid)
+        choices = _finite_choices(plan.dists)
+        unrun = unrun_points(choices, ran) if choices else None
+        if unrun == []:
+            return self.study.ask(fixed_distributions=plan.dists)
+        for _ in range(_MAX_ASKS - 1):
             trial = self.study.ask(fixed_distributions=plan.dists)
             earlier = duplicate_of(trial.params, ran)
             if earlier is None:
                 return trial
-            self._tell_as(trial, finished[earlier], plan)
+            self._skip_repeat(trial, earlier, plan)
+        if unrun:
+            point = unrun[len(ran) % len(unrun)]
+            action = unrun_point_action(point, _MAX_ASKS - 1)
+            self.ctx.record(action, plan.cid, f"trainer:unrun:{plan.key}")
+            self.ctx.reporter.info(f"[trainer] {action.reason}")
+            self.study.enqueue_trial(point)
         return self.study.ask(fixed_distributions=plan.dists)
 
-    def _tell_as(self, trial: optuna.Trial, earlier: FrozenTrial, plan: TrialPlan) -> None:
-        """The repeat gets the earlier trial's result (its curve too, so TPE weighs it
-        alike). Marked and audited before the tell: a crash in between leaves an orphan that
-        ``fail_orphans`` settles, never an unaudited tell."""
+    def _cycle_points(self, cid: str) -> list[tuple[int, dict[str, Any]]]:
+        """(number, parameters) of the cycle's trials that ran or are running (a running
+        one has its cycle mark; skipped repeats are not points of their own)."""
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        return [
+            (t.number, t.params)
+            for t in self.study.get_trials(deepcopy=False, states=states)
+            if t.user_attrs.get("cycle") == cid and "duplicate_of" not in t.user_attrs
+        ]
+
+    def _skip_repeat(self, trial: optuna.Trial, earlier: int, plan: TrialPlan) -> None:
+        """The repeat is told FAIL, which samplers ignore: a copy of the earlier result
+        would count the same point twice, and in a study that later cycles share, such
+        copies pile up around the best point and draw ever more repeats. Marked and audited
+        before the tell: a crash in between leaves an orphan that ``fail_orphans`` settles,
+        never an unaudited tell."""
         trial.set_user_attr("trial_key", f"{plan.key}:repeat-{trial.number}")
         trial.set_user_attr("cycle", plan.cid)
-        trial.set_user_attr("duplicate_of", earlier.number)
-        action = skip_duplicate_action(trial.number, trial.params, earlier.number)
+        trial.set_user_attr("duplicate_of", earlier)
+        action = skip_duplicate_action(trial.number, trial.params, earlier)
         self.ctx.record(action, plan.cid, f"trainer:repeat:{trial.number}")
         self.ctx.reporter.info(f"[trainer] {action.reason}")
-        if earlier.state == TrialState.COMPLETE:
-            self.study.tell(trial, values=earlier.values)
-            return
-        if len(self.study.directions) == 1:  # intermediate values: single objective only
-            for step, value in earlier.intermediate_values.items():
-                trial.report(value, step)
-        self.study.tell(trial, state=TrialState.PRUNED)
+        self.study.tell(trial, state=TrialState.FAIL)
 
     def _job(
         self, plan: TrialPlan, row: TrialRunRow, params: dict[str, Any], placement: dict[str, Any]

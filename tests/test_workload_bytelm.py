@@ -239,8 +239,10 @@ def test_generate(trained: tuple[TrainResult, list[TrainProgress]]) -> None:
     assert greedy == gen.generate("import ", 20, temperature=0.0)
     assert gen.generate("é", 3, seed=1).prompt_tokens == 2  # counted in UTF-8 bytes
     assert gen.generate("", 5, seed=1).completion_tokens == 5
-    # A prompt longer than the context is windowed, not rejected.
+    # A prompt longer than the context is windowed, not rejected; serving reads the window
+    # from ``context`` to say so in a header
     assert gen.generate("x" * 500, 3, seed=1).completion_tokens == 3
+    assert gen.context == 32
 
 
 def test_generate_concurrently(trained: tuple[TrainResult, list[TrainProgress]]) -> None:

@@ -69,10 +69,11 @@ additionally offer ``stream(prompt, max_tokens, temperature, seed)`` returning a
 counts and ``finish_reason`` (its ``text`` is ignored). Without that final item the server counts
 UTF-8 bytes of the prompt and of the streamed text and reports ``finish_reason="length"`` when the
 byte count reached ``max_tokens``, else ``"stop"``. A generator without ``stream`` is run to
-completion first and its text is then sent in pieces of :data:`_STREAM_PIECE_CHARS`
-characters, so the client sees the same SSE protocol but no earlier first token. Either way,
-errors before the first piece are ordinary JSON error responses; an error after streaming began
-is sent as a final ``data: {"error": {...}}`` event (which the official clients raise).
+completion first and its text is then sent in pieces of ``STREAM_PIECE_CHARS``
+(``adapters.serving_stream``) characters, so the client sees the same SSE protocol but no
+earlier first token. Either way, errors before the first piece are ordinary JSON error
+responses; an error after streaming began is sent as a final ``data: {"error": {...}}``
+event (which the official clients raise).
 
 A generator may also say how many bytes of a prompt it reads (an ``int`` attribute
 ``context``: a sliding-window model reads the last ``context`` bytes). A longer prompt is
@@ -83,15 +84,13 @@ cut is visible; ``usage.prompt_tokens`` still counts every byte sent.
 from __future__ import annotations
 
 import hashlib
-import itertools
-import json
 import logging
 import random
 import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -99,7 +98,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
-from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
@@ -107,11 +105,27 @@ from adapters.completion_ids import CompletionIds
 from adapters.http_thread import HttpThread, HttpThreadError
 from adapters.serving_feedback import FeedbackDesk, FeedbackRefused, FeedbackRequest
 from adapters.serving_guard import GuardRefusal, RequestGuard, check_prompt
+from adapters.serving_stream import start_stream
+from adapters.serving_wire import (
+    ApiError,
+    ChatRequest,
+    CompletionRequest,
+    Job,
+    chat_body,
+    check_n,
+    completion_body,
+    describe_validation,
+    error_response,
+    generation_failed,
+    prompt_window,
+    render_chat,
+    single_prompt,
+)
 from adapters.traffic_capture import CaptureSpec, TrafficCapture
 from adapters.workload.protocol import Completion, TextGenerator
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Iterator, Sequence
 
 __all__ = [
     "Completion",
@@ -127,10 +141,7 @@ _log = logging.getLogger(__name__)
 
 _OWNER = "aifactory"
 #: Piece size, in characters, when a finished text is streamed by a generator without ``stream``.
-_STREAM_PIECE_CHARS = 16
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-# says a prompt was longer than the model reads ("32 of 500 bytes"): see _prompt_window
-PROMPT_WINDOW_HEADER = "X-Aifactory-Prompt-Window"
+# says a prompt was longer than the model reads ("32 of 500 bytes"): see prompt_window
 _WINDOW_MAX_LATENCIES = 50_000
 _WINDOW_MAX_PROMPTS = 512
 _SAMPLED_PROMPT_CHARS = 2048
@@ -250,213 +261,6 @@ class LiveWindow:
         lat = self.latencies_ms.setdefault(version, [])
         if len(lat) < _WINDOW_MAX_LATENCIES:
             lat.append(1000.0 * latency_s)
-
-
-# torch's generators take a seed that fits 64 bits; outside this range they raise, which
-# would be a 500 counted against the model. Signed 64-bit, as OpenAI documents ``seed``.
-_SEED_MIN = -(2**63)
-_SEED_END = 2**63
-
-
-class _StreamOptions(BaseModel):
-    """``stream_options``; only ``include_usage`` means anything here."""
-
-    include_usage: bool = False
-
-
-class _CompletionRequest(BaseModel):
-    """Request body of ``POST /v1/completions``; bounds follow the OpenAI API."""
-
-    model: str
-    prompt: str | list[str]
-    max_tokens: int = Field(default=16, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    seed: int | None = Field(default=None, ge=_SEED_MIN, lt=_SEED_END)
-    n: int = 1
-    stream: bool = False
-    stream_options: _StreamOptions | None = None
-    user: str | None = None  # during a canary, requests with the same user stay on one model
-    store: bool | None = None  # False: never captured as training data (OpenAI's parameter)
-
-
-class _ContentPart(BaseModel):
-    """One element of a list-valued message ``content``; only ``type == "text"`` is served."""
-
-    type: str
-    text: str | None = None
-
-
-class _ChatMessage(BaseModel):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[_ContentPart] | None = None
-
-
-class _ChatRequest(BaseModel):
-    """Request body of ``POST /v1/chat/completions``.
-
-    ``max_completion_tokens`` (the newer name) wins over ``max_tokens``; with neither, the
-    reply may use the line's whole ``max_tokens_limit``.
-    """
-
-    model: str
-    messages: list[_ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    seed: int | None = Field(default=None, ge=_SEED_MIN, lt=_SEED_END)
-    n: int = 1
-    stream: bool = False
-    stream_options: _StreamOptions | None = None
-    user: str | None = None  # during a canary, requests with the same user stay on one model
-    store: bool | None = None  # False: never captured as training data (OpenAI's parameter)
-
-
-@dataclass(frozen=True)
-class _Job:
-    """One validated generation request, bound to the line and model captured at its start."""
-
-    endpoint: LineEndpoint
-    served: ServedModel
-    prompt: str
-    max_tokens: int
-    temperature: float
-    seed: int | None
-    sample_rate: float = 0.0
-    completion_id: str = ""  # issued at the start: names the answer (feedback, capture)
-    store: bool = True  # False: the client asked that nothing of it be kept
-    asked_store: bool | None = None  # what the client said ("store"), None: nothing
-
-
-class _ApiError(Exception):
-    """Internal signal carrying an OpenAI-style error out of an endpoint."""
-
-    def __init__(self, status: int, message: str, err_type: str, code: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.err_type = err_type
-        self.code = code
-
-
-def _error_response(status: int, message: str, err_type: str, code: str) -> JSONResponse:
-    """Build the error envelope the official OpenAI clients know how to parse."""
-    body = {"error": {"message": message, "type": err_type, "param": None, "code": code}}
-    return JSONResponse(status_code=status, content=body)
-
-
-def _describe_validation(errors: Sequence[Any]) -> str:
-    """Turn pydantic's error list into one readable line for the client."""
-    parts: list[str] = []
-    for err in errors:
-        if err.get("type") == "json_invalid":
-            parts.append("body is not valid JSON")
-            continue
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        msg = str(err.get("msg", "invalid value"))
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "Invalid request: " + ("; ".join(parts) if parts else "malformed body")
-
-
-def _invalid(message: str, code: str = "invalid_request") -> _ApiError:
-    return _ApiError(400, message, "invalid_request_error", code)
-
-
-def _check_n(n: int) -> None:
-    if n != 1:
-        raise _invalid(f"Only n=1 is supported (got n={n})", "unsupported_parameter")
-
-
-def _usage(result: Completion) -> dict[str, int]:
-    return {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "total_tokens": result.prompt_tokens + result.completion_tokens,
-    }
-
-
-def _render_chat(messages: Sequence[_ChatMessage]) -> str:
-    """Flatten chat messages into the plain-text template described in the module docstring."""
-    lines: list[str] = []
-    for i, message in enumerate(messages):
-        content = message.content
-        if content is None:
-            if message.role != "assistant":
-                raise _invalid(f"messages.{i}.content: required for role '{message.role}'")
-            text = ""
-        elif isinstance(content, str):
-            text = content
-        else:
-            texts: list[str] = []
-            for j, part in enumerate(content):
-                if part.type != "text":
-                    raise _invalid(
-                        f"messages.{i}.content.{j}: only text content parts are supported "
-                        f"(got type '{part.type}')"
-                    )
-                if part.text is None:
-                    raise _invalid(f"messages.{i}.content.{j}.text: field required")
-                texts.append(part.text)
-            text = "\n".join(texts)
-        role = "system" if message.role == "developer" else message.role
-        lines.append(f"{role}: {text}\n")
-    return "".join(lines) + "assistant: "
-
-
-def _sse(payload: dict[str, Any] | str) -> bytes:
-    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-    return f"data: {data}\n\n".encode()
-
-
-@dataclass(frozen=True)
-class _ChunkMaker:
-    """Renders the SSE chunks of one streamed answer in the endpoint's OpenAI format."""
-
-    chat: bool
-    model_id: str
-    include_usage: bool
-    cid: str = ""
-    created: int = field(default_factory=lambda: int(time.time()))
-
-    def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        chunk: dict[str, Any] = {
-            "id": self.cid,
-            "object": "chat.completion.chunk" if self.chat else "text_completion",
-            "created": self.created,
-            "model": self.model_id,
-            "choices": choices,
-        }
-        if self.include_usage:
-            chunk["usage"] = None
-        return chunk
-
-    def _choice(self, text: str | None, finish_reason: str | None) -> dict[str, Any]:
-        if self.chat:
-            delta: dict[str, Any] = {} if text is None else {"content": text}
-            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return {"text": text or "", "index": 0, "logprobs": None, "finish_reason": finish_reason}
-
-    def opening(self) -> bytes | None:
-        """Chat streams announce the assistant role first; text completions have no preamble."""
-        if not self.chat:
-            return None
-        choice = {
-            "index": 0,
-            "delta": {"role": "assistant", "content": ""},
-            "logprobs": None,
-            "finish_reason": None,
-        }
-        return _sse(self._chunk([choice]))
-
-    def piece(self, text: str) -> bytes:
-        return _sse(self._chunk([self._choice(text, None)]))
-
-    def finish(self, finish_reason: str) -> bytes:
-        return _sse(self._chunk([self._choice(None, finish_reason)]))
-
-    def usage(self, result: Completion) -> bytes:
-        chunk = self._chunk([])
-        chunk["usage"] = _usage(result)
-        return _sse(chunk)
 
 
 class LineEndpoint:
@@ -582,7 +386,7 @@ class LineEndpoint:
             window, self._window = self._window, LiveWindow()
         return window
 
-    def _note(self, job: _Job, answered: bool, latency_s: float) -> None:
+    def _note(self, job: Job, answered: bool, latency_s: float) -> None:
         """Count one finished request in the window; maybe keep its prompt for scoring;
         offer it to the version's live sample."""
         sample = (
@@ -691,6 +495,7 @@ class ServingServer:
         self.feedback = feedback if feedback is not None else FeedbackDesk(CompletionIds())
         # keeps served prompts as training data for lines whose policy asks (`capture`)
         self.capture = capture
+        self._answers = _Answers(self)
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_ServingCollector(self))
         self.max_prompt_bytes = max_prompt_bytes  # UTF-8 bytes; longer prompts get 400
@@ -755,7 +560,7 @@ class ServingServer:
             return {key: stats.as_dict() for key, stats in self._stats.items()}
 
     def _record(
-        self, job: _Job, completion: Completion | None, latency_s: float, streamed: bool = False
+        self, job: Job, completion: Completion | None, latency_s: float, streamed: bool = False
     ) -> None:
         job.endpoint._note(job, completion is not None, latency_s)
         spec, capture = job.endpoint.capture, self.capture
@@ -814,9 +619,9 @@ class ServingServer:
     def _build_app(self) -> FastAPI:
         app = FastAPI(title="aifactory serving", docs_url=None, redoc_url=None, openapi_url=None)
 
-        @app.exception_handler(_ApiError)
-        async def _api_error(_: Request, exc: _ApiError) -> JSONResponse:
-            return _error_response(exc.status, exc.message, exc.err_type, exc.code)
+        @app.exception_handler(ApiError)
+        async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+            return error_response(exc.status, exc.message, exc.err_type, exc.code)
 
         @app.exception_handler(GuardRefusal)
         async def _guard_refusal(_: Request, exc: GuardRefusal) -> JSONResponse:
@@ -824,13 +629,13 @@ class ServingServer:
 
         @app.exception_handler(RequestValidationError)
         async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-            message = _describe_validation(exc.errors())
-            return _error_response(400, message, "invalid_request_error", "invalid_request")
+            message = describe_validation(exc.errors())
+            return error_response(400, message, "invalid_request_error", "invalid_request")
 
         @app.exception_handler(StarletteHTTPException)
         async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
             code = "not_found" if exc.status_code == 404 else "invalid_request"
-            resp = _error_response(exc.status_code, str(exc.detail), "invalid_request_error", code)
+            resp = error_response(exc.status_code, str(exc.detail), "invalid_request_error", code)
             resp.headers.update(exc.headers or {})  # e.g. Allow on 405
             return resp
 
@@ -847,21 +652,21 @@ class ServingServer:
 
         @app.get("/v1/models")
         def list_models() -> dict[str, Any]:
-            return {"object": "list", "data": self._listing()}
+            return {"object": "list", "data": self._answers.listing()}
 
         # Plain ``def`` endpoints: FastAPI runs them in its thread pool, so generation never
         # blocks the event loop; a streamed body is a sync iterator, also run in that pool.
         @app.post("/v1/completions", response_model=None)
         def completions(
-            body: _CompletionRequest, response: Response
+            body: CompletionRequest, response: Response
         ) -> dict[str, Any] | StreamingResponse:
-            return self._complete(body, response)
+            return self._answers.complete(body, response)
 
         @app.post("/v1/chat/completions", response_model=None)
         def chat_completions(
-            body: _ChatRequest, response: Response
+            body: ChatRequest, response: Response
         ) -> dict[str, Any] | StreamingResponse:
-            return self._chat(body, response)
+            return self._answers.chat(body, response)
 
         @app.post("/v1/feedback")
         def feedback(body: FeedbackRequest) -> dict[str, Any]:
@@ -869,17 +674,23 @@ class ServingServer:
                 return self.feedback.receive(body)
             except FeedbackRefused as exc:
                 err_type = "server_error" if exc.status >= 500 else "invalid_request_error"
-                raise _ApiError(exc.status, exc.message, err_type, exc.code) from exc
+                raise ApiError(exc.status, exc.message, err_type, exc.code) from exc
 
         return app
 
-    # ------------------------------------------------------------------ request handling
 
-    def _listing(self) -> list[dict[str, Any]]:
+class _Answers:
+    """How the server answers the OpenAI routes: bind a request to its line and the model
+    captured at its start, generate, count (the server's counters) and build the answer."""
+
+    def __init__(self, server: ServingServer) -> None:
+        self.server = server
+
+    def listing(self) -> list[dict[str, Any]]:
         """The ``/v1/models`` entries (see the module docstring): per line with a champion,
         the line name, then the pinned id of every served version."""
         data: list[dict[str, Any]] = []
-        for endpoint in self._endpoints():
+        for endpoint in self.server._endpoints():
             routing = endpoint._routing  # read once: one consistent split per line
             if routing is None:
                 continue
@@ -906,16 +717,16 @@ class ServingServer:
         *,
         kind: str = "cmpl",
         store: bool | None = None,
-    ) -> _Job:
+    ) -> Job:
         """Bind a validated request to its line and a model captured once: 404 for an unknown
         line or version, 503 for a known line with nothing loaded. ``max_tokens=None`` means
         the line's whole limit."""
-        endpoint = self._lines.get(model.partition(":")[0])
+        endpoint = self.server._lines.get(model.partition(":")[0])
         if endpoint is None:
             raise self._not_found(model)
         routing = endpoint._routing  # read exactly once
         if routing is None:
-            raise _ApiError(
+            raise ApiError(
                 503,
                 f"No model is being served yet on line '{endpoint.name}'",
                 "server_error",
@@ -925,7 +736,7 @@ class ServingServer:
         if served is None:
             raise self._not_found(model)
         limit = endpoint.max_tokens_limit
-        return _Job(
+        return Job(
             endpoint,
             served,
             prompt,
@@ -933,30 +744,30 @@ class ServingServer:
             temperature,
             seed,
             routing.sample_rate,
-            self.feedback.ids.issue(kind, served.model_id, routed=model == endpoint.name),
+            self.server.feedback.ids.issue(kind, served.model_id, routed=model == endpoint.name),
             store is not False,
             store,
         )
 
-    def _not_found(self, model: str) -> _ApiError:
+    def _not_found(self, model: str) -> ApiError:
         """The OpenAI-style 404, naming every ``model`` value that would have worked."""
-        names = ", ".join(f"'{entry['id']}'" for entry in self._listing()) or "nothing yet"
+        names = ", ".join(f"'{entry['id']}'" for entry in self.listing()) or "nothing yet"
         shown = model if len(model) <= _ECHO_CHARS else model[:_ECHO_CHARS] + "..."
-        return _ApiError(
+        return ApiError(
             404,
             f"The model '{shown}' does not exist; this server serves {names}",
             "invalid_request_error",
             "model_not_found",
         )
 
-    def _complete(
-        self, body: _CompletionRequest, response: Response
+    def complete(
+        self, body: CompletionRequest, response: Response
     ) -> dict[str, Any] | StreamingResponse:
         """Answer one completion request on the model captured at its start; ``response``
         carries the headers of an answer that is not streamed."""
-        _check_n(body.n)
-        prompt = self._single_prompt(body.prompt)
-        check_prompt(prompt, self.max_prompt_bytes, "prompt")  # never cut, never counted
+        check_n(body.n)
+        prompt = single_prompt(body.prompt)
+        check_prompt(prompt, self.server.max_prompt_bytes, "prompt")  # never cut, never counted
         # _job reads the line's routing exactly once: this is what makes swap() safe mid-request
         job = self._job(
             body.model,
@@ -968,31 +779,17 @@ class ServingServer:
             store=body.store,
         )
         if body.stream:
-            return self._stream(job, chat=False, options=body.stream_options)
+            return start_stream(job, False, body.stream_options, self.server._record)
         result = self._generate(job)
-        response.headers.update(_prompt_window(job))
-        return {
-            "id": job.completion_id,
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": job.served.model_id,
-            "choices": [
-                {
-                    "text": result.text,
-                    "index": 0,
-                    "logprobs": None,
-                    "finish_reason": result.finish_reason,
-                }
-            ],
-            "usage": _usage(result),
-        }
+        response.headers.update(prompt_window(job))
+        return completion_body(job, result)
 
-    def _chat(self, body: _ChatRequest, response: Response) -> dict[str, Any] | StreamingResponse:
+    def chat(self, body: ChatRequest, response: Response) -> dict[str, Any] | StreamingResponse:
         """Answer one chat request on the model captured at its start; ``response`` carries
         the headers of an answer that is not streamed."""
-        _check_n(body.n)
-        prompt = _render_chat(body.messages)
-        check_prompt(prompt, self.max_prompt_bytes, "messages")
+        check_n(body.n)
+        prompt = render_chat(body.messages)
+        check_prompt(prompt, self.server.max_prompt_bytes, "messages")
         limit = body.max_completion_tokens or body.max_tokens  # None: the line's whole limit
         job = self._job(
             body.model,
@@ -1005,26 +802,12 @@ class ServingServer:
             store=body.store,
         )
         if body.stream:
-            return self._stream(job, chat=True, options=body.stream_options)
+            return start_stream(job, True, body.stream_options, self.server._record)
         result = self._generate(job)
-        response.headers.update(_prompt_window(job))
-        return {
-            "id": job.completion_id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": job.served.model_id,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": result.text},
-                    "logprobs": None,
-                    "finish_reason": result.finish_reason,
-                }
-            ],
-            "usage": _usage(result),
-        }
+        response.headers.update(prompt_window(job))
+        return chat_body(job, result)
 
-    def _generate(self, job: _Job) -> Completion:
+    def _generate(self, job: Job) -> Completion:
         """Run the whole generation and count it; failures become a counted 500."""
         started = time.perf_counter()
         try:
@@ -1032,140 +815,10 @@ class ServingServer:
                 job.prompt, job.max_tokens, temperature=job.temperature, seed=job.seed
             )
         except Exception as exc:
-            self._record(job, None, time.perf_counter() - started)
-            raise _generation_failed(exc) from exc
-        self._record(job, result, time.perf_counter() - started)
+            self.server._record(job, None, time.perf_counter() - started)
+            raise generation_failed(exc) from exc
+        self.server._record(job, result, time.perf_counter() - started)
         return result
-
-    def _stream(self, job: _Job, chat: bool, options: _StreamOptions | None) -> StreamingResponse:
-        """Start generating now (so early failures are plain 500s) and stream the rest as SSE."""
-        started = time.perf_counter()
-        generator = job.served.generator
-        stream_fn = getattr(generator, "stream", None)
-        items: Iterator[str | Completion]
-        closer: Callable[[], object] | None = None
-        try:
-            if callable(stream_fn):
-                source = iter(
-                    stream_fn(
-                        job.prompt, job.max_tokens, temperature=job.temperature, seed=job.seed
-                    )
-                )
-                closer = getattr(source, "close", None)
-                head = list(itertools.islice(source, 1))  # the first piece, or [] if none
-                items = itertools.chain(head, source)
-            else:
-                result = generator.generate(
-                    job.prompt, job.max_tokens, temperature=job.temperature, seed=job.seed
-                )
-                text = result.text
-                pieces = [
-                    text[i : i + _STREAM_PIECE_CHARS]
-                    for i in range(0, len(text), _STREAM_PIECE_CHARS)
-                ]
-                items = iter([*pieces, result])
-        except Exception as exc:
-            self._record(job, None, time.perf_counter() - started, streamed=True)
-            if callable(closer):
-                closer()
-            raise _generation_failed(exc) from exc
-        maker = _ChunkMaker(
-            chat=chat,
-            model_id=job.served.model_id,
-            include_usage=bool(options and options.include_usage),
-            cid=job.completion_id,
-        )
-        body = self._sse_body(job, items, maker, started, closer)
-        # Start the body here: a generator that never ran would skip its ``finally`` when
-        # discarded (client gone before the first chunk), leaving the request uncounted.
-        first = next(body)
-        return StreamingResponse(
-            itertools.chain([first], body),
-            media_type="text/event-stream",
-            headers={**_SSE_HEADERS, **_prompt_window(job)},
-        )
-
-    def _sse_body(
-        self,
-        job: _Job,
-        items: Iterator[str | Completion],
-        maker: _ChunkMaker,
-        started: float,
-        closer: Callable[[], object] | None,
-    ) -> Iterator[bytes]:
-        """Yield the SSE chunks and record the request exactly once, however the stream ends.
-
-        A client that disconnects closes this generator; the request is then counted with the
-        tokens generated so far, and the generator's own iterator is closed to stop the work.
-        """
-        texts: list[str] = []
-        final: Completion | None = None
-        failed = False
-        try:
-            opening = maker.opening()
-            if opening is not None:
-                yield opening
-            # Every path below yields at least once more, so a caller may prime with next().
-            while True:
-                try:
-                    item = next(items, None)
-                except Exception as exc:
-                    failed = True
-                    err = _generation_failed(exc)
-                    body = {
-                        "error": {
-                            "message": err.message,
-                            "type": err.err_type,
-                            "param": None,
-                            "code": err.code,
-                        }
-                    }
-                    yield _sse(body)
-                    return
-                if item is None:
-                    break
-                if isinstance(item, Completion):
-                    final = item
-                elif item:
-                    texts.append(item)
-                    yield maker.piece(item)
-            result = final or self._counted(job, "".join(texts))
-            yield maker.finish(result.finish_reason)
-            if maker.include_usage:
-                yield maker.usage(result)
-            yield _sse("[DONE]")
-        finally:
-            latency = time.perf_counter() - started
-            if failed:
-                self._record(job, None, latency, streamed=True)
-            else:
-                result = final or self._counted(job, "".join(texts))
-                self._record(job, result, latency, streamed=True)
-            if callable(closer):
-                closer()  # stops a native stream early if the client went away
-
-    @staticmethod
-    def _counted(job: _Job, text: str) -> Completion:
-        """Token counts for a stream whose generator did not report them (UTF-8 bytes)."""
-        completion_tokens = len(text.encode("utf-8"))
-        return Completion(
-            text=text,
-            prompt_tokens=len(job.prompt.encode("utf-8")),
-            completion_tokens=completion_tokens,
-            finish_reason="length" if completion_tokens >= job.max_tokens else "stop",
-        )
-
-    @staticmethod
-    def _single_prompt(prompt: str | list[str]) -> str:
-        """Reject what pydantic cannot express; return the single prompt string."""
-        if isinstance(prompt, list):
-            if len(prompt) != 1:
-                raise _invalid(
-                    f"prompt must be a string or a list of exactly one string "
-                    f"(got {len(prompt)} items)"
-                )
-            return prompt[0]
-        return prompt
 
 
 class _ServingCollector(Collector):
@@ -1293,27 +946,8 @@ def _health(endpoint: LineEndpoint) -> dict[str, Any]:
     return body
 
 
-def _prompt_window(job: _Job) -> dict[str, str]:
-    """The header that says the model read only the end of the prompt: a byte model with a
-    sliding window sees its last ``context`` bytes. Empty when it reads the whole prompt or
-    its generator does not say its context."""
-    context = getattr(job.served.generator, "context", None)
-    if not isinstance(context, int) or isinstance(context, bool) or context < 1:
-        return {}
-    size = len(job.prompt.encode("utf-8", "surrogatepass"))
-    if size <= context:
-        return {}
-    return {PROMPT_WINDOW_HEADER: f"{context} of {size} bytes"}
-
-
 def _user_draw(line: str, user: str) -> float:
     """A stable number in [0, 1) per user and line, so one user's requests stay on one model
     of a line, and the same users are not the canary's share on every line at once."""
     digest = hashlib.blake2b(f"{line}\0{user}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2.0**64
-
-
-def _generation_failed(exc: BaseException) -> _ApiError:
-    return _ApiError(
-        500, f"Generation failed: {type(exc).__name__}", "server_error", "generation_failed"
-    )

@@ -822,6 +822,110 @@ class ByteLMGenerator:
         return _score(self._model, _to_tensor(data), torch.device("cpu")).bpb
 
 
+def _optimizer(
+    model: _ByteTransformer, cfg: ByteLMConfig, device: torch.device
+) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not on norms and biases)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+        fused=device.type == "cuda" or None,
+    )
+
+
+def _batch_sampler(
+    train_data: torch.Tensor, cfg: ByteLMConfig, device: torch.device, rng: torch.Generator
+) -> Callable[[], torch.Tensor]:
+    """Random windows of ``context + 1`` bytes (input and next-byte targets) per call."""
+    offsets = torch.arange(cfg.context + 1)
+    high = train_data.numel() - cfg.context  # exclusive upper bound of window starts
+
+    def batch() -> torch.Tensor:
+        ix = torch.randint(0, high, (cfg.batch_size,), generator=rng)
+        return train_data[ix[:, None] + offsets].to(device).long()
+
+    return batch
+
+
+def _stop_reason(
+    tokens: int,
+    cfg: ByteLMConfig,
+    request: TrainRequest,
+    should_stop: Callable[[], bool] | None,
+    start: float,
+) -> str | None:
+    """Why the loop ends before the next step (budget, a stop asked for, time), or None."""
+    if tokens + cfg.tokens_per_step > request.max_tokens:
+        return "budget"
+    if should_stop is not None and should_stop():
+        return "stopped"
+    if request.max_seconds is not None and time.perf_counter() - start >= request.max_seconds:
+        return "time"
+    return None
+
+
+def _one_step(
+    model: _ByteTransformer,
+    optimizer: torch.optim.Optimizer,
+    cfg: ByteLMConfig,
+    batch: Callable[[], torch.Tensor],
+    device: torch.device,
+) -> tuple[float | None, int]:
+    """One optimiser step over ``grad_accum`` micro-batches: (mean loss, or None when the
+    loss or the gradient stopped being finite; tokens consumed, a diverged one's too)."""
+    step_loss, used = 0.0, 0
+    for _ in range(cfg.grad_accum):
+        window = batch()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            logits = model(window[:, :-1])
+        loss = F.cross_entropy(logits.float().reshape(-1, VOCAB_SIZE), window[:, 1:].reshape(-1))
+        used += cfg.batch_size * cfg.context
+        value = loss.item()
+        if not math.isfinite(value):
+            return None, used
+        (loss / cfg.grad_accum).backward()
+        step_loss += value / cfg.grad_accum
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    if not math.isfinite(float(grad_norm)):
+        return None, used
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss, used
+
+
+def _save_trained(
+    model: _ByteTransformer,
+    cfg: ByteLMConfig,
+    request: TrainRequest,
+    device: torch.device,
+    valid_data: torch.Tensor,
+    common: dict[str, Any],
+) -> TrainResult:
+    """Score the held-out bytes and save the artefact with what made it."""
+    valid = _score(model, valid_data, device)
+    state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    config = {
+        **_arch(cfg),
+        "vocab_size": VOCAB_SIZE,
+        "params": asdict(cfg),
+        "seed": request.seed,
+        "tokens": common["tokens"],
+        "steps": common["steps"],
+        "stopped_reason": common["stopped_reason"],
+        "valid_bpb": valid.bpb,
+    }
+    _save_atomic(
+        {"format": ARTEFACT_FORMAT, "config": config, "state_dict": state}, request.out_path
+    )
+    return TrainResult(valid_bpb=valid.bpb, artefact_path=request.out_path, **common)
+
+
 class ByteLMWorkload:
     """Byte-level causal transformer LM implementing the ``Workload`` protocol."""
 
@@ -908,32 +1012,15 @@ class ByteLMWorkload:
         model = _ByteTransformer(**_arch(cfg))
         model.init_weights(init_rng)
         model.to(device).train()
-        n_params = sum(p.numel() for p in model.parameters())
-
-        decay = [p for p in model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in model.parameters() if p.dim() < 2]
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": cfg.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=cfg.lr,
-            betas=(0.9, 0.95),
-            fused=device.type == "cuda" or None,
-        )
-        use_bf16 = cfg.precision == "bf16"
-        offsets = torch.arange(cfg.context + 1)
-        micro_tokens = cfg.batch_size * cfg.context
-        high = train_data.numel() - cfg.context  # exclusive upper bound of window starts
+        optimizer = _optimizer(model, cfg, device)
+        batch = _batch_sampler(train_data, cfg, device, data_rng)
 
         tokens = steps = 0
         next_check = cfg.check_every_tokens
         check_data = valid_data[:_CHECK_BYTES]
         last_loss = float("nan")
         window_sum, window_n = 0.0, 0
-        reason = "budget"
         start = last_report = time.perf_counter()
-
         reported = -1  # tokens at the last heartbeat: the closing one must not repeat it
 
         def report(now: float, loss: float) -> None:
@@ -944,48 +1031,14 @@ class ByteLMWorkload:
                 progress(TrainProgress(step=steps, tokens=tokens, loss=loss, tokens_per_s=rate))
                 reported = tokens
 
-        while True:
-            if tokens + cfg.tokens_per_step > request.max_tokens:
-                reason = "budget"
-                break
-            if should_stop is not None and should_stop():
-                reason = "stopped"
-                break
-            if (
-                request.max_seconds is not None
-                and time.perf_counter() - start >= request.max_seconds
-            ):
-                reason = "time"
-                break
-            lr = _lr_at(steps, cfg, planned_steps)
+        while not (reason := _stop_reason(tokens, cfg, request, should_stop, start)):
             for group in optimizer.param_groups:
-                group["lr"] = lr
-            step_loss = 0.0
-            diverged = False
-            for _ in range(cfg.grad_accum):
-                ix = torch.randint(0, high, (cfg.batch_size,), generator=data_rng)
-                window = train_data[ix[:, None] + offsets].to(device).long()
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    logits = model(window[:, :-1])
-                loss = F.cross_entropy(
-                    logits.float().reshape(-1, VOCAB_SIZE), window[:, 1:].reshape(-1)
-                )
-                tokens += micro_tokens
-                value = loss.item()
-                if not math.isfinite(value):
-                    diverged = True
-                    break
-                (loss / cfg.grad_accum).backward()
-                step_loss += value / cfg.grad_accum
-            if not diverged:
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                diverged = not math.isfinite(float(grad_norm))
-            if diverged:
-                reason = "nan"
-                last_loss = float("nan")
+                group["lr"] = _lr_at(steps, cfg, planned_steps)
+            step_loss, used = _one_step(model, optimizer, cfg, batch, device)
+            tokens += used
+            if step_loss is None:
+                reason, last_loss = "nan", float("nan")
                 break
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
             steps += 1
             last_loss = step_loss
             window_sum += step_loss
@@ -1003,36 +1056,19 @@ class ByteLMWorkload:
 
         seconds = time.perf_counter() - start
         report(start + seconds, last_loss)
-        precision = cfg.precision
         common = {
             "tokens": tokens,
             "seconds": seconds,
             "final_train_loss": last_loss,
             "device": str(device),
-            "precision": precision,
-            "n_params": n_params,
+            "precision": cfg.precision,
+            "n_params": sum(p.numel() for p in model.parameters()),
             "steps": steps,
             "stopped_reason": reason,
         }
         if reason == "nan":
             return TrainResult(valid_bpb=float("nan"), artefact_path="", **common)
-
-        valid = _score(model, valid_data, device)
-        state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        config = {
-            **_arch(cfg),
-            "vocab_size": VOCAB_SIZE,
-            "params": asdict(cfg),
-            "seed": request.seed,
-            "tokens": tokens,
-            "steps": steps,
-            "stopped_reason": reason,
-            "valid_bpb": valid.bpb,
-        }
-        _save_atomic(
-            {"format": ARTEFACT_FORMAT, "config": config, "state_dict": state}, request.out_path
-        )
-        return TrainResult(valid_bpb=valid.bpb, artefact_path=request.out_path, **common)
+        return _save_trained(model, cfg, request, device, valid_data, common)
 
     def evaluate(
         self, artefact_path: str, files: list[str], max_bytes: int = 200_000, threads: int = 2

@@ -111,9 +111,8 @@ from adapters.serving_wire import (
     ChatRequest,
     CompletionRequest,
     Job,
-    chat_body,
+    answer_body,
     check_n,
-    completion_body,
     describe_validation,
     error_response,
     generation_failed,
@@ -782,7 +781,7 @@ class _Answers:
             return start_stream(job, False, body.stream_options, self.server._record)
         result = self._generate(job)
         response.headers.update(prompt_window(job))
-        return completion_body(job, result)
+        return answer_body(job, result, chat=False)
 
     def chat(self, body: ChatRequest, response: Response) -> dict[str, Any] | StreamingResponse:
         """Answer one chat request on the model captured at its start; ``response`` carries
@@ -805,7 +804,7 @@ class _Answers:
             return start_stream(job, True, body.stream_options, self.server._record)
         result = self._generate(job)
         response.headers.update(prompt_window(job))
-        return chat_body(job, result)
+        return answer_body(job, result, chat=True)
 
     def _generate(self, job: Job) -> Completion:
         """Run the whole generation and count it; failures become a counted 500."""

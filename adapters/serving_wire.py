@@ -180,40 +180,19 @@ def single_prompt(prompt: str | list[str]) -> str:
     return prompt
 
 
-def completion_body(job: Job, result: Completion) -> dict[str, Any]:
-    """``POST /v1/completions``'s answer, not streamed."""
+def answer_body(job: Job, result: Completion, chat: bool) -> dict[str, Any]:
+    """The answer, not streamed, of ``/v1/chat/completions`` (``chat``) or ``/v1/completions``:
+    the same envelope, with the text as a message or as text."""
+    if chat:
+        choice = {"index": 0, "message": {"role": "assistant", "content": result.text}}
+    else:
+        choice = {"text": result.text, "index": 0}
     return {
         "id": job.completion_id,
-        "object": "text_completion",
+        "object": "chat.completion" if chat else "text_completion",
         "created": int(time.time()),
         "model": job.served.model_id,
-        "choices": [
-            {
-                "text": result.text,
-                "index": 0,
-                "logprobs": None,
-                "finish_reason": result.finish_reason,
-            }
-        ],
-        "usage": usage(result),
-    }
-
-
-def chat_body(job: Job, result: Completion) -> dict[str, Any]:
-    """``POST /v1/chat/completions``'s answer, not streamed."""
-    return {
-        "id": job.completion_id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": job.served.model_id,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": result.text},
-                "logprobs": None,
-                "finish_reason": result.finish_reason,
-            }
-        ],
+        "choices": [{**choice, "logprobs": None, "finish_reason": result.finish_reason}],
         "usage": usage(result),
     }
 

@@ -5,8 +5,8 @@ cycle runs is the controller's: graph steps, Optuna's sampler, the store, the au
 checkpoints, artefact checks. Evaluation and drift scoring also run in the daemon, but they
 are work the cycle orders and are booked on the ledger, so their CPU (``BookedCpu``: the
 booked windows' CPU seconds, of every line, since the process clock counts every thread)
-is taken out. The rest is turned into estimated
-joules (CPU seconds x the policy's watts per core) and a share of the cycle's energy.
+is taken out. The rest is turned into estimated joules (CPU seconds x the policy's watts
+per core) and a share of the cycle's energy.
 
 ``time.process_time`` counts every thread of the process: with serving or other lines in
 the same daemon the figure is an upper bound on this line's controller.

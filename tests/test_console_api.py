@@ -28,7 +28,8 @@ from adapters.store.cycles import CycleBook
 from adapters.store.db import Store
 from adapters.store.rollouts import RolloutBook
 from controller.console.app import ConsoleDeps, build_console_app
-from controller.console.guard import MANY_CLIENTS, ConsoleError, Gate
+from controller.console.guard import ConsoleError, Gate
+from controller.console.refusals import MANY_CLIENTS
 from controller.console.server import plotly_js
 from controller.console.tokens import TokenError, TokenSource, load_tokens, parse_tokens
 from controller.operator_actions import ActionRefused, OperatorActions

@@ -135,6 +135,9 @@ class LineContext:
     # count two lines' concurrent windows twice
     measuring: threading.Lock = field(default_factory=threading.Lock)
     booked_cpu: BookedCpu = field(default_factory=BookedCpu)  # the daemon's, every line's
+    # serving or other lines run in this process: its clock counts them in the controller's
+    # CPU figure, which is then an upper bound
+    shares_clock: bool = False
     files: SharedFiles | None = None  # files every member reads (a shared store)
     kept_traffic: Any = None  # adapters.traffic_source.TrafficSource: expired by retention
 

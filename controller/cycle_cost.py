@@ -63,23 +63,25 @@ class CycleCpu:
 
 
 def controller_figures(
-    cpu_s: float | None, watts_per_core: float, train_joules: float, eval_joules: float
+    cpu_s: float | None,
+    watts_per_core: float,
+    train_joules: float,
+    eval_joules: float,
+    upper_bound: bool = False,
 ) -> dict[str, Any]:
     """The cycle summary's controller figures: CPU seconds, estimated joules and their
     share of everything the cycle spent (training, evaluation and the controller); None
-    where nothing was timed."""
+    where nothing was timed. ``upper_bound``: serving or other lines ran in this process,
+    and the process clock counted them too."""
+    labels = {"controller_energy": "estimated", "controller_upper_bound": upper_bound}
     if cpu_s is None:
-        return {
-            "controller_cpu_s": None,
-            "controller_joules": None,
-            "controller_energy": "estimated",
-            "controller_share_pct": None,
-        }
+        nothing = ("controller_cpu_s", "controller_joules", "controller_share_pct")
+        return dict.fromkeys(nothing) | labels
     joules = cpu_s * watts_per_core
     total = train_joules + eval_joules + joules
     return {
         "controller_cpu_s": round(cpu_s, 3),
         "controller_joules": round(joules, 3),
-        "controller_energy": "estimated",
         "controller_share_pct": round(100.0 * joules / total, 3) if total > 0 else None,
+        **labels,
     }

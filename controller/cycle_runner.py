@@ -283,18 +283,22 @@ class CycleRunner:
                 ctx.policy.energy.watts_per_core,
                 train.joules,
                 evals.joules,
+                upper_bound=ctx.shares_clock,
             ),
         }
 
     def _say_done(self, cycle_id: str, elapsed: float, summary: dict[str, Any]) -> None:
         stages = ", ".join(f"{k} {v:.1f}s" for k, v in ordered_stages(summary["stage_s"]))
         self._say(f"[daemon] cycle {cycle_id} done at {elapsed:.1f}s since start; stages: {stages}")
-        share = summary["controller_share_pct"]
-        if share is not None:
-            self._say(
-                f"[daemon] the controller itself: {summary['controller_cpu_s']:.2f} s CPU, "
-                f"{share:.2f}% of the cycle's energy (estimated)"
-            )
+        share = summary.get("controller_share_pct")
+        if share is None:
+            return
+        cpu, bound = summary["controller_cpu_s"], summary["controller_upper_bound"]
+        self._say(
+            f"[daemon] the controller itself: {'at most ' if bound else ''}{cpu:.2f} s CPU, "
+            f"{share:.2f}% of the cycle's energy (estimated"
+            + ("; serving or other lines share this process's clock)" if bound else ")")
+        )
 
 
 STAGES = ("data", "energy", "trainer", "evaluator", "approval", "deployer", "report")

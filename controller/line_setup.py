@@ -79,6 +79,7 @@ def build_context(
         trial_slots=lambda: s.slots.slots,
         measuring=s.measuring,
         booked_cpu=s.booked_cpu,
+        shares_clock=s.serving is not None or s.many_lines,
         files=s.files,
     )
     wire_gpu(s.gpus, ctx)

@@ -58,3 +58,10 @@ def test_every_lines_booked_work_comes_off_every_lines_figure() -> None:
     assert line_a.take("a1") < 0.1
     nothing = controller_figures(None, 15.0, 100.0, 10.0)
     assert nothing["controller_cpu_s"] is None and nothing["controller_share_pct"] is None
+
+
+def test_a_clock_shared_with_serving_is_labelled_an_upper_bound() -> None:
+    assert controller_figures(1.0, 15.0, 100.0, 0.0)["controller_upper_bound"] is False
+    shared = controller_figures(1.0, 15.0, 100.0, 0.0, upper_bound=True)
+    assert shared["controller_upper_bound"] is True
+    assert controller_figures(None, 15.0, 1.0, 0.0, True)["controller_upper_bound"] is True

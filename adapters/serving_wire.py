@@ -7,15 +7,23 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from adapters.workload.protocol import Completion
+from adapters.workload.protocol import Completion, TextGenerator
 
-if TYPE_CHECKING:
-    from adapters.serving import LineEndpoint, ServedModel
+
+class Served(Protocol):
+    """What an answer needs of the model that gives it (``adapters.serving.ServedModel``;
+    named by shape, so this module never imports the server)."""
+
+    model_id: str
+    version: int
+    generator: TextGenerator
+    line: str
+
 
 PROMPT_WINDOW_HEADER = "X-Aifactory-Prompt-Window"
 
@@ -82,8 +90,8 @@ class ChatRequest(BaseModel):
 class Job:
     """One validated generation request, bound to the line and model captured at its start."""
 
-    endpoint: LineEndpoint
-    served: ServedModel
+    endpoint: Any  # the line's ``adapters.serving.LineEndpoint``, which counts the answer
+    served: Served
     prompt: str
     max_tokens: int
     temperature: float
